@@ -1,0 +1,453 @@
+"""Typed, frozen run configuration.
+
+A run is described by one :class:`RunConfig` made of four groups (``data``, ``model``,
+``objective``, ``train``) and an ``eval`` group. Configurations are read from JSON or YAML
+files, patched with ``key=value`` overrides (``train.lr=1e-4``), validated (an unknown key
+is an error that names it) and saved as JSON next to every checkpoint.
+
+Example:
+    >>> from mmsparse.config import RunConfig, apply_overrides
+    >>> cfg = apply_overrides(RunConfig(), ["objective.w2=0.5", "train.epochs=3"])
+    >>> cfg.objective.w2, cfg.train.epochs
+    (0.5, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mmsparse.errors import ConfigError
+
+Method = Literal["joint", "d2s", "dense", "no_distill", "frozen_dense"]
+DistillTeacher = Literal["official", "joint", "detached"]
+
+METHODS: tuple[str, ...] = typing.get_args(Method)
+DISTILL_TEACHERS: tuple[str, ...] = typing.get_args(DistillTeacher)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the precomputed features live.
+
+    Attributes:
+        path: Dataset directory holding the feature files and ``dataset_meta.json``.
+        backbone: Backbone suffix of the release files
+            (``img_embs_before_proj_<backbone>.parquet``); empty means "the only one there".
+        image_file: Image feature file name inside ``path`` (overrides ``backbone``).
+        text_file: Caption feature file name inside ``path`` (overrides ``backbone``).
+        meta_file: Karpathy-format metadata file name inside ``path``.
+        bundle: Backbone bundle directory (projections, word embeddings, vocabulary) or
+            ``None`` for the documented random fallback.
+        train_splits: Metadata splits used for training (``restval`` counts as train).
+        val_split: Split used for model selection and early stopping.
+    """
+
+    path: str = ""
+    backbone: str = ""
+    image_file: str | None = None
+    text_file: str | None = None
+    meta_file: str = "dataset_meta.json"
+    bundle: str | None = None
+    train_splits: tuple[str, ...] = ("train", "restval")
+    val_split: str = "val"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and initialisation of the dense heads, sparse head and temperature.
+
+    Attributes:
+        d_img: Image feature size (``None``: read from the data).
+        d_txt: Caption feature size (``None``: read from the data).
+        dense_dim: Output size of the dense heads (256 in BLIP/ALBEF).
+        d_word: Word-embedding size of the sparse head (``None``: from the bundle, else 768).
+        vocab_size: Vocabulary size (``None``: from the bundle, else 30,522).
+        tau_init: Initial temperature.
+        tau_min: Lower clamp of the temperature.
+        tau_max: Upper clamp of the temperature.
+        init_from: A run directory or checkpoint to initialise every tensor from (e.g. a
+            stage-0 dense fit); ``None`` initialises from the bundle or at random.
+    """
+
+    d_img: int | None = None
+    d_txt: int | None = None
+    dense_dim: int = 256
+    d_word: int | None = None
+    vocab_size: int | None = None
+    tau_init: float = 0.07
+    tau_min: float = 0.001
+    tau_max: float = 0.5
+    init_from: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """The training objective and its weights (symbols as in METHOD.md).
+
+    Attributes:
+        method: ``joint`` (the paper), ``d2s`` (dense-to-sparse baseline), ``dense``
+            (contrastive fit of the dense heads only), ``no_distill`` and ``frozen_dense``
+            (the two ablations).
+        w1: Weight of the dense score in the integrated score ``S_i``.
+        w2: Weight of the sparse score in ``S_i``.
+        lam1: Weight of the dense terms.
+        lam2: Weight of the sparse terms.
+        distill_teacher: ``official``, ``joint`` or ``detached`` (see METHOD.md).
+        q_reg: Maximum l1 weight ``eta_t`` of caption (query) sparse vectors.
+        d_reg: Maximum l1 weight ``eta_i`` of image (document) sparse vectors.
+        reg_warmup_frac: Fraction ``T`` of all steps over which the l1 weights grow
+            quadratically to their maximum.
+        expansion_control: Probabilistic expansion control on caption vectors.
+        expansion_p0: Initial masking probability of expansion control.
+        expansion_decay_frac: Fraction of training over which that probability decays
+            linearly to 0.
+    """
+
+    method: Method = "joint"
+    w1: float = 0.1
+    w2: float = 0.1
+    lam1: float = 0.9
+    lam2: float = 0.3
+    distill_teacher: DistillTeacher = "detached"
+    q_reg: float = 5e-4
+    d_reg: float = 3e-5
+    reg_warmup_frac: float = 0.2
+    expansion_control: bool = False
+    expansion_p0: float = 1.0
+    expansion_decay_frac: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation schedule of the published configs, plus run mechanics.
+
+    Attributes:
+        epochs: Maximum number of epochs.
+        batch_size: Caption-image pairs per step.
+        lr: Peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_frac: Fraction of steps of linear learning-rate warm-up (then linear decay).
+        grad_clip: Gradient-norm clip (``0`` disables clipping).
+        amp: Mixed precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp16``, ``bf16``, ``off``.
+        seed: Seed of initialisation and batch order.
+        patience: Early-stopping patience in epochs (``0`` disables early stopping).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        select_metric: Validation metric for model selection and early stopping, such as
+            ``t2i/sparse/R@1``; ``auto`` is sparse R@1 for every method but ``dense``,
+            dense R@1 for ``dense``.
+        eval_every: Evaluate on validation every this many epochs.
+        progress: Show progress bars.
+        plot: Write PNG training curves (needs matplotlib).
+    """
+
+    epochs: int = 200
+    batch_size: int = 256
+    lr: float = 5e-5
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_frac: float = 0.2
+    grad_clip: float = 1.0
+    amp: Literal["auto", "fp16", "bf16", "off"] = "auto"
+    seed: int = 42
+    patience: int = 20
+    device: str = "auto"
+    select_metric: str = "auto"
+    eval_every: int = 1
+    progress: bool = True
+    plot: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How sparse vectors are evaluated.
+
+    Attributes:
+        text_topk: Keep only the top-k terms of each caption vector (``None``: all).
+        image_topk: Keep only the top-k terms of each image vector (``None``: all).
+        threshold: Zero sparse weights at or below this value.
+        batch_size: Queries scored per batched matrix product.
+        trec_depth: Documents written per query in TREC run files.
+    """
+
+    text_topk: int | None = None
+    image_topk: int | None = None
+    threshold: float = 0.0
+    batch_size: int = 1024
+    trec_depth: int = 100
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole training run.
+
+    Attributes:
+        name: Free-form name of the run (shown in tables).
+        data: :class:`DataConfig`.
+        model: :class:`ModelConfig`.
+        objective: :class:`ObjectiveConfig`.
+        train: :class:`TrainConfig`.
+        eval: :class:`EvalConfig`.
+    """
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as plain JSON-compatible nested dicts."""
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_json(self) -> str:
+        """Return the configuration as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def replace(self, **groups: Any) -> RunConfig:
+        """Return a copy with whole groups or top-level fields replaced."""
+        return dataclasses.replace(self, **groups)
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check and convert ``value`` to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value for '{key}'")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{where}: '{key}' must be one of {choices}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key, where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: '{key}' must have {len(args)} items, got {value!r}")
+        return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return _from_mapping(tp, value, where, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type for '{key}'")  # pragma: no cover
+
+
+def _from_mapping(cls: type, data: Mapping[str, Any], where: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"{where}: unknown config key '{prefix}{key}' (known: {known})")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", where)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - all fields have defaults
+        raise ConfigError(f"{where}: {exc}") from exc
+    return obj
+
+
+def config_from_dict(data: Mapping[str, Any], where: str = "<dict>") -> RunConfig:
+    """Build and validate a :class:`RunConfig` from nested dicts.
+
+    Args:
+        data: Nested mapping with the groups ``data``, ``model``, ``objective``,
+            ``train``, ``eval`` (all optional) and ``name``.
+        where: Where the mapping came from, used in error messages.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: On an unknown key or a value of the wrong type; the message names both.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: a config must be a mapping at the top level")
+    cfg = _from_mapping(RunConfig, data, where)
+    validate_config(cfg, where)
+    return cfg
+
+
+def validate_config(cfg: RunConfig, where: str = "<config>") -> None:
+    """Check value ranges that types alone cannot express.
+
+    Raises:
+        ConfigError: Naming the offending key.
+    """
+    checks = [
+        (cfg.model.dense_dim > 0, "model.dense_dim must be positive"),
+        (
+            0 < cfg.model.tau_min <= cfg.model.tau_init <= cfg.model.tau_max,
+            "model.tau_init must lie in [model.tau_min, model.tau_max] and tau_min > 0",
+        ),
+        (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
+        (cfg.train.batch_size >= 2, "train.batch_size must be at least 2 (in-batch negatives)"),
+        (cfg.train.lr > 0, "train.lr must be positive"),
+        (0 <= cfg.train.warmup_frac <= 1, "train.warmup_frac must lie in [0, 1]"),
+        (0 <= cfg.objective.reg_warmup_frac <= 1, "objective.reg_warmup_frac must lie in [0, 1]"),
+        (
+            cfg.objective.q_reg >= 0 and cfg.objective.d_reg >= 0,
+            "objective.q_reg and objective.d_reg must be non-negative",
+        ),
+        (0 <= cfg.objective.expansion_p0 <= 1, "objective.expansion_p0 must lie in [0, 1]"),
+        (cfg.objective.expansion_decay_frac > 0, "objective.expansion_decay_frac must be > 0"),
+        (cfg.train.eval_every >= 1, "train.eval_every must be at least 1"),
+        (cfg.train.patience >= 0, "train.patience must be non-negative"),
+        (cfg.eval.text_topk is None or cfg.eval.text_topk > 0, "eval.text_topk must be > 0"),
+        (cfg.eval.image_topk is None or cfg.eval.image_topk > 0, "eval.image_topk must be > 0"),
+        (cfg.eval.threshold >= 0, "eval.threshold must be non-negative"),
+        (cfg.eval.batch_size > 0, "eval.batch_size must be > 0"),
+        (cfg.eval.trec_depth > 0, "eval.trec_depth must be > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{where}: {message}")
+    metric = cfg.train.select_metric.split("/")
+    if cfg.train.select_metric != "auto" and (
+        len(metric) != 3
+        or metric[0] not in ("t2i", "i2t")
+        or metric[1] not in ("dense", "sparse", "hybrid")
+        or metric[2] not in ("R@1", "R@5", "R@10", "MRR@10")
+    ):
+        raise ConfigError(
+            f"{where}: train.select_metric must look like 't2i/sparse/R@1', "
+            f"got {cfg.train.select_metric!r}"
+        )
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a JSON or YAML configuration file and apply ``key=value`` overrides.
+
+    Args:
+        path: A ``.json``, ``.yaml`` or ``.yml`` file.
+        overrides: Dotted ``group.key=value`` strings; values are parsed as JSON when
+            possible (numbers, booleans, ``null``, lists), else taken as strings.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: If the file cannot be read or parsed, or on an unknown key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot parse config file: {exc}") from exc
+    data = _apply_override_strings(data or {}, overrides, str(path))
+    return config_from_dict(data, where=str(path))
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _apply_override_strings(
+    data: Mapping[str, Any], overrides: Iterable[str], where: str
+) -> dict[str, Any]:
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is not a group")
+        node[parts[-1]] = _parse_value(value.strip())
+    return data
+
+
+def apply_overrides(cfg: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """Return ``cfg`` with dotted ``key=value`` overrides applied and validated.
+
+    Args:
+        cfg: The base configuration.
+        overrides: Strings such as ``"train.lr=1e-4"`` or ``"objective.method=d2s"``.
+
+    Returns:
+        A new, validated configuration.
+
+    Raises:
+        ConfigError: On an unknown key or a bad value; the message names the key.
+    """
+    data = _apply_override_strings(cfg.to_dict(), overrides, "override")
+    return config_from_dict(data, where="override")
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write ``cfg`` as JSON atomically (temporary file, then rename)."""
+    from mmsparse.io_utils import atomic_write_text
+
+    atomic_write_text(Path(path), cfg.to_json() + "\n")

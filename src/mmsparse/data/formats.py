@@ -1,0 +1,207 @@
+"""Reading and writing feature files: the paper's parquet release, ``.npy`` and safetensors.
+
+The release format (Song et al., 2025) is one parquet file per modality with two columns:
+``id`` (string: Karpathy ``imgid`` for images, ``sentid`` for captions) and ``emb`` (a list
+of floats, one feature vector taken right before the backbone's final projection).
+
+Alternatives accepted for the same role:
+
+* ``.safetensors`` with a tensor ``emb`` of shape ``(N, d)`` and either an integer tensor
+  ``id`` of shape ``(N,)`` or a JSON list of strings under the header metadata key ``ids``;
+  without ids, rows follow the metadata order.
+* ``.npy`` holding an ``(N, d)`` array (never unpickled); ids come from a sibling
+  ``<stem>.ids.txt`` (one id per line) or, without it, follow the metadata order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmsparse.errors import DataError
+from mmsparse.io_utils import atomic_path
+
+FEATURE_SUFFIXES = (".parquet", ".safetensors", ".npy")
+
+
+@dataclass(frozen=True)
+class FeatureFile:
+    """Feature vectors read from one file.
+
+    Attributes:
+        path: The file they came from.
+        ids: Row ids as strings, or ``None`` when the file carries none (metadata order).
+        emb: ``(N, d)`` float32 array.
+    """
+
+    path: Path
+    ids: list[str] | None
+    emb: np.ndarray
+
+
+def read_feature_file(path: str | Path, expected_dim: int | None = None) -> FeatureFile:
+    """Read one feature file and check it: dimension, finiteness, duplicate ids.
+
+    Args:
+        path: A ``.parquet``, ``.safetensors`` or ``.npy`` feature file.
+        expected_dim: If given, every vector must have this many values.
+
+    Returns:
+        The validated :class:`FeatureFile`.
+
+    Raises:
+        DataError: Naming the file and the offending id or row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: feature file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        ids, emb = _read_parquet(path)
+    elif suffix == ".safetensors":
+        ids, emb = _read_safetensors(path)
+    elif suffix == ".npy":
+        ids, emb = _read_npy(path)
+    else:
+        raise DataError(
+            f"{path}: unsupported feature file type (use {', '.join(FEATURE_SUFFIXES)})"
+        )
+    if emb.ndim != 2:
+        raise DataError(f"{path}: features must be a 2-d array (rows, dim), got shape {emb.shape}")
+    if emb.shape[0] == 0:
+        raise DataError(f"{path}: feature file has no rows")
+    if ids is not None and len(ids) != emb.shape[0]:
+        raise DataError(f"{path}: {len(ids)} ids but {emb.shape[0]} feature rows")
+    if expected_dim is not None and emb.shape[1] != expected_dim:
+        raise DataError(
+            f"{path}: wrong embedding dimension: expected {expected_dim}, got {emb.shape[1]}"
+            f" (row 0{'' if ids is None else ', id ' + ids[0]})"
+        )
+    check_finite(emb, path, ids)
+    if ids is not None:
+        check_unique(ids, path, "id")
+    return FeatureFile(path=path, ids=ids, emb=emb)
+
+
+def check_finite(emb: np.ndarray, path: Path | str, ids: list[str] | None) -> None:
+    """Raise :class:`DataError` naming the first row (and id) holding NaN or inf."""
+    finite = np.isfinite(emb).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        bad = int((~finite).sum())
+        where = f"row {row}" + ("" if ids is None else f", id {ids[row]}")
+        raise DataError(f"{path}: NaN or inf in feature at {where} ({bad} bad rows in all)")
+
+
+def check_unique(ids: list[str], path: Path | str, what: str) -> None:
+    """Raise :class:`DataError` naming the first duplicated id."""
+    seen: dict[str, int] = {}
+    for row, key in enumerate(ids):
+        if key in seen:
+            raise DataError(f"{path}: duplicate {what} {key} (rows {seen[key]} and {row})")
+        seen[key] = row
+
+
+def _read_parquet(path: Path) -> tuple[list[str], np.ndarray]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=["id", "emb"])
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
+        raise DataError(f"{path}: unreadable or truncated parquet file ({exc})") from exc
+    except KeyError as exc:  # pragma: no cover - pyarrow raises ArrowInvalid for columns
+        raise DataError(f"{path}: parquet file needs columns 'id' and 'emb'") from exc
+    ids = [str(x) for x in table.column("id").to_pylist()]
+    col = table.column("emb").combine_chunks()
+    n = len(col)
+    if n == 0:
+        raise DataError(f"{path}: feature file has no rows")
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{path}: missing embedding at row {row}, id {ids[row]}")
+    if pa.types.is_fixed_size_list(col.type):
+        dim = col.type.list_size
+    elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        dim = int(lengths[0])
+        bad = np.flatnonzero(lengths != dim)
+        if bad.size:
+            row = int(bad[0])
+            raise DataError(
+                f"{path}: wrong embedding dimension at row {row}, id {ids[row]}: "
+                f"{int(lengths[row])} values, but row 0 has {dim}"
+            )
+    else:
+        raise DataError(f"{path}: column 'emb' must be a list of floats, got {col.type}")
+    values = col.flatten()
+    if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+        raise DataError(f"{path}: column 'emb' must hold numbers, got {values.type}")
+    if values.null_count:
+        raise DataError(f"{path}: null values inside column 'emb'")
+    emb = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
+    return ids, emb
+
+
+def _read_safetensors(path: Path) -> tuple[list[str] | None, np.ndarray]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            keys = set(fh.keys())
+            metadata = fh.metadata() or {}
+            if "emb" not in keys:
+                raise DataError(f"{path}: safetensors feature file needs a tensor 'emb'")
+            emb = np.asarray(fh.get_tensor("emb"), dtype=np.float32)
+            ids_arr = fh.get_tensor("id") if "id" in keys else None
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable or truncated safetensors file ({exc})") from exc
+    ids: list[str] | None
+    if ids_arr is not None:
+        ids = [str(int(x)) for x in np.asarray(ids_arr).reshape(-1)]
+    elif "ids" in metadata:
+        ids = [str(x) for x in json.loads(metadata["ids"])]
+    else:
+        ids = None
+    return ids, emb
+
+
+def _read_npy(path: Path) -> tuple[list[str] | None, np.ndarray]:
+    try:
+        emb = np.load(path, allow_pickle=False, mmap_mode=None)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: unreadable or truncated .npy file ({exc})") from exc
+    emb = np.asarray(emb, dtype=np.float32)
+    ids_path = path.with_name(path.stem + ".ids.txt")
+    ids = None
+    if ids_path.is_file():
+        ids = [line.strip() for line in ids_path.read_text(encoding="utf-8").splitlines()]
+        ids = [x for x in ids if x]
+    return ids, emb
+
+
+def write_feature_parquet(path: str | Path, ids: list[str], emb: np.ndarray) -> None:
+    """Write features in the paper's release format (columns ``id``, ``emb``), atomically.
+
+    Args:
+        path: Destination ``.parquet`` file.
+        ids: One string id per row.
+        emb: ``(N, d)`` array; stored as a fixed-size list of float32.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != len(ids):
+        raise DataError(f"{path}: expected {len(ids)} rows of features, got shape {emb.shape}")
+    values = pa.array(emb.reshape(-1), type=pa.float32())
+    col = pa.FixedSizeListArray.from_arrays(values, emb.shape[1])
+    table = pa.table({"id": pa.array([str(i) for i in ids], type=pa.string()), "emb": col})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)

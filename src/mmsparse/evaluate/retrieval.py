@@ -1,0 +1,456 @@
+"""Text-to-image and image-to-text retrieval metrics for dense, sparse and hybrid scores.
+
+The standard protocol: in text-to-image (t2i) each caption is a query and its one image is
+relevant; in image-to-text (i2t) each image is a query and all its captions are relevant
+(R@K hits if any is in the top K). Scores: ``dense = E_txt E_img^T`` (no temperature),
+``sparse = Z_txt Z_img^T``, ``hybrid = w1 · dense + w2 · sparse``.
+
+Everything is batched matrix work on the device. The rank of a relevant document is counted
+exactly, ``1 + #(score > gold) + #(score == gold and row < gold row)``, so the tie rule is
+stated and deterministic: **equal scores are ordered by the document's row in the split
+(earlier first)**. TREC run files written here follow the same order, so metrics recomputed
+from them equal the ones reported. All metrics are percentages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmsparse.config import EvalConfig
+from mmsparse.data.store import FeatureStore, Split
+from mmsparse.model.model import SparseDenseModel
+from mmsparse.sparse.ops import SparsityStats, flops, prune
+
+SCORE_TYPES = ("dense", "sparse", "hybrid")
+DIRECTIONS = ("t2i", "i2t")
+KS = (1, 5, 10)
+
+
+@dataclass
+class EncodedSplit:
+    """Dense and sparse vectors of every image and caption of a split.
+
+    Attributes:
+        image_dense: ``(n_img, D)``.
+        image_sparse: ``(n_img, V)`` (pruned as asked).
+        text_dense: ``(n_cap, D)``.
+        text_sparse: ``(n_cap, V)`` (pruned as asked).
+        caption_to_image: ``(n_cap,)`` image position of every caption.
+        image_ids: Image ids in row order.
+        caption_ids: Caption ids in row order.
+    """
+
+    image_dense: torch.Tensor
+    image_sparse: torch.Tensor
+    text_dense: torch.Tensor
+    text_sparse: torch.Tensor
+    caption_to_image: torch.Tensor
+    image_ids: list[str]
+    caption_ids: list[str]
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation, with per-query ranks for significance tests.
+
+    Attributes:
+        metrics: ``{"t2i": {"dense": {"R@1": ...}, ...}, "i2t": {...}}`` in percent.
+        sparsity: FLOPs and mean non-zeros per caption (query) and per image (document).
+        ranks: ``ranks[direction][score_type]``: 1-based rank of the first relevant
+            document for every query.
+        info: Split name, sizes, weights, pruning options, timing.
+    """
+
+    metrics: dict[str, dict[str, dict[str, float]]]
+    sparsity: dict[str, float | int | None]
+    ranks: dict[str, dict[str, np.ndarray]] = field(repr=False)
+    info: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready result (without per-query ranks)."""
+        return {**self.info, **self.metrics, "sparsity": self.sparsity}
+
+    def get(self, key: str) -> float:
+        """A metric by path, e.g. ``"t2i/sparse/R@1"``."""
+        direction, score_type, name = key.split("/")
+        return self.metrics[direction][score_type][name]
+
+
+def metrics_from_ranks(
+    ranks: np.ndarray | torch.Tensor, ks: Sequence[int] = KS
+) -> dict[str, float]:
+    """R@K and MRR@10 (percent) from 1-based ranks of the first relevant document."""
+    r = ranks.cpu().numpy() if isinstance(ranks, torch.Tensor) else np.asarray(ranks)
+    r = r.astype(np.float64)
+    out = {f"R@{k}": float(100.0 * np.mean(r <= k)) for k in ks}
+    out["MRR@10"] = float(100.0 * np.mean(np.where(r <= 10, 1.0 / r, 0.0)))
+    return out
+
+
+@torch.no_grad()
+def encode_features(
+    model: SparseDenseModel,
+    feats: np.ndarray | torch.Tensor,
+    modality: str,
+    *,
+    batch_size: int = 1024,
+    topk: int | None = None,
+    threshold: float = 0.0,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode features of one modality in batches.
+
+    Args:
+        model: The model (in eval mode for the call).
+        feats: ``(N, d)`` features.
+        modality: ``"image"`` or ``"text"``.
+        batch_size: Rows per forward pass.
+        topk: Keep the top-k sparse terms per row.
+        threshold: Zero sparse weights at or below it.
+        device: Device to encode on (default: the model's).
+
+    Returns:
+        ``(dense (N, D), sparse (N, V))`` float32 tensors on ``device``.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    encode = model.encode_image if modality == "image" else model.encode_text
+    was_training = model.training
+    model.eval()
+    dense, sparse = [], []
+    for start in range(0, len(feats), batch_size):
+        chunk = feats[start : start + batch_size]
+        h = torch.as_tensor(
+            np.asarray(chunk) if not isinstance(chunk, torch.Tensor) else chunk, dtype=torch.float32
+        ).to(device)
+        out = encode(h)
+        dense.append(out.dense.float())
+        sparse.append(prune(out.sparse.float(), topk, threshold))
+    model.train(was_training)
+    return torch.cat(dense), torch.cat(sparse)
+
+
+def encode_split(
+    model: SparseDenseModel,
+    store: FeatureStore,
+    split: Split,
+    eval_cfg: EvalConfig | None = None,
+    device: str | torch.device | None = None,
+    image_feats: torch.Tensor | None = None,
+    caption_feats: torch.Tensor | None = None,
+) -> EncodedSplit:
+    """Encode every image and caption of ``split``.
+
+    ``image_feats`` / ``caption_feats`` may pass the store's features already resident on
+    the device (the trainer does), to avoid copying them again every epoch.
+    """
+    eval_cfg = eval_cfg or EvalConfig()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    img_src = (
+        image_feats[torch.as_tensor(split.image_rows, device=image_feats.device)]
+        if image_feats is not None
+        else store.image_feats[split.image_rows]
+    )
+    cap_src = (
+        caption_feats[torch.as_tensor(split.caption_rows, device=caption_feats.device)]
+        if caption_feats is not None
+        else store.caption_feats[split.caption_rows]
+    )
+    img_dense, img_sparse = encode_features(
+        model,
+        img_src,
+        "image",
+        batch_size=eval_cfg.batch_size,
+        topk=eval_cfg.image_topk,
+        threshold=eval_cfg.threshold,
+        device=device,
+    )
+    txt_dense, txt_sparse = encode_features(
+        model,
+        cap_src,
+        "text",
+        batch_size=eval_cfg.batch_size,
+        topk=eval_cfg.text_topk,
+        threshold=eval_cfg.threshold,
+        device=device,
+    )
+    return EncodedSplit(
+        image_dense=img_dense,
+        image_sparse=img_sparse,
+        text_dense=txt_dense,
+        text_sparse=txt_sparse,
+        caption_to_image=torch.as_tensor(split.caption_to_image, device=device),
+        image_ids=[store.image_ids[i] for i in split.image_rows],
+        caption_ids=[store.caption_ids[i] for i in split.caption_rows],
+    )
+
+
+def _score(enc: EncodedSplit, rows: slice, score_type: str, w1: float, w2: float) -> torch.Tensor:
+    """t2i scores of a chunk of captions against all images, ``(C, n_img)``."""
+    if score_type == "dense":
+        return enc.text_dense[rows] @ enc.image_dense.T
+    sparse = enc.text_sparse[rows] @ enc.image_sparse.T
+    if score_type == "sparse":
+        return sparse
+    return w1 * (enc.text_dense[rows] @ enc.image_dense.T) + w2 * sparse
+
+
+def _gold_matrix(caption_to_image: torch.Tensor, n_images: int) -> torch.Tensor:
+    """``(n_img, m)`` caption positions of every image, padded with -1."""
+    order = torch.argsort(caption_to_image, stable=True)
+    counts = torch.bincount(caption_to_image, minlength=n_images)
+    m = int(counts.max().item())
+    starts = torch.cumsum(counts, 0) - counts
+    gold = torch.full((n_images, m), -1, dtype=torch.long, device=caption_to_image.device)
+    sorted_img = caption_to_image[order]
+    slot = torch.arange(order.numel(), device=order.device) - starts[sorted_img]
+    gold[sorted_img, slot] = order
+    return gold
+
+
+def _stable_topk(S: torch.Tensor, k: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` per row ordered by (score desc, column asc); columns shifted by ``offset``."""
+    k = min(k, S.shape[1])
+    values, idx = torch.sort(S, dim=1, descending=True, stable=True)
+    return values[:, :k], idx[:, :k] + offset
+
+
+def _merge_topk(
+    va: torch.Tensor, ia: torch.Tensor, vb: torch.Tensor, ib: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two ranked lists per row, keeping the (score desc, index asc) order."""
+    v = torch.cat([va, vb], dim=1)
+    i = torch.cat([ia, ib], dim=1)
+    by_index = torch.argsort(i, dim=1, stable=True)
+    v, i = v.gather(1, by_index), i.gather(1, by_index)
+    by_score = torch.argsort(v, dim=1, descending=True, stable=True)
+    return v.gather(1, by_score)[:, :k], i.gather(1, by_score)[:, :k]
+
+
+@torch.no_grad()
+def rank_split(
+    enc: EncodedSplit,
+    *,
+    w1: float,
+    w2: float,
+    batch_size: int = 1024,
+    score_types: Sequence[str] = SCORE_TYPES,
+    trec_depth: int | None = None,
+) -> tuple[
+    dict[str, dict[str, torch.Tensor]], dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]
+]:
+    """Exact ranks of the relevant documents, in both directions, for each score type.
+
+    Args:
+        enc: Encoded split.
+        w1: Dense weight of the hybrid score.
+        w2: Sparse weight of the hybrid score.
+        batch_size: Captions per score chunk.
+        score_types: Subset of ``dense``, ``sparse``, ``hybrid``.
+        trec_depth: Also return the top ``trec_depth`` documents of every query.
+
+    Returns:
+        ``(ranks, runs)``: ``ranks[direction][type]`` is a ``(n_queries,)`` tensor of 1-based
+        ranks; ``runs[direction][type]`` is ``(scores, doc positions)`` of shape
+        ``(n_queries, depth)`` when ``trec_depth`` is set, else empty.
+    """
+    n_cap, n_img = enc.text_dense.shape[0], enc.image_dense.shape[0]
+    device = enc.text_dense.device
+    c2i = enc.caption_to_image
+    img_pos = torch.arange(n_img, device=device)
+    gold = _gold_matrix(c2i, n_img)  # (n_img, m)
+    valid = gold >= 0
+    ranks: dict[str, dict[str, torch.Tensor]] = {"t2i": {}, "i2t": {}}
+    runs: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {"t2i": {}, "i2t": {}}
+    chunks = [slice(s, min(s + batch_size, n_cap)) for s in range(0, n_cap, batch_size)]
+    for st in score_types:
+        # Pass 1: text-to-image ranks; the gold scores double as the i2t gold scores.
+        t2i_rank = torch.empty(n_cap, dtype=torch.long, device=device)
+        gold_score = torch.empty(n_cap, device=device)
+        t2i_lists = []
+        for rows in chunks:
+            S = _score(enc, rows, st, w1, w2)  # (C, n_img)
+            g = c2i[rows]
+            gs = S.gather(1, g[:, None])  # (C, 1)
+            before = img_pos[None, :] < g[:, None]
+            t2i_rank[rows] = 1 + (S > gs).sum(1) + ((S == gs) & before).sum(1)
+            gold_score[rows] = gs[:, 0]
+            if trec_depth:
+                t2i_lists.append(_stable_topk(S, trec_depth))
+        ranks["t2i"][st] = t2i_rank
+        if trec_depth:
+            runs["t2i"][st] = (
+                torch.cat([v for v, _ in t2i_lists]),
+                torch.cat([i for _, i in t2i_lists]),
+            )
+        # Pass 2: image-to-text counts over the same score chunks, transposed.
+        gs_img = torch.where(
+            valid,
+            gold_score[gold.clamp(min=0)],
+            torch.full_like(gold, float("inf"), dtype=gold_score.dtype),
+        )
+        count = torch.zeros(gold.shape, dtype=torch.long, device=device)
+        best_v = best_i = None
+        for rows in chunks:
+            ST = _score(enc, rows, st, w1, w2).T  # (n_img, C)
+            cap_pos = torch.arange(rows.start, rows.stop, device=device)
+            greater = (ST[:, :, None] > gs_img[:, None, :]).sum(1)
+            ties = (
+                (ST[:, :, None] == gs_img[:, None, :]) & (cap_pos[None, :, None] < gold[:, None, :])
+            ).sum(1)
+            count += greater + ties
+            if trec_depth:
+                v, i = _stable_topk(ST, trec_depth, offset=rows.start)
+                best_v, best_i = (
+                    (v, i) if best_v is None else _merge_topk(best_v, best_i, v, i, trec_depth)
+                )
+        rank_each = torch.where(valid, count + 1, torch.full_like(count, n_cap + 1))
+        ranks["i2t"][st] = rank_each.min(dim=1).values
+        if trec_depth:
+            runs["i2t"][st] = (best_v, best_i)
+    return ranks, runs
+
+
+def sparsity_stats(enc: EncodedSplit) -> dict[str, float]:
+    """FLOPs and mean non-zeros of captions (queries) and images (documents)."""
+    vocab = enc.text_sparse.shape[1]
+    q, d = SparsityStats(vocab), SparsityStats(vocab)
+    for s in range(0, enc.text_sparse.shape[0], 4096):
+        q.update(enc.text_sparse[s : s + 4096])
+    for s in range(0, enc.image_sparse.shape[0], 4096):
+        d.update(enc.image_sparse[s : s + 4096])
+    return {"flops": flops(q, d), "text_nnz": q.mean_nnz, "image_nnz": d.mean_nnz}
+
+
+def evaluate_encoded(
+    enc: EncodedSplit,
+    *,
+    w1: float,
+    w2: float,
+    eval_cfg: EvalConfig | None = None,
+    split_name: str = "",
+    trec_dir: str | Path | None = None,
+    run_tag: str = "mmsparse",
+    score_types: Sequence[str] = SCORE_TYPES,
+) -> EvalResult:
+    """Metrics (and optionally TREC run files) of an encoded split.
+
+    Args:
+        enc: Vectors of the split.
+        w1: Dense weight of the hybrid score.
+        w2: Sparse weight of the hybrid score.
+        eval_cfg: Batch size, TREC depth and the pruning options to record.
+        split_name: Name recorded in the result.
+        trec_dir: If set, write ``{t2i,i2t}.{dense,sparse,hybrid}.trec`` and
+            ``{t2i,i2t}.qrels`` there.
+        run_tag: Last column of the TREC run files.
+        score_types: Score types to evaluate.
+
+    Returns:
+        The :class:`EvalResult`.
+    """
+    eval_cfg = eval_cfg or EvalConfig()
+    t0 = time.perf_counter()
+    ranks, runs = rank_split(
+        enc,
+        w1=w1,
+        w2=w2,
+        batch_size=eval_cfg.batch_size,
+        score_types=score_types,
+        trec_depth=eval_cfg.trec_depth if trec_dir else None,
+    )
+    if enc.text_dense.is_cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    np_ranks = {d: {st: r.cpu().numpy() for st, r in ranks[d].items()} for d in DIRECTIONS}
+    metrics = {
+        d: {st: metrics_from_ranks(np_ranks[d][st]) for st in score_types} for d in DIRECTIONS
+    }
+    sparsity: dict[str, float | int | None] = dict(sparsity_stats(enc))
+    sparsity.update(
+        text_topk=eval_cfg.text_topk, image_topk=eval_cfg.image_topk, threshold=eval_cfg.threshold
+    )
+    info = {
+        "split": split_name,
+        "n_images": int(enc.image_dense.shape[0]),
+        "n_captions": int(enc.text_dense.shape[0]),
+        "w1": w1,
+        "w2": w2,
+        "rank_seconds": round(elapsed, 4),
+    }
+    if trec_dir:
+        from mmsparse.evaluate.trec import write_qrels, write_run
+
+        trec_dir = Path(trec_dir)
+        write_qrels(
+            trec_dir / "t2i.qrels",
+            {
+                q: [enc.image_ids[int(i)]]
+                for q, i in zip(enc.caption_ids, enc.caption_to_image.tolist())
+            },
+        )
+        i2t_qrels: dict[str, list[str]] = {i: [] for i in enc.image_ids}
+        for q, i in zip(enc.caption_ids, enc.caption_to_image.tolist()):
+            i2t_qrels[enc.image_ids[int(i)]].append(q)
+        write_qrels(trec_dir / "i2t.qrels", i2t_qrels)
+        for direction in DIRECTIONS:
+            qids, dids = (
+                (enc.caption_ids, enc.image_ids)
+                if direction == "t2i"
+                else (enc.image_ids, enc.caption_ids)
+            )
+            for st in score_types:
+                values, positions = runs[direction][st]
+                write_run(
+                    trec_dir / f"{direction}.{st}.trec",
+                    qids,
+                    dids,
+                    values.cpu().numpy(),
+                    positions.cpu().numpy(),
+                    f"{run_tag}-{st}",
+                )
+    return EvalResult(metrics=metrics, sparsity=sparsity, ranks=np_ranks, info=info)
+
+
+def evaluate_model(
+    model: SparseDenseModel,
+    store: FeatureStore,
+    split: str | Split,
+    *,
+    w1: float,
+    w2: float,
+    eval_cfg: EvalConfig | None = None,
+    device: str | torch.device | None = None,
+    trec_dir: str | Path | None = None,
+    run_tag: str = "mmsparse",
+) -> EvalResult:
+    """Encode a split with ``model`` and evaluate it (see :func:`evaluate_encoded`).
+
+    Args:
+        model: The trained model.
+        store: Features of the split.
+        split: Split name (e.g. ``"val"``) or a :class:`Split`.
+        w1: Dense weight of the hybrid score.
+        w2: Sparse weight of the hybrid score.
+        eval_cfg: Pruning, batch size and TREC depth.
+        device: Device for encoding and scoring (default: the model's).
+        trec_dir: Directory for TREC run files and qrels.
+        run_tag: Tag of the TREC runs.
+
+    Returns:
+        The :class:`EvalResult`.
+    """
+    sp = store.split(split) if isinstance(split, str) else split
+    t0 = time.perf_counter()
+    enc = encode_split(model, store, sp, eval_cfg, device)
+    result = evaluate_encoded(
+        enc, w1=w1, w2=w2, eval_cfg=eval_cfg, split_name=sp.name, trec_dir=trec_dir, run_tag=run_tag
+    )
+    result.info["seconds"] = round(time.perf_counter() - t0, 4)
+    return result

@@ -1,0 +1,94 @@
+"""Sparsity regulariser: l1 of the sparse vectors with quadratic warm-up of its weights.
+
+``R = (eta_t(step) · l1(Z_txt) + eta_i(step) · l1(Z_img)) / 2`` with
+``eta(step) = eta_max · min(1, step / T)^2`` and ``l1(Z)`` the batch mean of row sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def l1(Z: torch.Tensor) -> torch.Tensor:
+    """Batch mean of the row sums of ``|Z|``: ``(B, V) -> ()``."""
+    return Z.float().abs().sum(dim=1).mean()
+
+
+def flops_reg(Z: torch.Tensor) -> torch.Tensor:
+    """FLOPS regulariser of SPLADE: ``sum_v (mean_b |Z_bv|)^2`` (for comparison)."""
+    return (Z.float().abs().mean(dim=0) ** 2).sum()
+
+
+@dataclass
+class QuadraticWarmup:
+    """``eta(step) = eta_max · min(1, step / T)^2``.
+
+    Attributes:
+        eta_max: Final weight.
+        T: Warm-up length in steps (``0``: ``eta_max`` from the start).
+    """
+
+    eta_max: float
+    T: int
+
+    def __call__(self, step: int) -> float:
+        """The weight at optimisation step ``step`` (0-based)."""
+        if self.T <= 0:
+            return self.eta_max
+        return self.eta_max * min(1.0, step / self.T) ** 2
+
+
+class SparsityRegularizer:
+    """The l1 regulariser with its quadratic schedule; the trainer steps it, checkpoints save it.
+
+    Args:
+        q_reg: Maximum weight ``eta_t`` of caption (query) vectors.
+        d_reg: Maximum weight ``eta_i`` of image (document) vectors.
+        total_steps: All training steps of the run.
+        warmup_frac: ``T`` as a fraction of ``total_steps`` (0.2 in the published configs).
+
+    Example:
+        >>> reg = SparsityRegularizer(q_reg=1.0, d_reg=2.0, total_steps=10, warmup_frac=0.2)
+        >>> reg.eta_t(reg.step), reg.step_once(), reg.eta_t(reg.step)
+        (0.0, None, 0.25)
+    """
+
+    def __init__(
+        self, q_reg: float, d_reg: float, total_steps: int, warmup_frac: float = 0.2
+    ) -> None:
+        T = round(warmup_frac * total_steps)
+        self.eta_t = QuadraticWarmup(q_reg, T)
+        self.eta_i = QuadraticWarmup(d_reg, T)
+        self.step = 0
+
+    def __call__(self, Z_txt: torch.Tensor, Z_img: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named terms of the regulariser at the current step.
+
+        Returns:
+            ``reg`` = R, ``l1_txt``, ``l1_img`` (tensors).
+        """
+        l1_txt, l1_img = l1(Z_txt), l1(Z_img)
+        R = (self.eta_t(self.step) * l1_txt + self.eta_i(self.step) * l1_img) / 2
+        return {"reg": R, "l1_txt": l1_txt, "l1_img": l1_img}
+
+    def step_once(self) -> None:
+        """Advance the schedule by one optimisation step."""
+        self.step += 1
+
+    def state_dict(self) -> dict[str, int | float]:
+        """Schedule state for checkpoints."""
+        return {
+            "step": self.step,
+            "T": self.eta_t.T,
+            "q_reg": self.eta_t.eta_max,
+            "d_reg": self.eta_i.eta_max,
+        }
+
+    def load_state_dict(self, state: dict[str, int | float]) -> None:
+        """Restore the schedule from :meth:`state_dict`."""
+        self.step = int(state["step"])
+        self.eta_t.T = self.eta_i.T = int(state["T"])
+        self.eta_t.eta_max = float(state["q_reg"])
+        self.eta_i.eta_max = float(state["d_reg"])

@@ -1,0 +1,354 @@
+"""The trainable part: dense heads (the "final layer"), the shared sparse head, ``tau``.
+
+Shapes follow METHOD.md::
+
+    e   = normalize(W h + b)                          # dense head, (B, dense_dim)
+    z   = log(1 + relu(V · LayerNorm(U e + c)))       # sparse head, (B, vocab_size)
+
+``V`` (``vocab_size x d_word``, no bias) starts as the backbone's word-embedding matrix,
+so every sparse dimension is a vocabulary term from the first step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmsparse.errors import CheckpointError
+from mmsparse.io_utils import atomic_write_json, load_tensors, read_json, save_tensors
+
+MODEL_FORMAT = "mmsparse-model"
+MODEL_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "model.json"
+VOCAB_NAME = "vocab.txt"
+
+
+@dataclass
+class EncoderOutput:
+    """Vectors of one modality.
+
+    Attributes:
+        dense: ``(B, dense_dim)`` L2-normalised dense vectors.
+        sparse: ``(B, vocab_size)`` non-negative sparse vectors (a dense tensor layout).
+    """
+
+    dense: torch.Tensor
+    sparse: torch.Tensor
+
+    def to_numpy(self) -> tuple[np.ndarray, Any]:
+        """Return ``(dense ndarray, sparse scipy.sparse.csr_matrix)`` on the CPU."""
+        import scipy.sparse as sp
+
+        dense = self.dense.detach().float().cpu().numpy()
+        sparse = sp.csr_matrix(self.sparse.detach().float().cpu().numpy())
+        return dense, sparse
+
+
+@dataclass
+class ModelOutput:
+    """Named outputs of one forward pass over matched (image, caption) rows.
+
+    Attributes:
+        img_dense: ``(B, dense_dim)`` image dense vectors ``E_img``.
+        txt_dense: ``(B, dense_dim)`` caption dense vectors ``E_txt``.
+        img_sparse: ``(B, vocab_size)`` image sparse vectors ``Z_img``.
+        txt_sparse: ``(B, vocab_size)`` caption sparse vectors ``Z_txt``.
+        tau: The temperature (a 0-d tensor).
+    """
+
+    img_dense: torch.Tensor
+    txt_dense: torch.Tensor
+    img_sparse: torch.Tensor
+    txt_sparse: torch.Tensor
+    tau: torch.Tensor
+
+
+class SparseHead(nn.Module):
+    """``z = log(1 + relu(V · LayerNorm(U e + c)))``, shared by both modalities.
+
+    Args:
+        dense_dim: Size of the dense input ``e``.
+        d_word: Word-embedding size (output of ``U``).
+        vocab_size: Number of vocabulary terms (output of ``V``).
+    """
+
+    def __init__(self, dense_dim: int, d_word: int, vocab_size: int) -> None:
+        super().__init__()
+        self.U = nn.Linear(dense_dim, d_word)
+        self.norm = nn.LayerNorm(d_word)
+        self.V = nn.Linear(d_word, vocab_size, bias=False)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        """Map normalised dense vectors ``(B, dense_dim)`` to sparse ``(B, vocab_size)``."""
+        return torch.log1p(torch.relu(self.V(self.norm(self.U(e)))))
+
+
+class SparseDenseModel(nn.Module):
+    """Dense heads, shared sparse head and learnable temperature.
+
+    Args:
+        d_img: Image feature size (input of ``vision_proj``).
+        d_txt: Caption feature size (input of ``text_proj``).
+        dense_dim: Dense vector size.
+        d_word: Word-embedding size of the sparse head.
+        vocab_size: Number of sparse dimensions.
+        tau_init: Initial temperature.
+        tau_min: Lower clamp of the temperature.
+        tau_max: Upper clamp of the temperature.
+
+    Example:
+        >>> model = SparseDenseModel(d_img=8, d_txt=6, dense_dim=4, d_word=5, vocab_size=10)
+        >>> out = model.encode_text(torch.randn(3, 6))
+        >>> out.dense.shape, out.sparse.shape
+        (torch.Size([3, 4]), torch.Size([3, 10]))
+    """
+
+    def __init__(
+        self,
+        d_img: int,
+        d_txt: int,
+        dense_dim: int = 256,
+        d_word: int = 768,
+        vocab_size: int = 30522,
+        tau_init: float = 0.07,
+        tau_min: float = 0.001,
+        tau_max: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.d_img, self.d_txt, self.dense_dim = d_img, d_txt, dense_dim
+        self.d_word, self.vocab_size = d_word, vocab_size
+        self.tau_min, self.tau_max = tau_min, tau_max
+        self.text_proj = nn.Linear(d_txt, dense_dim)
+        self.vision_proj = nn.Linear(d_img, dense_dim)
+        self.sparse_head = SparseHead(dense_dim, d_word, vocab_size)
+        self.tau = nn.Parameter(torch.tensor(float(tau_init)))
+
+    # -- construction -----------------------------------------------------------------
+
+    def init_weights(
+        self,
+        seed: int,
+        projections: dict[str, np.ndarray] | None = None,
+        word_embeddings: np.ndarray | None = None,
+    ) -> None:
+        """(Re)initialise from a backbone's weights where given, else at random from ``seed``.
+
+        Args:
+            seed: Seed of the random parts (the same seed gives the same weights).
+            projections: ``text_proj.weight/bias`` and ``vision_proj.weight/bias`` arrays.
+            word_embeddings: ``(vocab_size, d_word)`` array for ``V``.
+        """
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name in ("text_proj", "vision_proj", "sparse_head.U"):
+                lin: nn.Linear = self.get_submodule(name)
+                bound = 1.0 / np.sqrt(lin.in_features)
+                lin.weight.copy_(
+                    torch.empty_like(lin.weight).uniform_(-bound, bound, generator=gen)
+                )
+                lin.bias.copy_(torch.empty_like(lin.bias).uniform_(-bound, bound, generator=gen))
+            self.sparse_head.norm.reset_parameters()
+            self.sparse_head.V.weight.copy_(
+                torch.empty_like(self.sparse_head.V.weight).normal_(0.0, 0.02, generator=gen)
+            )
+            for key, value in (projections or {}).items():
+                target = self.get_parameter(key)
+                tensor = torch.as_tensor(np.asarray(value), dtype=target.dtype)
+                if tensor.shape != target.shape:
+                    raise CheckpointError(
+                        f"backbone {key} has shape {tuple(tensor.shape)}, "
+                        f"the model expects {tuple(target.shape)}"
+                    )
+                target.copy_(tensor)
+            if word_embeddings is not None:
+                emb = torch.as_tensor(np.asarray(word_embeddings), dtype=torch.float32)
+                if emb.shape != self.sparse_head.V.weight.shape:
+                    raise CheckpointError(
+                        f"word embeddings have shape {tuple(emb.shape)}, the sparse head "
+                        f"expects {tuple(self.sparse_head.V.weight.shape)}"
+                    )
+                self.sparse_head.V.weight.copy_(emb)
+
+    def clamp_temperature(self) -> None:
+        """Clamp ``tau`` into ``[tau_min, tau_max]`` in place (called after every step)."""
+        with torch.no_grad():
+            self.tau.clamp_(self.tau_min, self.tau_max)
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the dense heads (the final layer)."""
+        return [*self.text_proj.parameters(), *self.vision_proj.parameters()]
+
+    # -- forward ----------------------------------------------------------------------
+
+    def encode_text(self, h_txt: torch.Tensor | np.ndarray) -> EncoderOutput:
+        """Caption features ``(B, d_txt)`` to dense and sparse vectors."""
+        h = self._as_input(h_txt, self.d_txt, "caption")
+        e = F.normalize(self.text_proj(h), dim=-1)
+        return EncoderOutput(dense=e, sparse=self.sparse_head(e))
+
+    def encode_image(self, h_img: torch.Tensor | np.ndarray) -> EncoderOutput:
+        """Image features ``(B, d_img)`` to dense and sparse vectors."""
+        h = self._as_input(h_img, self.d_img, "image")
+        e = F.normalize(self.vision_proj(h), dim=-1)
+        return EncoderOutput(dense=e, sparse=self.sparse_head(e))
+
+    def forward(
+        self, h_img: torch.Tensor, h_txt: torch.Tensor, with_sparse: bool = True
+    ) -> ModelOutput:
+        """Encode matched rows of image and caption features.
+
+        Args:
+            h_img: ``(B, d_img)`` image features.
+            h_txt: ``(B, d_txt)`` caption features; row ``i`` describes image row ``i``.
+            with_sparse: ``False`` skips the sparse head (dense-only training); the sparse
+                fields are then empty ``(B, 0)`` tensors.
+
+        Returns:
+            :class:`ModelOutput` with the four vector sets and ``tau``.
+        """
+        if not with_sparse:
+            h_i = self._as_input(h_img, self.d_img, "image")
+            h_t = self._as_input(h_txt, self.d_txt, "caption")
+            e_img = F.normalize(self.vision_proj(h_i), dim=-1)
+            e_txt = F.normalize(self.text_proj(h_t), dim=-1)
+            empty = e_img.new_zeros((e_img.shape[0], 0))
+            return ModelOutput(e_img, e_txt, empty, empty, self.tau)
+        img = self.encode_image(h_img)
+        txt = self.encode_text(h_txt)
+        return ModelOutput(img.dense, txt.dense, img.sparse, txt.sparse, self.tau)
+
+    def _as_input(self, h: torch.Tensor | np.ndarray, dim: int, what: str) -> torch.Tensor:
+        if isinstance(h, np.ndarray):
+            h = torch.from_numpy(np.ascontiguousarray(h, dtype=np.float32))
+        if h.ndim != 2 or h.shape[1] != dim:
+            raise ValueError(f"{what} features must have shape (B, {dim}), got {tuple(h.shape)}")
+        param = self.text_proj.weight
+        if h.device != param.device:
+            h = h.to(param.device)
+        if h.dtype != param.dtype and not torch.is_autocast_enabled(h.device.type):
+            h = h.to(param.dtype)
+        return h
+
+    # -- persistence ------------------------------------------------------------------
+
+    def config_dict(self) -> dict[str, Any]:
+        """Architecture description saved as ``model.json``."""
+        return {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "d_img": self.d_img,
+            "d_txt": self.d_txt,
+            "dense_dim": self.dense_dim,
+            "d_word": self.d_word,
+            "vocab_size": self.vocab_size,
+            "tau_min": self.tau_min,
+            "tau_max": self.tau_max,
+        }
+
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        vocab_tokens: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write ``model.safetensors`` + ``model.json`` (+ ``vocab.txt``) atomically.
+
+        Args:
+            directory: Destination directory (created).
+            vocab_tokens: Term names to store beside the weights (``vocab.txt``).
+            extra: More JSON-serialisable fields for ``model.json`` (e.g. the backbone).
+
+        Returns:
+            The directory.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().float() for k, v in self.state_dict().items()}
+        save_tensors(directory / WEIGHTS_NAME, state, metadata={"format": MODEL_FORMAT})
+        if vocab_tokens is not None:
+            if len(vocab_tokens) != self.vocab_size:
+                raise CheckpointError(
+                    f"{directory}: {len(vocab_tokens)} vocabulary terms for a model of "
+                    f"vocabulary size {self.vocab_size}"
+                )
+            from mmsparse.io_utils import atomic_write_text
+
+            atomic_write_text(directory / VOCAB_NAME, "\n".join(vocab_tokens) + "\n")
+        atomic_write_json(directory / CONFIG_NAME, {**self.config_dict(), **(extra or {})})
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu"
+    ) -> SparseDenseModel:
+        """Load a model written by :meth:`save_pretrained` (never unpickles).
+
+        Raises:
+            CheckpointError: If a file is missing, truncated, foreign or inconsistent.
+        """
+        directory = Path(directory)
+        cfg = read_json(directory / CONFIG_NAME, "model config")
+        if not isinstance(cfg, dict) or cfg.get("format") != MODEL_FORMAT:
+            raise CheckpointError(f"{directory / CONFIG_NAME}: not an mmsparse model config")
+        if cfg.get("version") != MODEL_VERSION:
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME}: model version {cfg.get('version')} not supported"
+            )
+        try:
+            model = cls(
+                d_img=int(cfg["d_img"]),
+                d_txt=int(cfg["d_txt"]),
+                dense_dim=int(cfg["dense_dim"]),
+                d_word=int(cfg["d_word"]),
+                vocab_size=int(cfg["vocab_size"]),
+                tau_min=float(cfg["tau_min"]),
+                tau_max=float(cfg["tau_max"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{directory / CONFIG_NAME}: bad model config ({exc})") from exc
+        tensors, _ = load_tensors(directory / WEIGHTS_NAME)
+        model.load_tensors(tensors, where=str(directory / WEIGHTS_NAME))
+        return model.to(device)
+
+    def load_tensors(
+        self, tensors: dict[str, torch.Tensor], where: str, strict: bool = True
+    ) -> None:
+        """Copy named tensors into the model, with a clear error on a mismatch.
+
+        Args:
+            tensors: Name to tensor, as in :meth:`state_dict`.
+            where: File name for error messages.
+            strict: Require exactly the model's set of tensors.
+
+        Raises:
+            CheckpointError: On missing, unknown or wrongly shaped tensors.
+        """
+        own = self.state_dict()
+        missing = sorted(set(own) - set(tensors))
+        unexpected = sorted(set(tensors) - set(own))
+        if strict and (missing or unexpected):
+            raise CheckpointError(
+                f"{where}: tensors do not match the model (missing {missing}, unknown {unexpected})"
+            )
+        for key, value in tensors.items():
+            if key not in own:
+                continue
+            if tuple(value.shape) != tuple(own[key].shape):
+                what = " (vocabulary size differs)" if key == "sparse_head.V.weight" else ""
+                raise CheckpointError(
+                    f"{where}: {key} has shape {tuple(value.shape)}, the model expects "
+                    f"{tuple(own[key].shape)}{what}"
+                )
+            if not torch.isfinite(value).all():
+                raise CheckpointError(f"{where}: NaN or inf in {key}")
+        with torch.no_grad():
+            for key, value in tensors.items():
+                if key in own:
+                    own[key].copy_(value.to(own[key].dtype))

@@ -1,0 +1,210 @@
+"""Run directories: building a model for a config and its data, and loading trained runs.
+
+A run directory written by :func:`mmsparse.train.train` looks like::
+
+    RUN_DIR/config.json           the RunConfig (resolved)
+    RUN_DIR/metrics.jsonl         one JSON object per logged step and per validation
+    RUN_DIR/curves.png            training curves
+    RUN_DIR/best/                 model.safetensors, model.json, vocab.txt, selection.json
+    RUN_DIR/checkpoints/last/     the resumable state (model, optimiser, schedules)
+    RUN_DIR/eval_<split>.json     results of ``mmsparse evaluate``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmsparse.config import RunConfig, config_from_dict
+from mmsparse.data.store import FeatureStore, load_feature_store
+from mmsparse.data.vocab import Vocabulary
+from mmsparse.errors import CheckpointError, ConfigError, DataError
+from mmsparse.io_utils import read_json
+from mmsparse.model.model import CONFIG_NAME, VOCAB_NAME, SparseDenseModel
+
+DEFAULT_VOCAB_SIZE = 30522
+DEFAULT_D_WORD = 768
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available here")
+    return device
+
+
+def vocab_dims(cfg: RunConfig, store: FeatureStore) -> tuple[int, int]:
+    """``(vocab_size, d_word)`` from the bundle, the config, or the fallback defaults.
+
+    Raises:
+        ConfigError: If the config contradicts the bundle.
+    """
+    bundle = store.bundle
+    if bundle is not None:
+        vocab_size = bundle.vocab_size
+        d_word = bundle.d_word or cfg.model.d_word or DEFAULT_D_WORD
+        if cfg.model.vocab_size is not None and cfg.model.vocab_size != vocab_size:
+            raise ConfigError(
+                f"model.vocab_size={cfg.model.vocab_size} but the bundle {bundle.path} has "
+                f"{vocab_size} terms"
+            )
+        if cfg.model.d_word is not None and bundle.d_word and cfg.model.d_word != bundle.d_word:
+            raise ConfigError(
+                f"model.d_word={cfg.model.d_word} but the bundle's word embeddings have "
+                f"{bundle.d_word} columns"
+            )
+        return vocab_size, d_word
+    return cfg.model.vocab_size or DEFAULT_VOCAB_SIZE, cfg.model.d_word or DEFAULT_D_WORD
+
+
+def check_model_data(model: SparseDenseModel, store: FeatureStore, where: str) -> None:
+    """Check a trained model against a feature store (dimensions and vocabulary).
+
+    Raises:
+        CheckpointError: Naming the checkpoint and both sizes.
+    """
+    if model.d_img != store.d_img or model.d_txt != store.d_txt:
+        raise CheckpointError(
+            f"{where}: the checkpoint expects image/caption features of size "
+            f"{model.d_img}/{model.d_txt} but {store.root or store.name} has "
+            f"{store.d_img}/{store.d_txt}"
+        )
+    if store.bundle is not None and store.bundle.vocab_size != model.vocab_size:
+        raise CheckpointError(
+            f"{where}: the checkpoint's vocabulary has {model.vocab_size} terms but the data's "
+            f"bundle {store.bundle.path} has {store.bundle.vocab_size}"
+        )
+
+
+def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
+    """A freshly initialised model for ``cfg`` and the data's dimensions.
+
+    Dense heads come from the bundle's projections when it has them, ``V`` from its word
+    embeddings; the rest is random from ``cfg.train.seed``. With ``model.init_from`` every
+    tensor is then copied from that run or checkpoint (e.g. a stage-0 dense fit), the
+    temperature included.
+
+    Raises:
+        DataError: If the config's feature sizes disagree with the data.
+        CheckpointError: If ``init_from`` is unreadable or incompatible.
+    """
+    for key, want, got in (
+        ("d_img", cfg.model.d_img, store.d_img),
+        ("d_txt", cfg.model.d_txt, store.d_txt),
+    ):
+        if want is not None and want != got:
+            raise DataError(
+                f"{store.root or store.name}: wrong embedding dimension: model.{key}={want} "
+                f"but the features have {got}"
+            )
+    vocab_size, d_word = vocab_dims(cfg, store)
+    model = SparseDenseModel(
+        d_img=store.d_img,
+        d_txt=store.d_txt,
+        dense_dim=cfg.model.dense_dim,
+        d_word=d_word,
+        vocab_size=vocab_size,
+        tau_init=cfg.model.tau_init,
+        tau_min=cfg.model.tau_min,
+        tau_max=cfg.model.tau_max,
+    )
+    bundle = store.bundle
+    projections = bundle.projections if bundle is not None else None
+    if projections and projections["text_proj.weight"].shape[0] != cfg.model.dense_dim:
+        raise ConfigError(
+            f"model.dense_dim={cfg.model.dense_dim} but the bundle's projections output "
+            f"{projections['text_proj.weight'].shape[0]}"
+        )
+    model.init_weights(
+        cfg.train.seed,
+        projections=projections,
+        word_embeddings=bundle.word_embeddings if bundle is not None else None,
+    )
+    if cfg.model.init_from:
+        src = checkpoint_dir(cfg.model.init_from)
+        init = SparseDenseModel.from_pretrained(src)
+        if init.vocab_size != model.vocab_size:
+            raise CheckpointError(
+                f"{src}: model.init_from has a vocabulary of {init.vocab_size} terms but the "
+                f"data's is {model.vocab_size}"
+            )
+        model.load_tensors(init.state_dict(), where=str(src / "model.safetensors"))
+    return model
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """A run directory's ``best/`` checkpoint, or ``path`` itself if it is a checkpoint."""
+    path = Path(path)
+    if (path / CONFIG_NAME).is_file():
+        return path
+    if (path / "best" / CONFIG_NAME).is_file():
+        return path / "best"
+    raise CheckpointError(f"{path}: neither a run directory nor a checkpoint (no {CONFIG_NAME})")
+
+
+@dataclass
+class LoadedRun:
+    """A trained run: its config, best model, vocabulary and run directory."""
+
+    config: RunConfig
+    model: SparseDenseModel
+    vocab: Vocabulary
+    run_dir: Path
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """Load a run directory's config and best checkpoint.
+
+    Raises:
+        CheckpointError: If the run directory or its checkpoint is missing or broken.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: run directory not found")
+    raw = read_json(run_dir / "config.json", "run config")
+    try:
+        cfg = config_from_dict(raw, where=str(run_dir / "config.json"))
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+    ckpt = checkpoint_dir(run_dir)
+    model = SparseDenseModel.from_pretrained(ckpt, device=device)
+    vocab_path = ckpt / VOCAB_NAME
+    vocab = (
+        Vocabulary.from_file(vocab_path)
+        if vocab_path.is_file()
+        else Vocabulary.fallback(model.vocab_size)
+    )
+    if len(vocab) != model.vocab_size:
+        raise CheckpointError(
+            f"{vocab_path}: {len(vocab)} terms but the model has {model.vocab_size}"
+        )
+    return LoadedRun(config=cfg, model=model, vocab=vocab, run_dir=run_dir)
+
+
+def load_run_data(run: LoadedRun, data: str | Path | None = None) -> FeatureStore:
+    """The feature store a run was trained on, or another one of the same backbone.
+
+    Args:
+        run: The loaded run.
+        data: Another dataset directory (same backbone) to use instead.
+
+    Raises:
+        DataError: If the data is unreadable.
+        CheckpointError: If the data does not fit the checkpoint.
+    """
+    import dataclasses
+
+    data_cfg = run.config.data
+    if data is not None:
+        data_cfg = dataclasses.replace(data_cfg, path=str(data), image_file=None, text_file=None)
+        bundle_in_data = Path(data) / "bundle"
+        if (bundle_in_data / "bundle.json").is_file():
+            data_cfg = dataclasses.replace(data_cfg, bundle=str(bundle_in_data))
+    store = load_feature_store(data_cfg)
+    check_model_data(run.model, store, str(checkpoint_dir(run.run_dir)))
+    return store
