@@ -11,6 +11,7 @@ from mmsparse.evaluate.retrieval import (
     metrics_from_ranks,
     rank_split,
 )
+from mmsparse.evaluate.run import evaluate_run
 from mmsparse.evaluate.trec import metrics_from_run, read_qrels, read_run, write_qrels, write_run
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "encode_split",
     "evaluate_encoded",
     "evaluate_model",
+    "evaluate_run",
     "format_table",
     "metrics_from_ranks",
     "metrics_from_run",
