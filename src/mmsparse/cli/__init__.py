@@ -1,0 +1,1 @@
+"""Command-line interface of mmsparse (thin wrappers over the library)."""
