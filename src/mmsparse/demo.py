@@ -43,6 +43,10 @@ BASE = [
     "objective.lam2=0.5",
     "objective.q_reg=3e-3",
     "objective.d_reg=1e-3",
+    # Captions are masked to their own words early in training (decaying to none at half
+    # way), which keeps the sparse terms readable; D2S and joint both use it.
+    "objective.expansion_control=true",
+    "objective.expansion_decay_frac=0.5",
 ]
 
 
