@@ -120,8 +120,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_release, capsys):
     assert code == 2 and "needs --config" in err
 
 
-def test_demo_json(capsys):
-    code, out, _ = _run(capsys, "demo", "--json", "--epochs", "2")
+def test_demo_json(tmp_path, capsys):
+    code, out, _ = _run(capsys, "demo", "--json", "--epochs", "2", "--out", str(tmp_path))
     assert code == 0
     report = json.loads(out)
     assert "SYNTHETIC" in report["note"]
@@ -130,3 +130,7 @@ def test_demo_json(capsys):
     assert set(joint["t2i"]) == {"dense", "sparse", "hybrid"}
     assert joint["sparsity"]["text_nnz"] > 0
     assert all(isinstance(t, str) for ex in report["examples"] for t, _ in ex["image_terms"])
+    # the kept runs evaluate with the usual command to the numbers the demo printed
+    code, out, _ = _run(capsys, "evaluate", str(tmp_path / "joint"), "--split", "test", "--json")
+    assert code == 0
+    assert json.loads(out)["t2i"] == joint["t2i"]
