@@ -1,0 +1,1 @@
+"""Benchmarks: long-running measurements behind ``mmsparse bench`` (not tests)."""
