@@ -368,7 +368,297 @@ class EffnetMiniLM(Backend):
         )
 
 
-BACKENDS: dict[str, type[Backend]] = {EffnetMiniLM.name: EffnetMiniLM}
+class _HFBackend(Backend):
+    """A transformers dual encoder loaded from a local ``save_pretrained`` directory."""
+
+    model_class: ClassVar[str] = ""
+
+    def __init__(
+        self, device: str = "cpu", model: str | Path | None = None, max_length: int | None = None
+    ) -> None:
+        if model is None:
+            raise ConfigError(
+                f"backend {self.name} needs --model PATH, a local directory of "
+                f"{self.model_class} weights (save_pretrained format); nothing is downloaded"
+            )
+        super().__init__(device=device, model=model, max_length=max_length)
+        self.model_path = Path(model)
+        if not (self.model_path / "config.json").is_file():
+            raise MMSparseError(
+                f"{self.model_path}: not a weights directory of {self.model_class} (no config.json)"
+            )
+        transformers = require_dist("transformers", "transformers", f"The {self.name} backend")
+        self._config = transformers.AutoConfig.from_pretrained(str(self.model_path))
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._processor: Any = None
+
+    @classmethod
+    def from_extraction(cls, extraction: dict[str, Any], device: str = "cpu") -> Backend:
+        """Rebuild from the recorded weights directory.
+
+        Raises:
+            MMSparseError: If that directory is not available here.
+        """
+        warn_versions(extraction)
+        path = (extraction.get("model") or {}).get("path")
+        if not path or not Path(path).is_dir():
+            raise MMSparseError(
+                f"cannot encode raw text with backend {cls.name}: its weights directory "
+                f"{path!r} (recorded when the features were extracted) is not available here"
+            )
+        text = extraction.get("text") or {}
+        return cls(device=device, model=path, max_length=text.get("max_length"))
+
+    @property
+    def d_img(self) -> int:
+        """Hidden size of the vision tower."""
+        return int(self._config.vision_config.hidden_size)
+
+    @property
+    def d_txt(self) -> int:
+        """Hidden size of the text tower."""
+        return int(self._config.text_config.hidden_size)
+
+    def _load(self) -> tuple[Any, Any, Any]:
+        if self._model is None:
+            transformers = require_dist("transformers", "transformers", f"The {self.name} backend")
+            path = str(self.model_path)
+            with quiet_stdout():
+                model = getattr(transformers, self.model_class).from_pretrained(path)
+            self._model = model.eval().to(self.device)
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        return self._model, self._tokenizer, self._image_processor()
+
+    def _image_processor(self) -> Any:
+        if self._processor is None:
+            transformers = require_dist("transformers", "transformers", f"The {self.name} backend")
+            self._processor = transformers.AutoImageProcessor.from_pretrained(str(self.model_path))
+        return self._processor
+
+    def extraction(self) -> dict[str, Any]:
+        """Backend, weights directory, image processor settings and text tokenisation."""
+        weights = sorted(
+            (p.name, p.stat().st_size)
+            for p in self.model_path.iterdir()  # type: ignore[union-attr]
+            if p.suffix in (".safetensors", ".bin")
+        )
+        proc = self._image_processor()
+        settings = {
+            k: v
+            for k, v in proc.to_dict().items()
+            if k
+            in (
+                "size",
+                "resample",
+                "do_resize",
+                "do_rescale",
+                "rescale_factor",
+                "do_normalize",
+                "image_mean",
+                "image_std",
+                "do_center_crop",
+                "crop_size",
+                "do_convert_rgb",
+            )
+        }
+        return {
+            "format": EXTRACTION_FORMAT,
+            "backend": self.name,
+            "d_img": self.d_img,
+            "d_txt": self.d_txt,
+            "image_tag": self.image_tag,
+            "text_tag": self.text_tag,
+            "model": {
+                "path": str(self.model_path.resolve()),  # type: ignore[union-attr]
+                "class": self.model_class,
+                "name_or_path": str(getattr(self._config, "_name_or_path", "")),
+                "weights": [{"file": n, "bytes": b} for n, b in weights],
+            },
+            "packages": {"transformers": package_version("transformers")},
+            "image": {
+                "processor": type(proc).__name__,
+                "preprocessing": json_safe(settings),
+                "feature": self.image_feature,
+                "dtype": "float32",
+            },
+            "text": {
+                "tokenizer": "AutoTokenizer of the model",
+                "padding": "longest in batch",
+                "truncation": True,
+                "max_length": self.max_length,
+                "feature": self.text_feature,
+                "dtype": "float32",
+            },
+        }
+
+    image_feature: ClassVar[str] = ""
+    text_feature: ClassVar[str] = ""
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        """The model's own image processor (resize, rescale, normalise) on one RGB image."""
+        out = self._image_processor()(images=[image], return_tensors="np")
+        return np.asarray(out["pixel_values"][0], dtype=np.float32)
+
+    def _tokenize(self, texts: list[str]) -> Any:
+        _, tokenizer, _ = self._load()
+        return tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        ).to(self.device)
+
+    def _vocab_and_embeddings(self, emb: Any) -> tuple[Vocabulary, np.ndarray]:
+        _, tokenizer, _ = self._load()
+        weights = emb.detach().float().cpu().numpy()
+        n = weights.shape[0]
+        names = tokenizer.convert_ids_to_tokens(list(range(min(n, len(tokenizer)))))
+        tokens = [str(t) if t is not None else f"[EXTRA_{i}]" for i, t in enumerate(names)] + [
+            f"[EXTRA_{i}]" for i in range(len(names), n)
+        ]
+        tokens = [t if t and "\n" not in t else f"[EXTRA_{i}]" for i, t in enumerate(tokens)]
+        return Vocabulary(tokens), np.ascontiguousarray(weights, dtype=np.float32)
+
+
+class Blip(_HFBackend):
+    """transformers' BLIP image-text retrieval model: ``[CLS]`` of both towers."""
+
+    name = "blip"
+    image_tag = "blip"
+    text_tag = "blip"
+    default_max_length = 35
+    model_class = "BlipForImageTextRetrieval"
+    image_feature = "vision_model(pixel_values).last_hidden_state[:, 0] (before vision_proj)"
+    text_feature = (
+        "text_encoder(input_ids, attention_mask).last_hidden_state[:, 0] (before text_proj)"
+    )
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Vision ``[CLS]`` before ``vision_proj``."""
+        import torch
+
+        model, _, _ = self._load()
+
+        def run() -> np.ndarray:
+            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
+            return model.vision_model(pixel_values=x).last_hidden_state[:, 0].float().cpu().numpy()
+
+        return self._run(run)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Text ``[CLS]`` before ``text_proj`` (unimodal text encoder)."""
+        model, _, _ = self._load()
+
+        def run() -> np.ndarray:
+            enc = self._tokenize(texts)
+            out = model.text_encoder(
+                input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+            )
+            return out.last_hidden_state[:, 0].float().cpu().numpy()
+
+        return self._run(run)
+
+    def make_bundle(self) -> BackboneBundle:
+        """``vision_proj`` / ``text_proj``, the text encoder's word embeddings, vocabulary."""
+        model, _, _ = self._load()
+        vocab, emb = self._vocab_and_embeddings(model.text_encoder.get_input_embeddings().weight)
+        projections = {
+            f"{name}.{part}": getattr(getattr(model, name), part).detach().float().cpu().numpy()
+            for name in ("text_proj", "vision_proj")
+            for part in ("weight", "bias")
+        }
+        return BackboneBundle(
+            name=self.name,
+            vocab=vocab,
+            word_embeddings=emb,
+            projections=projections,
+            extraction=self.extraction(),
+        )
+
+
+class Clip(_HFBackend):
+    """transformers' CLIP: pooled outputs of both towers."""
+
+    name = "clip"
+    image_tag = "clip"
+    text_tag = "clip"
+    default_max_length = 77
+    model_class = "CLIPModel"
+    image_feature = "vision_model(pixel_values).pooler_output (before visual_projection)"
+    text_feature = "text_model(input_ids, attention_mask).pooler_output (before text_projection)"
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Pooled vision output before ``visual_projection``."""
+        import torch
+
+        model, _, _ = self._load()
+
+        def run() -> np.ndarray:
+            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(self.device)
+            return model.vision_model(pixel_values=x).pooler_output.float().cpu().numpy()
+
+        return self._run(run)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Pooled text output (end-of-text token) before ``text_projection``."""
+        model, _, _ = self._load()
+
+        def run() -> np.ndarray:
+            enc = self._tokenize(texts)
+            out = model.text_model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+            return out.pooler_output.float().cpu().numpy()
+
+        return self._run(run)
+
+    def make_bundle(self) -> BackboneBundle:
+        """Projections (CLIP's have no bias: zeros), token embeddings, BPE vocabulary."""
+        model, _, _ = self._load()
+        vocab, emb = self._vocab_and_embeddings(model.text_model.get_input_embeddings().weight)
+        projections = {}
+        for ours, theirs in (
+            ("text_proj", "text_projection"),
+            ("vision_proj", "visual_projection"),
+        ):
+            layer = getattr(model, theirs)
+            weight = layer.weight.detach().float().cpu().numpy()
+            bias = (
+                layer.bias.detach().float().cpu().numpy()
+                if layer.bias is not None
+                else np.zeros(weight.shape[0], dtype=np.float32)
+            )
+            projections[f"{ours}.weight"] = weight
+            projections[f"{ours}.bias"] = bias
+        return BackboneBundle(
+            name=self.name,
+            vocab=vocab,
+            word_embeddings=emb,
+            projections=projections,
+            extraction=self.extraction(),
+        )
+
+
+def json_safe(value: Any) -> Any:
+    """Convert numpy scalars/arrays and enums inside ``value`` to plain JSON types."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return getattr(value, "value", str(value))
+
+
+BACKENDS: dict[str, type[Backend]] = {
+    EffnetMiniLM.name: EffnetMiniLM,
+    Blip.name: Blip,
+    Clip.name: Clip,
+}
 
 
 def get_backend(name: str) -> type[Backend]:
