@@ -47,6 +47,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_extract)
 
+    p = sub.add_parser(
+        "explain",
+        help="top vocabulary terms of a sparse vector, and why a query matches an image",
+        description="Encode one image, caption or raw text with a run's best model, print its "
+        "heaviest vocabulary terms and, for a (query, image) pair, the terms that contribute "
+        "most to their sparse score. A caption is paired with its own image by default. "
+        "--text encodes raw text through the run's extraction backend (effnet-minilm here).",
+    )
+    p.add_argument("run_dir", help="run directory written by 'mmsparse train'")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", metavar="ID", help="an image id (imgid)")
+    what.add_argument("--caption", metavar="ID", help="a caption id (sentid)")
+    what.add_argument("--text", help="a raw text query")
+    p.add_argument("--with-image", metavar="ID", help="pair the caption/text with this image")
+    p.add_argument("--k", type=int, default=10, help="terms to list (default 10)")
+    p.add_argument("--data", help="another feature directory of the same backbone")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Run ``mmsparse explain``."""
+    from mmsparse.explain import explain, format_explain
+
+    result = explain(
+        args.run_dir,
+        image=args.image,
+        caption=args.caption,
+        text=args.text,
+        with_image=args.with_image,
+        k=args.k,
+        data=args.data,
+        device=args.device,
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_explain(result))
+    return 0
+
 
 def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
