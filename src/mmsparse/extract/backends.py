@@ -21,6 +21,7 @@ used, with an install hint when missing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -320,12 +321,7 @@ class EffnetMiniLM(Backend):
     # -- text ----------------------------------------------------------------
     def _load_text(self) -> tuple[Any, Any]:
         if self._text is None:
-            transformers = require_dist("transformers", "transformers", "The MiniLM text encoder")
-            path = str(self.minilm_dir())
-            tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-            with quiet_stdout():
-                model = transformers.AutoModel.from_pretrained(path)
-            self._text = (tokenizer, model.eval().to(self.device))
+            self._text = _load_minilm(str(self.minilm_dir()), str(self.device))
         return self._text
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -652,6 +648,23 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return getattr(value, "value", str(value))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_minilm(path: str, device: str) -> tuple[Any, Any]:
+    """MiniLM's tokenizer and model, loaded once per process and device (inference only).
+
+    Searching with free text calls :func:`load_text_encoder` repeatedly; the weights are
+    read from disk only the first time.
+    """
+    transformers = require_dist("transformers", "transformers", "The MiniLM text encoder")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    with quiet_stdout():
+        model = transformers.AutoModel.from_pretrained(path)
+    model.eval().to(device)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return tokenizer, model
 
 
 BACKENDS: dict[str, type[Backend]] = {
