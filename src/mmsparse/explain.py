@@ -98,6 +98,7 @@ def explain(
 
     def encode(feats: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:
         topk = ev.image_topk if modality == "image" else ev.text_topk
+        feats = np.array(feats, dtype=np.float32)  # a writable copy of one row
         with torch.no_grad():
             dense, sparse = encode_features(
                 model, feats, modality, topk=topk, threshold=ev.threshold, batch_size=1
