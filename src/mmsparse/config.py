@@ -152,8 +152,9 @@ class TrainConfig:
         compile: ``torch.compile`` the forward pass and loss of the training step: ``off``,
             ``default``, ``reduce-overhead`` (adds CUDA graphs on CUDA) or ``max-autotune``.
             The mathematics is unchanged (loss trajectories agree within float noise).
-        fused_optimizer: AdamW implementation: ``auto`` (fused kernel on CUDA, ``foreach``
-            elsewhere), ``on`` (fused wherever torch supports it) or ``off``.
+        fused_optimizer: AdamW implementation: ``auto`` (the fused kernel on CUDA and CPU
+            where this torch has it, else torch's default), ``on`` (fused, or an error) or
+            ``off`` (torch's default).
         log_every: Also log the mean loss terms every this many steps (``type: "step"``
             records in ``metrics.jsonl``, read from the device without stalling the step);
             ``0``: per-epoch records only.

@@ -8,8 +8,8 @@ free of host-device synchronisation:
 - the loss terms of a step are stacked into one device vector that the loop adds up on the
   device; :class:`AsyncTermLog` copies snapshots of it to pinned host memory without
   blocking and writes them once the copy has landed;
-- AdamW is fused on CUDA (one kernel, and it takes the fp16 gradient scaler's inf check
-  on the device, so ``GradScaler.step`` does not synchronise either).
+- AdamW is fused (one kernel over all parameters; on CUDA it also takes the fp16 gradient
+  scaler's inf check on the device, so ``GradScaler.step`` does not synchronise either).
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ JOINT_TERMS = (
 )
 D2S_TERMS = ("loss", "distill", "reg", "l1_txt", "l1_img", "total")
 DENSE_TERMS = ("loss", "contrastive", "total")
+
+# Devices whose fused AdamW kernel ``train.fused_optimizer=auto`` uses (torch >= 2.4 has one
+# for CPU; older versions fall back to the default implementation).
+FUSED_DEVICES = ("cuda", "cpu")
 
 COMPILE_MODES = {
     "default": None,
@@ -87,13 +91,16 @@ def use_fused_adamw(setting: str, device: torch.device) -> bool:
         return False
     if setting == "on":
         return True
-    return device.type == "cuda"
+    return device.type in FUSED_DEVICES
 
 
 def make_optimizer(
     params: Iterable[torch.nn.Parameter], train_cfg: TrainConfig, device: torch.device
 ) -> torch.optim.AdamW:
     """AdamW with the run's hyper-parameters, fused when ``train.fused_optimizer`` says so.
+
+    ``auto`` takes the fused kernel on CUDA and CPU and falls back to torch's default
+    implementation where this torch has none; ``on`` insists on it.
 
     Raises:
         ConfigError: If ``fused_optimizer=on`` but torch has no fused AdamW for ``device``.
@@ -109,10 +116,12 @@ def make_optimizer(
         try:
             return torch.optim.AdamW(params, fused=True, **kwargs)
         except (RuntimeError, ValueError) as exc:
-            raise ConfigError(
-                f"train.fused_optimizer={train_cfg.fused_optimizer!r}: no fused AdamW for "
-                f"{device} in torch {torch.__version__} ({exc}); use train.fused_optimizer=off"
-            ) from exc
+            if train_cfg.fused_optimizer == "on":
+                raise ConfigError(
+                    f"train.fused_optimizer=on: no fused AdamW for {device} in torch "
+                    f"{torch.__version__} ({exc}); use train.fused_optimizer=auto or off"
+                ) from exc
+            logger.info("no fused AdamW for %s (%s); using the default one", device, exc)
     return torch.optim.AdamW(params, **kwargs)
 
 
