@@ -47,6 +47,9 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-repeats", type=int, default=3, help="timed evaluations")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic features")
     p.add_argument(
+        "--threads", type=int, help="torch intra-op CPU threads (default: torch's choice)"
+    )
+    p.add_argument(
         "--out", help="add the report to this JSON file (e.g. benchmarks/train_speed.json)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -67,13 +70,19 @@ def _command(args: argparse.Namespace) -> str:
     ]
     if args.reference is not None:
         parts.append("--reference" if args.reference else "--no-reference")
+    if args.threads is not None:
+        parts.append(f"--threads {args.threads}")
     return " ".join(parts)
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench train``."""
+    import torch
+
     from mmsparse.bench.train_speed import bench_train, format_report, write_report
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     report = bench_train(
         args.scale,
         device=args.device,
