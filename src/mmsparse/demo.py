@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from mmsparse.config import RunConfig, apply_overrides
+from mmsparse.data.store import write_release
 from mmsparse.data.synthetic import SyntheticSpec, make_synthetic
 from mmsparse.evaluate.report import format_table, result_rows
 from mmsparse.evaluate.retrieval import encode_split, evaluate_encoded
@@ -43,6 +44,10 @@ BASE = [
     "objective.lam2=0.5",
     "objective.q_reg=3e-3",
     "objective.d_reg=1e-3",
+    # Captions are masked to their own words early in training (decaying to none at half
+    # way), which keeps the sparse terms readable; D2S and joint both use it.
+    "objective.expansion_control=true",
+    "objective.expansion_decay_frac=0.5",
 ]
 
 
@@ -93,6 +98,12 @@ def run_demo(
         out_dir = tmp.name
     out = Path(out_dir)
     try:
+        # The data is written next to the runs, so that they can be evaluated, explained and
+        # indexed later with the usual commands (mmsparse evaluate OUT/joint --split test).
+        write_release(store, out / "data", "synthetic")
+        store.bundle.save(out / "data" / "bundle")
+        data = [f"data.path={out / 'data'}", f"data.bundle={out / 'data' / 'bundle'}"]
+        cfgs = {k: apply_overrides(c, data) for k, c in cfgs.items()}
         train(cfgs["dense"], out / "dense", store=store)
         for name in ("d2s", "joint"):
             cfg = apply_overrides(cfgs[name], [f"model.init_from={out / 'dense'}"])
@@ -184,5 +195,8 @@ def format_demo(report: dict[str, Any]) -> str:
         match = ", ".join(f"{t} {p:.2f}" for t, _, _, p in ex["match"])
         lines.append(f"    why they match (term: q x d): {match}")
     lines.append("")
-    lines.append(f"Done in {report['seconds']:.1f} s.")
+    lines.append(
+        f"Done in {report['seconds']:.1f} s. Keep the runs with 'mmsparse demo --out DIR', "
+        "then e.g. 'mmsparse evaluate DIR/joint --split test'."
+    )
     return "\n".join(lines)

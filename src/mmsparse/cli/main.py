@@ -18,7 +18,12 @@ from mmsparse import __version__
 from mmsparse.errors import MMSparseError
 
 # Command modules, in the order their commands appear in --help.
-COMMAND_MODULES = ("mmsparse.cli.core_cmds", "mmsparse.cli.bench_cmds")
+COMMAND_MODULES = (
+    "mmsparse.cli.core_cmds",
+    "mmsparse.cli.extract_cmds",
+    "mmsparse.cli.flickr8k_cmds",
+    "mmsparse.cli.bench_cmds",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -121,7 +121,11 @@ class BackboneBundle:
         """
         directory = Path(directory)
         if not directory.is_dir():
-            raise DataError(f"{directory}: backbone bundle directory not found")
+            raise DataError(
+                f"{directory}: backbone bundle directory not found (create one with "
+                f"'mmsparse extract --backend NAME --bundle-only --out {directory}', or set "
+                f"data.bundle=null for the random fallback)"
+            )
         try:
             meta = read_json(directory / "bundle.json", "bundle description")
         except CheckpointError as exc:

@@ -144,6 +144,8 @@ def _read_parquet(path: Path) -> tuple[list[str], np.ndarray]:
     if values.null_count:
         raise DataError(f"{path}: null values inside column 'emb'")
     emb = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
+    if not emb.flags.writeable:  # zero-copy views of Arrow buffers are read-only
+        emb = emb.copy()
     return ids, emb
 
 

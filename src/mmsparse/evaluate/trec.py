@@ -37,7 +37,7 @@ def write_run(
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for qi, qid in enumerate(qids):
             lines = [
-                f"{qid} Q0 {dids[int(d)]} {r + 1} {float(s):.6f} {tag}\n"
+                f"{qid} Q0 {dids[int(d)]} {r + 1} {float(s):.9g} {tag}\n"
                 for r, (d, s) in enumerate(zip(positions[qi], scores[qi]))
             ]
             fh.writelines(lines)

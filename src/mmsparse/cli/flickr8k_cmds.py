@@ -1,0 +1,94 @@
+"""``mmsparse bench flickr8k``: the whole Flickr8k table in one command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """No top-level commands here (see :func:`register_bench`)."""
+
+
+def register_bench(bench: argparse._SubParsersAction) -> None:
+    """Add ``mmsparse bench flickr8k``."""
+    p = bench.add_parser(
+        "flickr8k",
+        help="dense backbone, D2S, joint (all teacher modes), ablations, "
+        "expansion control and the trade-off curve on Flickr8k",
+        description="Reproduce the Flickr8k table (val split). Finished runs in --out are "
+        "reused, so an interrupted benchmark continues where it stopped.",
+    )
+    p.add_argument("--data", default="../shared/flickr8k", help="Flickr8k feature directory")
+    p.add_argument(
+        "--bundle",
+        default=".cache/effnet-minilm-bundle",
+        help="backbone bundle ('none' for the random fallback vocabulary)",
+    )
+    p.add_argument("--out", default="runs/bench-flickr8k", help="directory of the runs")
+    p.add_argument("--stage0-config", default="configs/flickr8k-stage0.json")
+    p.add_argument("--config", default="configs/flickr8k.json")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    p.add_argument("--reg-scales", type=float, nargs="+", default=[0.25, 1.0, 4.0])
+    p.add_argument("--text-topk", type=int, default=64)
+    p.add_argument("--image-topk", type=int, default=256)
+    p.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="only the main rows and the curve (no teacher modes/ablations)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of every sparse run (repeatable)",
+    )
+    p.add_argument(
+        "--set-stage0",
+        dest="stage0_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the stage-0 runs",
+    )
+    p.add_argument("--results", default="benchmarks/flickr8k.json", help="JSON results file")
+    p.add_argument("--doc", default="docs/flickr8k.md", help="Markdown report to update")
+    p.add_argument("--plot", default="docs/flickr8k_tradeoff.png", help="trade-off PNG")
+    p.add_argument("--json", action="store_true", help="print the results JSON on stdout")
+    p.set_defaults(func=cmd_bench_flickr8k)
+
+
+def cmd_bench_flickr8k(args: argparse.Namespace) -> int:
+    """Run ``mmsparse bench flickr8k``."""
+    from mmsparse.bench.flickr8k import (
+        Flickr8kBench,
+        markdown_table,
+        results_json,
+        run_flickr8k_bench,
+    )
+
+    spec = Flickr8kBench(
+        data=args.data,
+        bundle=None if args.bundle.lower() == "none" else args.bundle,
+        out=args.out,
+        stage0_config=args.stage0_config,
+        config=args.config,
+        seeds=tuple(args.seeds),
+        text_topk=args.text_topk,
+        image_topk=args.image_topk,
+        reg_scales=tuple(args.reg_scales),
+        variants=not args.no_variants,
+        overrides=tuple(args.overrides),
+        stage0_overrides=tuple(args.stage0_overrides),
+    )
+    results = run_flickr8k_bench(
+        spec, results_path=args.results, doc_path=args.doc, plot_path=args.plot
+    )
+    if args.json:
+        sys.stdout.write(results_json(results) + "\n")
+    else:
+        print(markdown_table(results))
+        print(f"results: {args.results}; report: {args.doc}; curve: {args.plot}")
+    return 0

@@ -1,0 +1,83 @@
+"""The Flickr8k benchmark pipeline end to end on tiny synthetic data in the same format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mmsparse.bench.flickr8k import Flickr8kBench, paired_permutation_test, run_flickr8k_bench
+
+
+def test_paired_permutation_test_by_hand():
+    a = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    b = np.zeros(8)
+    res = paired_permutation_test(a, b, n_resamples=2000)
+    # only the two all-same-sign flips reach |mean| = 1: p ~ 2 / 256
+    assert res["mean_diff"] == 1.0 and res["p_value"] == pytest.approx(2 / 256, abs=0.01)
+    same = paired_permutation_test(a, a)
+    assert same["p_value"] == 1.0
+
+
+def test_bench_pipeline_on_tiny_data(tmp_path, tiny_release):
+    common = {
+        "model": {"dense_dim": 16},
+        "data": {"train_splits": ["train"]},
+        "train": {
+            "epochs": 1,
+            "batch_size": 32,
+            "lr": 3e-3,
+            "patience": 0,
+            "progress": False,
+            "plot": False,
+        },
+    }
+    stage0 = tmp_path / "s0.json"
+    stage0.write_text(json.dumps({**common, "objective": {"method": "dense"}}))
+    joint = tmp_path / "j.json"
+    joint.write_text(json.dumps({**common, "objective": {"q_reg": 1e-3, "d_reg": 1e-3}}))
+    spec = Flickr8kBench(
+        data=str(tiny_release),
+        bundle=str(tiny_release / "bundle"),
+        out=str(tmp_path / "runs"),
+        stage0_config=str(stage0),
+        config=str(joint),
+        seeds=(1, 2),
+        text_topk=8,
+        image_topk=16,
+        reg_scales=(0.5, 1.0),
+    )
+    res = run_flickr8k_bench(
+        spec,
+        results_path=tmp_path / "r.json",
+        doc_path=tmp_path / "r.md",
+        plot_path=tmp_path / "c.png",
+    )
+    rows = res["rows"]
+    assert {
+        "dense-backbone",
+        "d2s",
+        "joint",
+        "joint-teacher-official",
+        "joint-teacher-joint",
+        "no-distill",
+        "frozen-final-layer",
+        "joint-expansion-on",
+        "d2s-expansion-on",
+        "d2s-reg0.5",
+        "joint-reg0.5",
+    } == set(rows)
+    assert rows["joint"]["seeds"] == [1, 2]
+    assert rows["joint"]["sparsity"]["text_nnz"] <= 8
+    assert rows["joint"]["sparsity"]["image_nnz"] <= 16
+    assert 0 < res["significance"]["t2i_R@1"]["p_value"] <= 1
+    assert res["significance"]["t2i_R@1"]["n"] == 2 * 120
+    assert len(res["tradeoff"]["joint"]) == 2
+    assert json.loads((tmp_path / "r.json").read_text())["rows"].keys() == rows.keys()
+    doc = (tmp_path / "r.md").read_text()
+    assert "<!-- bench:begin -->" in doc and "| joint | sparse | 2 |" in doc
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    # a second call reuses every finished run and gives the same table
+    again = run_flickr8k_bench(spec)
+    assert again["rows"]["joint"]["t2i"] == rows["joint"]["t2i"]

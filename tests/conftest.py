@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmsparse.data import make_synthetic, write_release
+from tests.helpers import TINY
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)  # noqa: NPY002 - keeps any legacy numpy RNG use deterministic
+
+
+@pytest.fixture(scope="session")
+def tiny_store():
+    return make_synthetic(TINY)
+
+
+@pytest.fixture
+def tiny_release(tmp_path, tiny_store):
+    """The tiny synthetic store written in the paper's release format, with its bundle."""
+    root = tmp_path / "data"
+    write_release(tiny_store, root, "synth")
+    tiny_store.bundle.save(root / "bundle")
+    return root

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from safetensors.numpy import save_file
+
+from mmsparse.data.formats import read_feature_file, write_feature_parquet
+from mmsparse.errors import DataError
+
+
+def _emb(n=5, d=4, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+def test_parquet_round_trip_fixed_size(tmp_path):
+    emb = _emb()
+    write_feature_parquet(tmp_path / "f.parquet", [str(i) for i in range(5)], emb)
+    ff = read_feature_file(tmp_path / "f.parquet")
+    assert ff.ids == ["0", "1", "2", "3", "4"]
+    np.testing.assert_array_equal(ff.emb, emb)
+
+
+def test_parquet_variable_lists_as_released(tmp_path):
+    # The paper's files store `emb` as a plain list<double>.
+    emb = _emb().astype(np.float64)
+    table = pa.table({"id": ["a", "b", "c", "d", "e"], "emb": [list(r) for r in emb]})
+    pq.write_table(table, tmp_path / "f.parquet")
+    ff = read_feature_file(tmp_path / "f.parquet", expected_dim=4)
+    np.testing.assert_allclose(ff.emb, emb.astype(np.float32))
+
+
+def test_ragged_row_is_named(tmp_path):
+    table = pa.table({"id": ["a", "b", "c"], "emb": [[1.0, 2.0], [1.0, 2.0, 3.0], [0.0, 1.0]]})
+    pq.write_table(table, tmp_path / "f.parquet")
+    with pytest.raises(DataError, match=r"f\.parquet: wrong embedding dimension at row 1, id b"):
+        read_feature_file(tmp_path / "f.parquet")
+
+
+def test_wrong_dimension(tmp_path):
+    write_feature_parquet(tmp_path / "f.parquet", ["0", "1", "2", "3", "4"], _emb())
+    with pytest.raises(DataError, match="wrong embedding dimension: expected 8, got 4"):
+        read_feature_file(tmp_path / "f.parquet", expected_dim=8)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_names_row_and_id(tmp_path, bad):
+    emb = _emb()
+    emb[3, 1] = bad
+    write_feature_parquet(tmp_path / "f.parquet", ["a", "b", "c", "d", "e"], emb)
+    with pytest.raises(DataError, match=r"NaN or inf in feature at row 3, id d"):
+        read_feature_file(tmp_path / "f.parquet")
+
+
+def test_duplicate_id(tmp_path):
+    write_feature_parquet(tmp_path / "f.parquet", ["a", "b", "a", "d", "e"], _emb())
+    with pytest.raises(DataError, match=r"duplicate id a \(rows 0 and 2\)"):
+        read_feature_file(tmp_path / "f.parquet")
+
+
+def test_truncated_parquet(tmp_path):
+    write_feature_parquet(tmp_path / "f.parquet", ["0", "1", "2", "3", "4"], _emb())
+    data = (tmp_path / "f.parquet").read_bytes()
+    (tmp_path / "g.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"g\.parquet: unreadable or truncated parquet"):
+        read_feature_file(tmp_path / "g.parquet")
+
+
+def test_missing_columns(tmp_path):
+    pq.write_table(pa.table({"key": ["a"], "vec": [[1.0]]}), tmp_path / "f.parquet")
+    with pytest.raises(DataError, match="f.parquet"):
+        read_feature_file(tmp_path / "f.parquet")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="feature file not found"):
+        read_feature_file(tmp_path / "nope.parquet")
+
+
+def test_npy_with_and_without_ids(tmp_path):
+    emb = _emb()
+    np.save(tmp_path / "f.npy", emb)
+    ff = read_feature_file(tmp_path / "f.npy")
+    assert ff.ids is None
+    np.testing.assert_array_equal(ff.emb, emb)
+    (tmp_path / "f.ids.txt").write_text("\n".join("abcde"))
+    assert read_feature_file(tmp_path / "f.npy").ids == list("abcde")
+
+
+def test_npy_object_arrays_are_never_unpickled(tmp_path):
+    np.save(tmp_path / "f.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="unreadable"):
+        read_feature_file(tmp_path / "f.npy")
+
+
+def test_safetensors_ids_as_tensor_or_metadata(tmp_path):
+    emb = _emb()
+    save_file(
+        {"emb": emb, "id": np.arange(5, dtype=np.int64) * 10}, str(tmp_path / "a.safetensors")
+    )
+    assert read_feature_file(tmp_path / "a.safetensors").ids == ["0", "10", "20", "30", "40"]
+    save_file(
+        {"emb": emb}, str(tmp_path / "b.safetensors"), metadata={"ids": json.dumps(list("vwxyz"))}
+    )
+    ff = read_feature_file(tmp_path / "b.safetensors")
+    assert ff.ids == list("vwxyz")
+    np.testing.assert_array_equal(ff.emb, emb)
+    save_file({"x": emb}, str(tmp_path / "c.safetensors"))
+    with pytest.raises(DataError, match="needs a tensor 'emb'"):
+        read_feature_file(tmp_path / "c.safetensors")
+    (tmp_path / "d.safetensors").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(DataError, match="unreadable or truncated safetensors"):
+        read_feature_file(tmp_path / "d.safetensors")

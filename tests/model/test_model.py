@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmsparse.errors import CheckpointError
+from mmsparse.model import SparseDenseModel
+
+
+def _model(**kw):
+    m = SparseDenseModel(d_img=6, d_txt=5, dense_dim=4, d_word=3, vocab_size=9, **kw)
+    m.init_weights(0)
+    return m
+
+
+def test_forward_matches_the_formula_in_float64():
+    m = _model().double()
+    h = torch.randn(4, 5, dtype=torch.float64)
+    out = m.encode_text(h)
+    W, b = m.text_proj.weight.detach().numpy(), m.text_proj.bias.detach().numpy()
+    e = h.numpy() @ W.T + b
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    U, c = m.sparse_head.U.weight.detach().numpy(), m.sparse_head.U.bias.detach().numpy()
+    x = e @ U.T + c
+    x = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+    z = np.log1p(np.maximum(x @ m.sparse_head.V.weight.detach().numpy().T, 0))
+    np.testing.assert_allclose(out.dense.detach().numpy(), e, rtol=1e-10)
+    np.testing.assert_allclose(out.sparse.detach().numpy(), z, rtol=1e-9, atol=1e-12)
+    assert (out.sparse >= 0).all()
+
+
+def test_forward_names_and_shapes():
+    m = _model()
+    out = m(torch.randn(3, 6), torch.randn(3, 5))
+    assert out.img_dense.shape == (3, 4) and out.txt_sparse.shape == (3, 9)
+    torch.testing.assert_close(out.img_dense.norm(dim=1), torch.ones(3))
+    with pytest.raises(ValueError, match=r"image features must have shape \(B, 6\)"):
+        m.encode_image(torch.randn(3, 5))
+    dense_only = m(torch.randn(3, 6), torch.randn(3, 5), with_sparse=False)
+    assert dense_only.img_sparse.shape == (3, 0)
+
+
+def test_init_from_backbone_weights():
+    emb = np.arange(27, dtype=np.float32).reshape(9, 3)
+    proj = {
+        "text_proj.weight": np.ones((4, 5), np.float32),
+        "text_proj.bias": np.ones(4, np.float32),
+    }
+    m = SparseDenseModel(d_img=6, d_txt=5, dense_dim=4, d_word=3, vocab_size=9)
+    m.init_weights(1, projections=proj, word_embeddings=emb)
+    np.testing.assert_array_equal(m.sparse_head.V.weight.detach().numpy(), emb)
+    np.testing.assert_array_equal(m.text_proj.weight.detach().numpy(), proj["text_proj.weight"])
+    with pytest.raises(CheckpointError, match="word embeddings have shape"):
+        m.init_weights(1, word_embeddings=emb[:5])
+    a, b = _model(), _model()
+    torch.testing.assert_close(a.vision_proj.weight, b.vision_proj.weight)  # seeded
+
+
+def test_temperature_clamp():
+    m = _model(tau_init=0.07)
+    with torch.no_grad():
+        m.tau.fill_(5.0)
+    m.clamp_temperature()
+    assert float(m.tau) == 0.5
+    with torch.no_grad():
+        m.tau.fill_(-1.0)
+    m.clamp_temperature()
+    assert float(m.tau) == pytest.approx(0.001)
+
+
+def test_save_and_load_pretrained(tmp_path):
+    m = _model()
+    m.save_pretrained(tmp_path / "ck", vocab_tokens=[f"w{i}" for i in range(9)])
+    n = SparseDenseModel.from_pretrained(tmp_path / "ck")
+    for (k, a), (_, b) in zip(m.state_dict().items(), n.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+    assert (tmp_path / "ck" / "vocab.txt").read_text().split() == [f"w{i}" for i in range(9)]
+    with pytest.raises(
+        CheckpointError, match="4 vocabulary terms for a model of vocabulary size 9"
+    ):
+        m.save_pretrained(tmp_path / "x", vocab_tokens=["a"] * 4)
+
+
+def test_broken_checkpoints_are_refused(tmp_path):
+    m = _model()
+    m.save_pretrained(tmp_path / "ck")
+    weights = tmp_path / "ck" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="unreadable or truncated safetensors"):
+        SparseDenseModel.from_pretrained(tmp_path / "ck")
+    other = SparseDenseModel(d_img=6, d_txt=5, dense_dim=4, d_word=3, vocab_size=12)
+    other.save_pretrained(tmp_path / "v12")
+    (tmp_path / "v12" / "model.json").write_text((tmp_path / "ck" / "model.json").read_text())
+    with pytest.raises(CheckpointError, match="vocabulary size differs"):
+        SparseDenseModel.from_pretrained(tmp_path / "v12")
+    (tmp_path / "ck" / "model.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="not an mmsparse model config"):
+        SparseDenseModel.from_pretrained(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="not found"):
+        SparseDenseModel.from_pretrained(tmp_path / "nothing")

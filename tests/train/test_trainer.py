@@ -1,0 +1,248 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mmsparse.config import RunConfig, apply_overrides
+from mmsparse.errors import ConfigError
+from mmsparse.model import SparseDenseModel
+from mmsparse.train import Trainer, lr_factor, set_trainable, train
+from tests.helpers import TINY_OVERRIDES
+
+
+def _cfg(*extra):
+    return apply_overrides(RunConfig(name="t"), [*TINY_OVERRIDES, *extra])
+
+
+def _weights(path):
+    return SparseDenseModel.from_pretrained(path / "best").state_dict()
+
+
+def test_lr_schedule_warmup_then_linear_decay():
+    f = [lr_factor(s, 10, 0.2) for s in range(10)]
+    assert f[:2] == [0.5, 1.0]
+    assert f[2:] == pytest.approx([1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
+    assert lr_factor(0, 10, 0.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    "method,dense,sparse,tau",
+    [
+        ("joint", True, True, True),
+        ("no_distill", True, True, True),
+        ("frozen_dense", False, True, True),
+        ("d2s", False, True, False),
+        ("dense", True, False, True),
+    ],
+)
+def test_what_trains_per_method(method, dense, sparse, tau):
+    m = SparseDenseModel(d_img=4, d_txt=3, dense_dim=2, d_word=2, vocab_size=5)
+    set_trainable(m, method)
+    assert all(p.requires_grad == dense for p in m.dense_parameters())
+    assert all(p.requires_grad == sparse for p in m.sparse_head.parameters())
+    assert m.tau.requires_grad == tau
+
+
+def test_end_to_end_run_directory(tmp_path, tiny_store):
+    res = train(_cfg("train.plot=true"), tmp_path / "run", store=tiny_store)
+    run = tmp_path / "run"
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "final.json",
+        "curves.png",
+        "best/model.json",
+        "best/model.safetensors",
+        "best/vocab.txt",
+        "best/selection.json",
+        "checkpoints/latest.json",
+    ):
+        assert (run / name).is_file(), name
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in records if r["type"] == "train"]
+    assert [r["epoch"] for r in train_recs] == [1, 2, 3]
+    for key in (
+        "loss",
+        "contrastive",
+        "distill",
+        "reg",
+        "l1_txt",
+        "l1_img",
+        "total",
+        "lr",
+        "tau",
+        "nce_dense",
+        "nce_sparse",
+        "kd_dense",
+        "kd_sparse",
+    ):
+        assert key in train_recs[0], key
+    assert len([r for r in records if r["type"] == "val"]) == 3
+    assert 1 <= res.best_epoch <= 3 and res.select_metric == "t2i/sparse/R@1"
+    assert res.val["t2i"]["sparse"]["R@1"] == res.best_metric
+    # training learned something: far better than chance (1 of 40 images)
+    assert res.val["t2i"]["dense"]["R@10"] > 50
+
+
+def test_temperature_is_clamped_during_training(tmp_path, tiny_store):
+    train(
+        _cfg("model.tau_max=0.06", "model.tau_init=0.06", "train.lr=0.5", "train.epochs=1"),
+        tmp_path / "r",
+        store=tiny_store,
+    )
+    tau = float(SparseDenseModel.from_pretrained(tmp_path / "r" / "best").tau.detach())
+    assert 0.001 <= tau <= 0.06
+
+
+def test_existing_run_is_not_overwritten(tmp_path, tiny_store):
+    train(_cfg("train.epochs=1"), tmp_path / "r", store=tiny_store)
+    before = (tmp_path / "r" / "best" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(_cfg("train.epochs=1"), tmp_path / "r", store=tiny_store)
+    with pytest.raises(ConfigError, match=r"different config \(keys train.lr\)"):
+        train(
+            _cfg("train.epochs=1", "train.lr=1e-2"), tmp_path / "r", store=tiny_store, resume=True
+        )
+    assert (tmp_path / "r" / "best" / "model.safetensors").read_bytes() == before
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kill_after", [5, 11])  # mid-epoch 2, and right after an epoch's steps
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_store, monkeypatch, kill_after):
+    cfg = _cfg("train.epochs=4", "objective.expansion_control=true", "objective.expansion_p0=0.5")
+    ref = train(cfg, tmp_path / "ref", store=tiny_store)
+
+    calls = {"n": 0}
+    original = Trainer.train_step
+
+    def dying_step(self, rows, gen):
+        calls["n"] += 1
+        if calls["n"] > kill_after:
+            raise _Killed
+        return original(self, rows, gen)
+
+    monkeypatch.setattr(Trainer, "train_step", dying_step)
+    with pytest.raises(_Killed):
+        train(cfg, tmp_path / "run", store=tiny_store)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    res = train(cfg, tmp_path / "run", store=tiny_store, resume=True)
+    assert _untimed(res.val) == _untimed(ref.val) and res.best_epoch == ref.best_epoch
+    for (k, a), (_, b) in zip(
+        _weights(tmp_path / "ref").items(), _weights(tmp_path / "run").items()
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    log = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ref_log = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    assert [_untimed(json.loads(x)) for x in log] == [_untimed(json.loads(x)) for x in ref_log]
+
+
+def _untimed(record):
+    """A result or log record without its wall-clock timings."""
+    return {k: v for k, v in record.items() if k not in ("seconds", "rank_seconds")}
+
+
+def test_sigkill_then_resume_from_the_command_line(tmp_path, tiny_release):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "data": {"path": str(tiny_release), "bundle": str(tiny_release / "bundle")},
+                "model": {"dense_dim": 16},
+                "objective": {"q_reg": 1e-3, "d_reg": 1e-3},
+                "train": {
+                    "epochs": 6,
+                    "batch_size": 32,
+                    "lr": 3e-3,
+                    "patience": 0,
+                    "progress": False,
+                    "plot": False,
+                },
+            }
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "mmsparse", "train", "--config", str(cfg), "--json"]
+    subprocess.run([*cmd, "--out", str(tmp_path / "ref")], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path / "run")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pointer = tmp_path / "run" / "checkpoints" / "latest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        pointer.exists() and json.loads(pointer.read_text())["epoch"] >= 2
+    ):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    final = tmp_path / "run" / "final.json"
+    assert not final.exists(), "the run finished before it could be killed"
+    out = subprocess.run(
+        [*cmd[:4], "--out", str(tmp_path / "run"), "--resume", "--json"],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    resumed = json.loads(out.stdout)
+    ref = json.loads((tmp_path / "ref" / "final.json").read_text())
+    assert _untimed(resumed["val"]) == _untimed(ref["val"])
+    assert resumed["best_epoch"] == ref["best_epoch"]
+
+
+@pytest.mark.parametrize("method", ["d2s", "no_distill", "frozen_dense", "dense"])
+def test_every_method_trains(tmp_path, tiny_store, method):
+    res = train(
+        _cfg(f"objective.method={method}", "train.epochs=2"), tmp_path / method, store=tiny_store
+    )
+    assert res.epochs_run == 2
+    if method in ("d2s", "frozen_dense"):
+        init = SparseDenseModel(
+            d_img=24, d_txt=16, dense_dim=16, d_word=16, vocab_size=len(tiny_store.bundle.vocab)
+        )
+        init.init_weights(42, word_embeddings=tiny_store.bundle.word_embeddings)
+        trained = SparseDenseModel.from_pretrained(tmp_path / method / "best")
+        torch.testing.assert_close(trained.text_proj.weight, init.text_proj.weight)
+
+
+def test_early_stopping(tmp_path, tiny_store):
+    res = train(
+        _cfg("train.epochs=30", "train.patience=1", "train.lr=1e-6"),
+        tmp_path / "r",
+        store=tiny_store,
+    )
+    assert res.stopped_early and res.epochs_run < 30
+
+
+def test_init_from_a_run_with_another_vocabulary(tmp_path, tiny_store):
+    train(
+        _cfg("train.epochs=1", "objective.method=dense", "data.bundle=null"),
+        tmp_path / "a",
+        store=_without_bundle(tiny_store),
+    )
+    from mmsparse.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="vocabulary of 30522 terms but the data's is"):
+        train(
+            _cfg("train.epochs=1", f"model.init_from={tmp_path / 'a'}"),
+            tmp_path / "b",
+            store=tiny_store,
+        )
+
+
+def _without_bundle(store):
+    import dataclasses
+
+    return dataclasses.replace(store, bundle=None)
