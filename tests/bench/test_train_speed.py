@@ -7,7 +7,13 @@ import json
 import pytest
 import torch
 
-from mmsparse.bench.train_speed import Scale, bench_train, format_report, synthetic_store, write_report
+from mmsparse.bench.train_speed import (
+    Scale,
+    bench_train,
+    format_report,
+    synthetic_store,
+    write_report,
+)
 from mmsparse.cli.main import main
 from mmsparse.errors import ConfigError, DataError
 

@@ -137,6 +137,11 @@ class DistContext:
         self.all_reduce_mean([p.grad for p in params if p.grad is not None])
 
 
+def _collective(new: str, old: str) -> Callable[..., Any]:
+    """A single-tensor collective under its current name (torch 2.13 renamed them)."""
+    return getattr(dist, new, None) or getattr(dist, old)
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 whose backward sums the gradients of all ranks."""
 
@@ -146,7 +151,7 @@ class _GatherWithGrad(torch.autograd.Function):
         ctx.rank, ctx.world = dist.get_rank(), world
         tensor = tensor.contiguous()
         out = tensor.new_empty((world * tensor.shape[0], *tensor.shape[1:]))
-        dist.all_gather_into_tensor(out, tensor)
+        _collective("all_gather_single", "all_gather_into_tensor")(out, tensor)
         return out
 
     @staticmethod
@@ -155,7 +160,7 @@ class _GatherWithGrad(torch.autograd.Function):
         n = grad.shape[0] // ctx.world
         if dist.get_backend() == dist.Backend.NCCL:
             out = grad.new_empty((n, *grad.shape[1:]))
-            dist.reduce_scatter_tensor(out, grad)
+            _collective("reduce_scatter_single", "reduce_scatter_tensor")(out, grad)
             return out
         total = grad.clone()
         dist.all_reduce(total)  # gloo has no reduce-scatter: reduce all, keep our rows
