@@ -81,6 +81,10 @@ def _loss_and_grads(trainer: Trainer):
     return total.detach(), terms, grads
 
 
+class _Killed(Exception):
+    pass
+
+
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -97,7 +101,23 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         trainer = Trainer(_cfg(LOSS_CFG), store, out_dir / f"scratch{rank}", dist_ctx=ctx)
         total, terms, grads = _loss_and_grads(trainer)
         torch.save({"total": total, "terms": terms, "grads": grads}, out_dir / f"loss{rank}.pt")
-        result = train(_cfg(TRAIN_CFG), out_dir / "run", store=store)  # uses the group
+        # Killed in epoch 2 on both ranks, then resumed: must end like one uninterrupted process.
+        calls, original = {"n": 0}, Trainer.train_step
+
+        def dying_step(self, rows, gen):
+            calls["n"] += 1
+            if calls["n"] > 7:
+                raise _Killed
+            return original(self, rows, gen)
+
+        Trainer.train_step = dying_step
+        try:
+            train(_cfg(TRAIN_CFG), out_dir / "run", store=store)  # uses the group
+        except _Killed:
+            (out_dir / f"killed{rank}").touch()
+        finally:
+            Trainer.train_step = original
+        result = train(_cfg(TRAIN_CFG), out_dir / "run", store=store, resume=True)
         torch.save({"best_epoch": result.best_epoch}, out_dir / f"result{rank}.pt")
         try:  # an error on rank 0 reaches every rank instead of leaving them waiting
             train(_cfg(TRAIN_CFG), out_dir / "run", store=store)
@@ -127,7 +147,7 @@ def test_global_batch_loss_and_gradients_equal_one_process(two_process_run, tmp_
             torch.testing.assert_close(got["grads"][name], g, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_two_process_training_matches_one_process(two_process_run, tmp_path):
+def test_two_process_training_killed_and_resumed_matches_one_process(two_process_run, tmp_path):
     ref = train(_cfg(TRAIN_CFG), tmp_path / "ref", store=make_synthetic(SPEC))
     run = two_process_run / "run"
     log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -138,6 +158,7 @@ def test_two_process_training_matches_one_process(two_process_run, tmp_path):
         for key in ("total", "loss", "reg", "l1_txt", "tau", "t2i/sparse/R@1", "i2t/hybrid/R@5"):
             if key in b:
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    assert (two_process_run / "killed0").exists() and (two_process_run / "killed1").exists()
     final = json.loads((run / "final.json").read_text())
     assert final["world_size"] == 2 and final["best_epoch"] == ref.best_epoch
     for rank in (0, 1):
