@@ -155,9 +155,10 @@ class TrainConfig:
         fused_optimizer: AdamW implementation: ``auto`` (the fused kernel on CUDA and CPU
             where this torch has it, else torch's default), ``on`` (fused, or an error) or
             ``off`` (torch's default).
-        log_every: Also log the mean loss terms every this many steps (``type: "step"``
-            records in ``metrics.jsonl``, read from the device without stalling the step);
-            ``0``: per-epoch records only.
+        log_every: Also log the loss terms every this many steps: ``type: "step"`` records
+            in ``metrics.jsonl`` with the mean over the steps since the previous record of
+            the epoch, read from the device without stalling the step; ``0``: per-epoch
+            records only.
     """
 
     epochs: int = 200

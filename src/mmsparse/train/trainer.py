@@ -25,11 +25,12 @@ Determinism: the batch order of epoch ``e`` comes from a generator seeded with
 a complete checkpoint, so a run killed at any point and resumed replays the same steps:
 on CPU it ends with the same metrics as an uninterrupted run.
 
-Speed (see ``docs/train_speed.md``): the step never waits for the device. Batches are
-index gathers on resident features, per-step schedule values come from device tables,
-loss terms are summed on the device and read at log points only (``train.log_every``,
-asynchronously), AdamW is fused on CUDA, and ``train.compile`` compiles the forward pass
-and loss (``reduce-overhead``: with CUDA graphs). Several processes launched by
+Speed (see ``docs/train_speed.md``): the step is written not to wait for the device.
+Batches are index gathers on resident features, per-step schedule values come from device
+tables, loss terms are summed on the device and read at log points only
+(``train.log_every``, asynchronously), AdamW is fused (CUDA and CPU), and
+``train.compile`` compiles the forward pass and loss (``reduce-overhead``: with CUDA
+graphs). Several processes launched by
 ``torchrun`` train the same run data-parallel over the global batch
 (:mod:`mmsparse.train.distributed`).
 """
@@ -478,8 +479,8 @@ class Trainer:
     def train_step(self, caption_rows: torch.Tensor, gen: torch.Generator | None) -> StepTerms:
         """One optimisation step on the global batch of caption rows.
 
-        Nothing here waits for the device: the learning rate and the regulariser weights
-        are known on the host or read from device tables, and the terms stay on the device.
+        Nothing here reads from the device: the learning rate is computed on the host, the
+        regulariser weights come from a device table, and the terms stay on the device.
 
         Returns:
             The detached loss terms (a mapping ``name -> 0-d tensor``; ``.vector`` holds
