@@ -94,6 +94,12 @@ def test_report_file_replaces_the_same_setting(tmp_path):
     write_report({**base, "settings": {**base["settings"], "compile": "default"}, "n": 3}, path)
     runs = json.loads(path.read_text())["runs"]
     assert [r["n"] for r in runs] == [2, 3]
+    data = json.loads(path.read_text())
+    data["pending"] = [{"command": "mmsparse bench train --x"}, {"command": "other"}]
+    path.write_text(json.dumps(data))
+    write_report({**base, "n": 4, "command": "mmsparse bench train --x"}, path)
+    data = json.loads(path.read_text())
+    assert [r["n"] for r in data["runs"]] == [3, 4] and data["pending"] == [{"command": "other"}]
     path.write_text("{not json")
     with pytest.raises(DataError, match="not a train-speed report"):
         write_report(base, path)

@@ -755,20 +755,24 @@ def report_key(report: dict[str, Any]) -> tuple:
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
     """Add ``report`` to the JSON file of runs at ``path`` (atomically; same key replaced).
 
-    The file holds ``{"format": ..., "runs": [report, ...]}``.
+    The file holds ``{"format": ..., "runs": [report, ...], "pending": [...]}``; ``pending``
+    lists measurements still to make (``{"command": ..., "status": ...}``), and an entry
+    whose command equals the report's is removed once the report is added.
 
     Raises:
         DataError: If ``path`` exists but is not such a file.
     """
     path = Path(path)
-    runs: list[dict[str, Any]] = []
+    data: dict[str, Any] = {"format": REPORT_FORMAT, "runs": []}
     if path.exists():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            runs = list(data["runs"])
+            data["runs"] = list(data["runs"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{path}: not a train-speed report file ({exc})") from exc
-    runs = [r for r in runs if report_key(r) != report_key(report)] + [report]
+    data["runs"] = [r for r in data["runs"] if report_key(r) != report_key(report)] + [report]
+    if "pending" in data and report.get("command"):
+        data["pending"] = [p for p in data["pending"] if p.get("command") != report["command"]]
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {"format": REPORT_FORMAT, "runs": runs})
+    atomic_write_json(path, data)
     return path

@@ -99,6 +99,10 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     if not report:  # a non-zero rank under torchrun: rank 0 reports
         return 0
     report["command"] = _command(args)
+    if report.get("world_size", 1) > 1:
+        report["command"] = (
+            f"torchrun --nproc_per_node {report['world_size']} -m {report['command']}"
+        )
     if args.out:
         write_report(report, args.out)
         print(f"report added to {args.out}", file=sys.stderr)
