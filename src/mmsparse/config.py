@@ -137,7 +137,9 @@ class TrainConfig:
         eps: AdamW epsilon.
         warmup_frac: Fraction of steps of linear learning-rate warm-up (then linear decay).
         grad_clip: Gradient-norm clip (``0`` disables clipping).
-        amp: Mixed precision: ``auto`` (fp16 on CUDA, fp32 on CPU), ``fp16``, ``bf16``, ``off``.
+        amp: Mixed precision of the model's forward pass: ``auto`` (fp16 on CUDA, fp32 on
+            CPU), ``fp16`` (CUDA only), ``bf16`` (CUDA, or CPU when asked), ``off``. The loss
+            is always computed in float32.
         seed: Seed of initialisation and batch order.
         patience: Early-stopping patience in epochs (``0`` disables early stopping).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -147,6 +149,16 @@ class TrainConfig:
         eval_every: Evaluate on validation every this many epochs.
         progress: Show progress bars.
         plot: Write PNG training curves (needs matplotlib).
+        compile: ``torch.compile`` the forward pass and loss of the training step: ``off``,
+            ``default``, ``reduce-overhead`` (adds CUDA graphs on CUDA) or ``max-autotune``.
+            The mathematics is unchanged (loss trajectories agree within float noise).
+        fused_optimizer: AdamW implementation: ``auto`` (the fused kernel on CUDA and CPU
+            where this torch has it, else torch's default), ``on`` (fused, or an error) or
+            ``off`` (torch's default).
+        log_every: Also log the loss terms every this many steps: ``type: "step"`` records
+            in ``metrics.jsonl`` with the mean over the steps since the previous record of
+            the epoch, read from the device without stalling the step; ``0``: per-epoch
+            records only.
     """
 
     epochs: int = 200
@@ -165,6 +177,9 @@ class TrainConfig:
     eval_every: int = 1
     progress: bool = True
     plot: bool = True
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    fused_optimizer: Literal["auto", "on", "off"] = "auto"
+    log_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -350,6 +365,7 @@ def validate_config(cfg: RunConfig, where: str = "<config>") -> None:
         (cfg.objective.expansion_decay_frac > 0, "objective.expansion_decay_frac must be > 0"),
         (cfg.train.eval_every >= 1, "train.eval_every must be at least 1"),
         (cfg.train.patience >= 0, "train.patience must be non-negative"),
+        (cfg.train.log_every >= 0, "train.log_every must be non-negative"),
         (cfg.eval.text_topk is None or cfg.eval.text_topk > 0, "eval.text_topk must be > 0"),
         (cfg.eval.image_topk is None or cfg.eval.image_topk > 0, "eval.image_topk must be > 0"),
         (cfg.eval.threshold >= 0, "eval.threshold must be non-negative"),

@@ -70,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Run ``mmsparse train``."""
     from mmsparse.config import apply_overrides, load_config
     from mmsparse.evaluate.report import results_table
+    from mmsparse.train.distributed import is_main_process
     from mmsparse.train.trainer import resume_config, train
 
     if args.config:
@@ -79,6 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("mmsparse train needs --config FILE (or --resume with --out RUN_DIR)")
     result = train(cfg, args.out, resume=args.resume)
+    if not is_main_process():  # under torchrun every rank trains; rank 0 reports
+        return 0
     summary = {
         "run_dir": str(result.run_dir),
         "best_epoch": result.best_epoch,

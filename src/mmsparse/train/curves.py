@@ -43,11 +43,21 @@ def plot_curves(log_path: str | Path, out_path: str | Path) -> Path | None:
     records = read_metrics(log_path)
     train = [r for r in records if r.get("type") == "train"]
     val = [r for r in records if r.get("type") == "val"]
+    steps = [r for r in records if r.get("type") == "step"]  # train.log_every > 0
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     ax = axes[0]
     for key in ("total", "loss", "contrastive", "distill", "reg"):
         if train and key in train[0]:
             ax.plot([r["epoch"] for r in train], [r[key] for r in train], label=key)
+    if steps and train and train[0]["step"]:
+        per_epoch = train[0]["step"] / train[0]["epoch"]
+        ax.plot(
+            [r["step"] / per_epoch for r in steps],
+            [r["total"] for r in steps],
+            lw=0.6,
+            alpha=0.6,
+            label="total (log_every steps)",
+        )
     ax.set(title="training loss terms", xlabel="epoch", yscale="log")
     ax.legend()
     ax = axes[1]

@@ -3,9 +3,10 @@
 Mechanics (the published schedule): AdamW over the trainable parameters and ``tau``; the
 learning rate is warmed up linearly over ``warmup_frac`` of all steps, then decays linearly
 to 0; gradients are clipped; fp16 autocast with a gradient scaler on CUDA (fp32 on CPU);
-``tau`` is clamped after every step. Validation runs every ``eval_every`` epochs; the best
-epoch by ``select_metric`` is kept in ``best/`` and training stops after ``patience``
-validations without improvement.
+``tau`` is clamped after every step. Mixed precision covers the model's forward pass only:
+the scores and the loss are computed in float32. Validation runs every ``eval_every``
+epochs; the best epoch by ``select_metric`` is kept in ``best/`` and training stops after
+``patience`` validations without improvement.
 
 Which parameters train depends on ``objective.method``:
 
@@ -23,6 +24,15 @@ Determinism: the batch order of epoch ``e`` comes from a generator seeded with
 ``(seed, e)`` and expansion-control draws from ``(seed, e, 1)``, and every epoch ends with
 a complete checkpoint, so a run killed at any point and resumed replays the same steps:
 on CPU it ends with the same metrics as an uninterrupted run.
+
+Speed (see ``docs/train_speed.md``): the step is written not to wait for the device.
+Batches are index gathers on resident features, per-step schedule values come from device
+tables, loss terms are summed on the device and read at log points only
+(``train.log_every``, asynchronously), AdamW is fused (CUDA and CPU), and
+``train.compile`` compiles the forward pass and loss (``reduce-overhead``: with CUDA
+graphs). Several processes launched by
+``torchrun`` train the same run data-parallel over the global batch
+(:mod:`mmsparse.train.distributed`).
 """
 
 from __future__ import annotations
@@ -50,7 +60,9 @@ from mmsparse.losses import (
     d2s_objective,
     dense_objective,
     joint_objective,
+    l1,
     padded_token_ids,
+    token_mask,
 )
 from mmsparse.model.model import SparseDenseModel
 from mmsparse.runs import build_model, resolve_device
@@ -63,10 +75,28 @@ from mmsparse.train.checkpoint import (
     swap_in_directory,
     truncate_log,
 )
+from mmsparse.train.distributed import (
+    DistContext,
+    current_context,
+    gather_with_grad,
+    rank_device,
+    setup,
+    teardown,
+)
+from mmsparse.train.step import (
+    AsyncTermLog,
+    StepTerms,
+    compile_step,
+    make_optimizer,
+    term_names,
+    uses_cuda_graphs,
+)
 
 logger = logging.getLogger("mmsparse.train")
 
 SPARSE_METHODS = ("joint", "no_distill", "frozen_dense", "d2s")
+# Config keys that may differ between the sessions of a resumed run.
+RESUME_FREE_KEYS = ("train.progress", "train.plot", "train.compile", "train.log_every")
 
 
 @dataclass
@@ -125,9 +155,12 @@ def set_trainable(model: SparseDenseModel, method: str) -> list[torch.nn.Paramet
 
 
 def _amp(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of the forward pass: fp16/bf16 on CUDA, bf16 on CPU only when asked."""
     mode = cfg.train.amp
-    if device.type != "cuda" or mode == "off":
+    if mode == "off":
         return None
+    if device.type != "cuda":
+        return torch.bfloat16 if mode == "bf16" else None
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
@@ -144,15 +177,24 @@ class Trainer:
         cfg: The run configuration.
         store: The features (``cfg.data`` is loaded when ``None``).
         run_dir: Where the run is written.
+        dist_ctx: This process's place in a data-parallel job (default: the initialised
+            process group, else a single process).
     """
 
-    def __init__(self, cfg: RunConfig, store: FeatureStore, run_dir: Path) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        store: FeatureStore,
+        run_dir: Path,
+        dist_ctx: DistContext | None = None,
+    ) -> None:
         self.cfg = cfg
         self.store = store
         self.run_dir = run_dir
+        self.dist = dist_ctx if dist_ctx is not None else current_context()
         self.method = cfg.objective.method
         self.metric_name = selection_metric(cfg)
-        self.device = resolve_device(cfg.train.device)
+        self.device = resolve_device(rank_device(cfg.train.device, self.dist))
         self.train_split = store.split(cfg.data.train_splits, allow_missing=True)
         self.val_split = store.split(cfg.data.val_split)
         self.vocab = store.vocabulary(cfg.model.vocab_size)
@@ -160,14 +202,9 @@ class Trainer:
         self.model = build_model(cfg, store).to(self.device)
         if len(self.vocab) != self.model.vocab_size:
             self.vocab = self.vocab.fallback(self.model.vocab_size)
-        params = set_trainable(self.model, self.method)
-        self.optimizer = torch.optim.AdamW(
-            params,
-            lr=cfg.train.lr,
-            betas=cfg.train.betas,
-            eps=cfg.train.eps,
-            weight_decay=cfg.train.weight_decay,
-        )
+        self.params = set_trainable(self.model, self.method)
+        self.dist.broadcast_parameters(list(self.model.parameters()))
+        self.optimizer = make_optimizer(self.params, cfg.train, self.device)
         self.amp_dtype = _amp(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
@@ -178,6 +215,7 @@ class Trainer:
         self.train_captions = torch.from_numpy(self.train_split.caption_rows).to(self.device)
         n = self.train_captions.numel()
         self.batch_size = min(cfg.train.batch_size, n)
+        self.local_rows = self.dist.local_slice(self.batch_size)
         self.steps_per_epoch = max(1, n // self.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
 
@@ -202,6 +240,12 @@ class Trainer:
                 cfg.objective.expansion_p0,
                 cfg.objective.expansion_decay_frac,
             )
+        self.term_names = term_names(self.method)
+        self.compile_mode = cfg.train.compile
+        self._cuda_graphs = uses_cuda_graphs(self.compile_mode, self.device)
+        self._loss_fn = compile_step(self._forward_loss, self.compile_mode, self.device)
+        self._eta_table: torch.Tensor | None = None
+        self._eta = torch.zeros(2, device=self.device)
         self.state = TrainerState(config_json=cfg.to_dict())
         self.log_path = run_dir / "metrics.jsonl"
 
@@ -209,10 +253,13 @@ class Trainer:
 
     def restore(self) -> bool:
         """Load the latest checkpoint of the run directory; ``False`` if there is none."""
-        repair_directory(self.run_dir / "best")
+        if self.dist.is_main:
+            repair_directory(self.run_dir / "best")
+        self.dist.barrier()
         loaded = load_checkpoint(self.run_dir / "checkpoints")
         if loaded is None:
-            truncate_log(self.log_path, 0)
+            if self.dist.is_main:
+                truncate_log(self.log_path, 0)
             return False
         state, tensors = loaded
         model_tensors = {
@@ -222,15 +269,18 @@ class Trainer:
             {k: v.to(self.device) for k, v in model_tensors.items()},
             where=str(self.run_dir / "checkpoints"),
         )
+        # The optimiser places each state tensor itself (``step`` stays on the CPU unless
+        # the optimiser is fused, so a resumed foreach AdamW does not synchronise).
         load_optimizer_tensors(
-            self.optimizer,
-            {k: v.to(self.device) for k, v in tensors.items() if k.startswith("optim.")},
+            self.optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}
         )
         self.regularizer.load_state_dict(state.regularizer)
+        self._eta_table = None
         if self.scaler is not None and state.scaler:
             self.scaler.load_state_dict(state.scaler)
         self.state = state
-        truncate_log(self.log_path, state.epoch)
+        if self.dist.is_main:
+            truncate_log(self.log_path, state.epoch)
         logger.info(
             "resumed %s at epoch %d (step %d)", self.run_dir, state.epoch, state.global_step
         )
@@ -271,34 +321,81 @@ class Trainer:
         }
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
     # -- steps --------------------------------------------------------------------
 
-    def objective(
-        self, out: Any, caption_rows: torch.Tensor, gen: torch.Generator | None
+    def epoch_order(self, epoch: int) -> tuple[torch.Tensor, torch.Generator | None]:
+        """The permutation of training captions of ``epoch`` (1-based) and its RNG.
+
+        Returns:
+            ``(perm, gen)``: positions into the training captions on the device, and the
+            generator of expansion-control draws (``None`` without expansion control).
+        """
+        seed = self.cfg.train.seed
+        perm = torch.randperm(self.train_captions.numel(), generator=_epoch_generator(seed, epoch))
+        perm = perm.to(self.device)
+        gen = None
+        if self.expansion is not None:
+            gen = torch.Generator(device=self.device).manual_seed(
+                int(_epoch_generator(seed, epoch, 1).initial_seed())
+            )
+        return perm, gen
+
+    def batch_rows(self, perm: torch.Tensor, step: int) -> torch.Tensor:
+        """Caption rows of the ``step``-th global batch (0-based) of an epoch's order."""
+        return self.train_captions[perm[step * self.batch_size : (step + 1) * self.batch_size]]
+
+    def _expansion_draw(
+        self, caption_rows: torch.Tensor, step: int, gen: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(masked (b, 1), keep (b, V))`` for this rank's captions, or ``None``.
+
+        The uniform draws cover the whole global batch (as one process would draw them) and
+        each rank keeps its own slice, so N processes mask exactly what one would.
+        """
+        if self.expansion is None:
+            return None
+        p = self.expansion.probability(step)
+        if p <= 0.0:
+            return None
+        u = torch.rand(caption_rows.shape[0], device=self.device, generator=gen)
+        masked = (u[self.local_rows] < p).unsqueeze(1)  # (b, 1)
+        keep = token_mask(
+            self.expansion.token_ids[caption_rows[self.local_rows]], self.model.vocab_size
+        )
+        return masked, keep
+
+    def _terms(
+        self,
+        img_dense: torch.Tensor,
+        txt_dense: torch.Tensor,
+        img_sparse: torch.Tensor,
+        txt_sparse: torch.Tensor,
+        tau: torch.Tensor,
+        eta: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """Named loss terms of one batch (the total under ``total``)."""
+        """Named loss terms from float32 vectors of a batch (the total under ``total``).
+
+        ``eta`` holds the regulariser weights ``(eta_t, eta_i)`` of the step.
+        """
         obj = self.cfg.objective
         if self.method == "dense":
-            terms = dense_objective(out.img_dense, out.txt_dense, tau=out.tau)
+            terms = dense_objective(img_dense, txt_dense, tau=tau)
             terms["total"] = terms["loss"]
             return terms
-        txt_sparse = out.txt_sparse
-        if self.expansion is not None:
-            txt_sparse = self.expansion(txt_sparse, caption_rows, self.state.global_step, gen)
         if self.method == "d2s":
-            terms = d2s_objective(
-                out.img_dense, out.txt_dense, out.img_sparse, txt_sparse, tau=out.tau
-            )
+            terms = d2s_objective(img_dense, txt_dense, img_sparse, txt_sparse, tau=tau)
         else:
             terms = joint_objective(
-                out.img_dense,
-                out.txt_dense,
-                out.img_sparse,
+                img_dense,
+                txt_dense,
+                img_sparse,
                 txt_sparse,
-                tau=out.tau,
+                tau=tau,
                 w1=obj.w1,
                 w2=obj.w2,
                 lam1=obj.lam1,
@@ -306,21 +403,27 @@ class Trainer:
                 distill_teacher=obj.distill_teacher,
                 distill=self.method != "no_distill",
             )
-        reg = self.regularizer(txt_sparse, out.img_sparse)
-        terms.update(reg)
-        terms["total"] = terms["loss"] + reg["reg"]
+        # R = (eta_t · l1(Z_txt) + eta_i · l1(Z_img)) / 2, as SparsityRegularizer, with the
+        # step's weights read from the device table instead of the host.
+        l1_txt, l1_img = l1(txt_sparse), l1(img_sparse)
+        terms["reg"] = (eta[0] * l1_txt + eta[1] * l1_img) / 2
+        terms["l1_txt"], terms["l1_img"] = l1_txt, l1_img
+        terms["total"] = terms["loss"] + terms["reg"]
         return terms
 
-    def train_step(
-        self, caption_rows: torch.Tensor, gen: torch.Generator | None
-    ) -> dict[str, torch.Tensor]:
-        """One optimisation step on the batch of caption rows; returns detached terms."""
-        image_rows = self.caption_image[caption_rows]
-        h_img, h_txt = self.image_feats[image_rows], self.caption_feats[caption_rows]
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.train.lr * lr_factor(
-                self.state.global_step, self.total_steps, self.cfg.train.warmup_frac
-            )
+    def _forward_loss(
+        self,
+        h_img: torch.Tensor,
+        h_txt: torch.Tensor,
+        eta: torch.Tensor,
+        expand: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward pass and loss of this rank's rows: ``(total, stacked terms (K,))``.
+
+        The model runs under autocast when mixed precision is on; its outputs are cast to
+        float32 and the whole loss is computed in float32. With several processes the
+        vectors of all ranks are gathered (with gradients) first.
+        """
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
@@ -328,25 +431,113 @@ class Trainer:
         )
         with autocast:
             out = self.model(h_img, h_txt, with_sparse=self.method != "dense")
-            terms = self.objective(out, caption_rows, gen)
+        img_dense, txt_dense = out.img_dense.float(), out.txt_dense.float()
+        img_sparse, txt_sparse = out.img_sparse.float(), out.txt_sparse.float()
+        if expand is not None:
+            masked, keep = expand
+            txt_sparse = torch.where(masked, txt_sparse * keep, txt_sparse)
+        if self.dist.enabled:
+            img_dense, txt_dense = gather_with_grad(img_dense), gather_with_grad(txt_dense)
+            if self.method != "dense":
+                img_sparse = gather_with_grad(img_sparse)
+                txt_sparse = gather_with_grad(txt_sparse)
+        terms = self._terms(img_dense, txt_dense, img_sparse, txt_sparse, out.tau, eta)
+        stacked = torch.stack([terms[k].float() for k in self.term_names]).detach()
+        return terms["total"], stacked
+
+    def _step_eta(self, step: int) -> torch.Tensor:
+        """The regulariser weights of ``step`` in a fixed device buffer (no host copy)."""
+        if self._eta_table is None:
+            reg = self.regularizer
+            table = [(reg.eta_t(s), reg.eta_i(s)) for s in range(max(1, self.total_steps))]
+            self._eta_table = torch.tensor(table, dtype=torch.float32, device=self.device)
+        self._eta.copy_(self._eta_table[min(step, self._eta_table.shape[0] - 1)])
+        return self._eta
+
+    def forward_terms(
+        self, caption_rows: torch.Tensor, gen: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss of the global batch ``caption_rows`` at the current step (no update).
+
+        This rank encodes its slice of the batch; with several processes the loss covers
+        the whole global batch (see :mod:`mmsparse.train.distributed`).
+
+        Returns:
+            ``(total, terms)``: the loss to differentiate and the detached ``(K,)`` vector
+            of the terms named by :attr:`term_names`.
+        """
+        step = self.state.global_step
+        local = caption_rows[self.local_rows]
+        image_rows = self.caption_image[local]
+        h_img, h_txt = self.image_feats[image_rows], self.caption_feats[local]
+        expand = self._expansion_draw(caption_rows, step, gen)
+        eta = self._step_eta(step)
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._loss_fn(h_img, h_txt, eta, expand)
+
+    def train_step(self, caption_rows: torch.Tensor, gen: torch.Generator | None) -> StepTerms:
+        """One optimisation step on the global batch of caption rows.
+
+        Nothing here reads from the device: the learning rate is computed on the host, the
+        regulariser weights come from a device table, and the terms stay on the device.
+
+        Returns:
+            The detached loss terms (a mapping ``name -> 0-d tensor``; ``.vector`` holds
+            them all as one ``(K,)`` device tensor).
+        """
+        lr = self.cfg.train.lr * lr_factor(
+            self.state.global_step, self.total_steps, self.cfg.train.warmup_frac
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total, stacked = self.forward_terms(caption_rows, gen)
+        # A copy: with CUDA graphs the step's outputs are overwritten by the next replay.
+        stacked = stacked.clone()
         self.optimizer.zero_grad(set_to_none=True)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        clip = self.cfg.train.grad_clip
         if self.scaler is not None:
-            self.scaler.scale(terms["total"]).backward()
+            self.scaler.scale(total).backward()
+            self.dist.all_reduce_gradients(self.params)
             self.scaler.unscale_(self.optimizer)
-            if self.cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            terms["total"].backward()
-            if self.cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+            total.backward()
+            self.dist.all_reduce_gradients(self.params)
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, clip)
             self.optimizer.step()
         self.model.clamp_temperature()
         self.regularizer.step_once()
         self.state.global_step += 1
-        return {k: v.detach() for k, v in terms.items()}
+        return StepTerms(self.term_names, stacked)
+
+    def objective(
+        self, out: Any, caption_rows: torch.Tensor, gen: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
+        """Named loss terms of one batch of model outputs (the total under ``total``).
+
+        Single-process form of the step's loss: expansion control and the regulariser at
+        the current step, everything in float32.
+        """
+        step = self.state.global_step
+        txt_sparse = out.txt_sparse.float()
+        if self.expansion is not None:
+            txt_sparse = self.expansion(txt_sparse, caption_rows, step, gen)
+        eta = torch.tensor(
+            [self.regularizer.eta_t(step), self.regularizer.eta_i(step)], device=self.device
+        )
+        return self._terms(
+            out.img_dense.float(),
+            out.txt_dense.float(),
+            out.img_sparse.float(),
+            txt_sparse,
+            out.tau,
+            eta,
+        )
 
     @torch.no_grad()
     def validate(self) -> EvalResult:
@@ -373,8 +564,9 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Run (or continue) training to the end; returns the selected model's summary."""
         cfg = self.cfg
+        main = self.dist.is_main
         bar = None
-        if cfg.train.progress:
+        if cfg.train.progress and main:
             from tqdm.auto import tqdm
 
             bar = tqdm(
@@ -384,32 +576,34 @@ class Trainer:
                 desc=f"{cfg.name} [{self.method}]",
                 dynamic_ncols=True,
             )
+        step_log = AsyncTermLog(self.term_names, self.device, self._log)
+        log_every = cfg.train.log_every
         last_val: EvalResult | None = None
         while not self.state.finished and self.state.epoch < cfg.train.epochs:
             epoch = self.state.epoch + 1
             t0 = time.perf_counter()
             self.model.train()
-            perm = torch.randperm(
-                self.train_captions.numel(), generator=_epoch_generator(cfg.train.seed, epoch)
-            )
-            perm = perm.to(self.device)
-            gen = None
-            if self.expansion is not None:
-                gen = torch.Generator(device=self.device).manual_seed(
-                    int(_epoch_generator(cfg.train.seed, epoch, 1).initial_seed())
-                )
-            sums: dict[str, torch.Tensor] = {}
+            perm, gen = self.epoch_order(epoch)
+            sums = torch.zeros(len(self.term_names), device=self.device)
+            window = torch.zeros_like(sums) if log_every else None
+            window_steps = 0
             for step in range(self.steps_per_epoch):
-                rows = self.train_captions[
-                    perm[step * self.batch_size : (step + 1) * self.batch_size]
-                ]
-                terms = self.train_step(rows, gen)
-                for k, v in terms.items():
-                    sums[k] = sums[k] + v.float() if k in sums else v.float()
+                terms = self.train_step(self.batch_rows(perm, step), gen).vector
+                sums += terms
+                if window is not None:
+                    window += terms
+                    window_steps += 1
+                    if self.state.global_step % log_every == 0 and main:
+                        meta = {"type": "step", "epoch": epoch, "step": self.state.global_step}
+                        meta["lr"] = self.optimizer.param_groups[0]["lr"]
+                        step_log.push(window / window_steps, meta)
+                        window, window_steps = torch.zeros_like(sums), 0
+            step_log.flush()
             seconds = time.perf_counter() - t0
             self.state.train_seconds += seconds
             self.state.epoch = epoch
-            train_rec = {k: float(v) / self.steps_per_epoch for k, v in sums.items()}
+            means = [v / self.steps_per_epoch for v in sums.tolist()]
+            train_rec: dict[str, Any] = dict(zip(self.term_names, means))
             train_rec.update(
                 type="train",
                 epoch=epoch,
@@ -422,28 +616,14 @@ class Trainer:
             )
             self._log(train_rec)
             if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
-                last_val = self.validate()
-                value = last_val.get(self.metric_name)
-                improved = value > self.state.best_metric
-                if improved:
-                    self.state.best_metric, self.state.best_epoch = value, epoch
-                    self.state.bad_epochs = 0
-                    self._save_best(last_val)
-                else:
-                    self.state.bad_epochs += 1
-                self._log(_flatten_val(last_val, epoch, self.state.global_step, improved))
-                if cfg.train.patience and self.state.bad_epochs >= cfg.train.patience:
-                    self.state.finished = self.state.stopped_early = True
-                    logger.info(
-                        "early stopping at epoch %d (best %s = %.2f at epoch %d)",
-                        epoch,
-                        self.metric_name,
-                        self.state.best_metric,
-                        self.state.best_epoch,
-                    )
+                if main:
+                    last_val = self._validate_and_select(epoch)
+                # Rank 0 decides selection and early stopping; every rank follows.
+                self.state = self.dist.broadcast_object(self.state)
             if epoch == cfg.train.epochs:
                 self.state.finished = True
-            self._checkpoint()
+            if main:
+                self._checkpoint()
             if bar is not None:
                 post = {"loss": f"{train_rec['total']:.3f}"}
                 if last_val is not None:
@@ -453,7 +633,30 @@ class Trainer:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        return self._finish()
+        return self.dist.run_on_main(self._finish)
+
+    def _validate_and_select(self, epoch: int) -> EvalResult:
+        """Validate, keep the best model, and update early stopping (rank 0)."""
+        result = self.validate()
+        value = result.get(self.metric_name)
+        improved = value > self.state.best_metric
+        if improved:
+            self.state.best_metric, self.state.best_epoch = value, epoch
+            self.state.bad_epochs = 0
+            self._save_best(result)
+        else:
+            self.state.bad_epochs += 1
+        self._log(_flatten_val(result, epoch, self.state.global_step, improved))
+        if self.cfg.train.patience and self.state.bad_epochs >= self.cfg.train.patience:
+            self.state.finished = self.state.stopped_early = True
+            logger.info(
+                "early stopping at epoch %d (best %s = %.2f at epoch %d)",
+                epoch,
+                self.metric_name,
+                self.state.best_metric,
+                self.state.best_epoch,
+            )
+        return result
 
     def _finish(self) -> TrainResult:
         selection_path = self.run_dir / "best" / "selection.json"
@@ -481,6 +684,7 @@ class Trainer:
                 "train_seconds": round(result.train_seconds, 3),
                 "steps_per_epoch": self.steps_per_epoch,
                 "device": str(self.device),
+                "world_size": self.dist.world_size,
                 "val": result.val,
             },
         )
@@ -512,8 +716,8 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
             )
         old = config_from_dict(json.loads(saved.read_text(encoding="utf-8")), str(saved))
         diff = _config_diff(old.to_dict(), cfg.to_dict())
-        # Display-only settings may change between sessions of a run.
-        diff = [d for d in diff if d not in ("train.progress", "train.plot")]
+        # Display and speed settings may change between sessions of a run.
+        diff = [d for d in diff if d not in RESUME_FREE_KEYS]
         if diff:
             raise ConfigError(
                 f"{saved}: --resume with a different config (keys {', '.join(diff)}); "
@@ -560,8 +764,12 @@ def train(
         resume: Continue an interrupted run.
         store: Features already in memory (e.g. synthetic); default: load ``cfg.data``.
 
+    Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) every process calls this;
+    they train one run data-parallel, rank 0 writing the run directory (see
+    :mod:`mmsparse.train.distributed`).
+
     Returns:
-        The :class:`TrainResult` of the selected (best) epoch.
+        The :class:`TrainResult` of the selected (best) epoch (on every rank).
 
     Raises:
         ConfigError: If ``run_dir`` holds another run, or on a bad configuration.
@@ -569,12 +777,21 @@ def train(
         CheckpointError: On a broken checkpoint.
     """
     run_dir = Path(run_dir)
-    torch.manual_seed(cfg.train.seed)
-    cfg = _prepare_run_dir(cfg, run_dir, resume)
-    store = store if store is not None else load_feature_store(cfg.data)
-    trainer = Trainer(cfg, store, run_dir)
-    if resume:
-        trainer.restore()
-    elif (run_dir / "checkpoints").exists():
+    ctx, created = setup(cfg.train.device)
+    try:
+        torch.manual_seed(cfg.train.seed)
+        cfg = ctx.run_on_main(lambda: _prepare_run_dir(cfg, run_dir, resume))
+        if not resume:
+            ctx.run_on_main(lambda: _clear_checkpoints(run_dir))
+        store = store if store is not None else load_feature_store(cfg.data)
+        trainer = Trainer(cfg, store, run_dir, dist_ctx=ctx)
+        if resume:
+            trainer.restore()
+        return trainer.fit()
+    finally:
+        teardown(created)
+
+
+def _clear_checkpoints(run_dir: Path) -> None:
+    if (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir / "checkpoints")
-    return trainer.fit()
