@@ -7,6 +7,9 @@ import torch
 from mmsparse.data import make_synthetic, write_release
 from tests.helpers import TINY
 
+# Small tensors: one thread is faster and does not fight over busy cores.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

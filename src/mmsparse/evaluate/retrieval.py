@@ -104,6 +104,7 @@ def encode_features(
     topk: int | None = None,
     threshold: float = 0.0,
     device: str | torch.device | None = None,
+    with_sparse: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode features of one modality in batches.
 
@@ -115,6 +116,7 @@ def encode_features(
         topk: Keep the top-k sparse terms per row.
         threshold: Zero sparse weights at or below it.
         device: Device to encode on (default: the model's).
+        with_sparse: ``False`` skips the sparse head (the sparse result is ``(N, 0)``).
 
     Returns:
         ``(dense (N, D), sparse (N, V))`` float32 tensors on ``device``.
@@ -129,9 +131,15 @@ def encode_features(
         h = torch.as_tensor(
             np.asarray(chunk) if not isinstance(chunk, torch.Tensor) else chunk, dtype=torch.float32
         ).to(device)
-        out = encode(h)
-        dense.append(out.dense.float())
-        sparse.append(prune(out.sparse.float(), topk, threshold))
+        if with_sparse:
+            out = encode(h)
+            dense.append(out.dense.float())
+            sparse.append(prune(out.sparse.float(), topk, threshold))
+        else:
+            proj = model.vision_proj if modality == "image" else model.text_proj
+            e = torch.nn.functional.normalize(proj(h.to(proj.weight.dtype)), dim=-1).float()
+            dense.append(e)
+            sparse.append(e.new_zeros((e.shape[0], 0)))
     model.train(was_training)
     return torch.cat(dense), torch.cat(sparse)
 
@@ -144,11 +152,13 @@ def encode_split(
     device: str | torch.device | None = None,
     image_feats: torch.Tensor | None = None,
     caption_feats: torch.Tensor | None = None,
+    with_sparse: bool = True,
 ) -> EncodedSplit:
     """Encode every image and caption of ``split``.
 
     ``image_feats`` / ``caption_feats`` may pass the store's features already resident on
-    the device (the trainer does), to avoid copying them again every epoch.
+    the device (the trainer does), to avoid copying them again every epoch. With
+    ``with_sparse=False`` only dense vectors are computed (dense-only evaluation).
     """
     eval_cfg = eval_cfg or EvalConfig()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -170,6 +180,7 @@ def encode_split(
         topk=eval_cfg.image_topk,
         threshold=eval_cfg.threshold,
         device=device,
+        with_sparse=with_sparse,
     )
     txt_dense, txt_sparse = encode_features(
         model,
@@ -179,6 +190,7 @@ def encode_split(
         topk=eval_cfg.text_topk,
         threshold=eval_cfg.threshold,
         device=device,
+        with_sparse=with_sparse,
     )
     return EncodedSplit(
         image_dense=img_dense,
@@ -461,10 +473,14 @@ def evaluate_encoded(
     metrics = {
         d: {st: metrics_from_ranks(np_ranks[d][st]) for st in score_types} for d in DIRECTIONS
     }
-    sparsity: dict[str, float | int | None] = dict(sparsity_stats(enc))
-    sparsity.update(
-        text_topk=eval_cfg.text_topk, image_topk=eval_cfg.image_topk, threshold=eval_cfg.threshold
-    )
+    sparsity: dict[str, float | int | None] = {}
+    if "sparse" in score_types or "hybrid" in score_types:
+        sparsity.update(sparsity_stats(enc))
+        sparsity.update(
+            text_topk=eval_cfg.text_topk,
+            image_topk=eval_cfg.image_topk,
+            threshold=eval_cfg.threshold,
+        )
     info = {
         "split": split_name,
         "n_images": int(enc.image_dense.shape[0]),
@@ -518,6 +534,7 @@ def evaluate_model(
     device: str | torch.device | None = None,
     trec_dir: str | Path | None = None,
     run_tag: str = "mmsparse",
+    score_types: Sequence[str] = SCORE_TYPES,
 ) -> EvalResult:
     """Encode a split with ``model`` and evaluate it (see :func:`evaluate_encoded`).
 
@@ -531,15 +548,24 @@ def evaluate_model(
         device: Device for encoding and scoring (default: the model's).
         trec_dir: Directory for TREC run files and qrels.
         run_tag: Tag of the TREC runs.
+        score_types: Score types to evaluate (``("dense",)`` skips the sparse head).
 
     Returns:
         The :class:`EvalResult`.
     """
     sp = store.split(split) if isinstance(split, str) else split
     t0 = time.perf_counter()
-    enc = encode_split(model, store, sp, eval_cfg, device)
+    with_sparse = "sparse" in score_types or "hybrid" in score_types
+    enc = encode_split(model, store, sp, eval_cfg, device, with_sparse=with_sparse)
     result = evaluate_encoded(
-        enc, w1=w1, w2=w2, eval_cfg=eval_cfg, split_name=sp.name, trec_dir=trec_dir, run_tag=run_tag
+        enc,
+        w1=w1,
+        w2=w2,
+        eval_cfg=eval_cfg,
+        split_name=sp.name,
+        trec_dir=trec_dir,
+        run_tag=run_tag,
+        score_types=score_types,
     )
     result.info["seconds"] = round(time.perf_counter() - t0, 4)
     return result

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mmsparse.config import EvalConfig
-from mmsparse.evaluate.retrieval import EvalResult, evaluate_model
+from mmsparse.evaluate.retrieval import SCORE_TYPES, EvalResult, evaluate_model
 from mmsparse.io_utils import atomic_write_json
 from mmsparse.runs import load_run, load_run_data, resolve_device
 
@@ -57,6 +57,8 @@ def evaluate_run(
             device=dev,
             trec_dir=trec_dir,
             run_tag=cfg.name,
+            # A dense-only run (stage 0, the dense baseline) has an untrained sparse head.
+            score_types=("dense",) if cfg.objective.method == "dense" else SCORE_TYPES,
         )
     result.info.update(
         run=str(run_dir),

@@ -22,8 +22,12 @@ from mmsparse.config import DISTILL_TEACHERS
 
 
 def scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Inner products ``a b^T`` in float32: ``(B_a, D) x (B_b, D) -> (B_a, B_b)``."""
-    return a.float() @ b.float().T
+    """Inner products ``a b^T`` in float32: ``(B_a, D) x (B_b, D) -> (B_a, B_b)``.
+
+    Autocast is switched off here: under it, the matmul would cast back to fp16/bf16.
+    """
+    with torch.autocast(a.device.type, enabled=False):
+        return a.float() @ b.float().T
 
 
 def nce(S: torch.Tensor) -> torch.Tensor:

@@ -550,6 +550,7 @@ class Trainer:
             self.device,
             image_feats=self.image_feats,
             caption_feats=self.caption_feats,
+            with_sparse=self.method != "dense",
         )
         score_types = ("dense",) if self.method == "dense" else ("dense", "sparse", "hybrid")
         return evaluate_encoded(
