@@ -64,7 +64,6 @@ def test_bench_pipeline_on_tiny_data(tmp_path, tiny_release):
         "no-distill",
         "frozen-final-layer",
         "joint-expansion-on",
-        "d2s-expansion-on",
         "d2s-reg0.5",
         "joint-reg0.5",
     } == set(rows)
