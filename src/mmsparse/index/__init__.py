@@ -1,0 +1,1 @@
+"""Serving sparse retrieval: index builds, engines (inverted, Seismic, Milvus), search, exports."""
