@@ -113,3 +113,13 @@ def batch(
                 out_s[i],
             )
     return out_r, out_s
+
+
+@njit(cache=True)
+def single(
+    indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd
+):  # pragma: no cover - compiled
+    out_r = np.full(k, -1, dtype=np.int64)
+    out_s = np.zeros(k, dtype=np.float32)
+    one_query(indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd, out_r, out_s)
+    return out_r, out_s

@@ -232,8 +232,11 @@ class SeismicEngine:
                 hf,
                 num_threads=int(threads or 0),
             )
-            for i, hits in zip(nonempty, out):
-                results[i] = [(int(d), float(s)) for _, s, d in hits if s > 0]
+            # Results may come back in any order: each hit names its query id.
+            for hits in out:
+                for qid, s, d in hits:
+                    if s > 0:
+                        results[int(qid)].append((int(d), float(s)))
         return _pack_hits(results, k)
 
     def doc_weights(self, rows: np.ndarray, terms: np.ndarray) -> np.ndarray:
@@ -348,6 +351,9 @@ def build_milvus(
                 for i, z in zip(range(s, e), _sparse_rows(sparse, s, e))
             ]
             client.insert(collection, rows)
+        # Seal the inserted rows into segments, so that the indexes below cover them
+        # (milvus-lite scans its in-memory table without any index otherwise).
+        client.flush(collection)
         index_params = client.prepare_index_params()
         dense_kwargs: dict[str, Any] = {"M": 16, "efConstruction": 200}
         index_params.add_index(

@@ -258,6 +258,7 @@ class InvertedIndex:
         ):
             raise IndexFormatError(f"{self.path}: inconsistent postings (bad term offsets)")
         self.backend = kernels.resolve_backend(backend)
+        self._buffers: dict[str, np.ndarray] = {}
 
     def _map(
         self, sections: dict[str, Any], name: str, start: int, payload: int, count: int
@@ -305,7 +306,9 @@ class InvertedIndex:
             queries: ``(B, V)`` sparse query vectors (CSR or dense array).
             k: Results per query (``>= 1``).
             threads: Threads of the numba kernel (``None``: numba's default, all cores);
-                the numpy backend is single-threaded.
+                the numpy backend is single-threaded. A single query runs on one thread
+                with work arrays kept by the index (so one index must not be searched
+                from several Python threads at once).
 
         Returns:
             :class:`SearchHits` of shape ``(B, k)``.
@@ -329,6 +332,7 @@ class InvertedIndex:
             qw,
             int(k),
             threads,
+            self._buffers,
         )
         return SearchHits(rows=rows, scores=scores)
 

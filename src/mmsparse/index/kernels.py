@@ -97,9 +97,10 @@ def _search_numpy(
 def _build_numba() -> Any:
     import numba
 
-    from mmsparse.index._numba_kernels import batch
+    from mmsparse.index._numba_kernels import batch, single
 
     _NUMBA["batch"] = batch
+    _NUMBA["single"] = single
     _NUMBA["numba"] = numba
     return batch
 
@@ -115,6 +116,7 @@ def search_csr(
     q_weights: np.ndarray,
     k: int,
     threads: int | None = None,
+    buffers: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` rows and scores of a CSR batch of queries against CSC postings.
 
@@ -129,6 +131,8 @@ def search_csr(
         q_weights: float32 query weights (already multiplied by the index's scale).
         k: Results per query.
         threads: numba threads (``None``: numba's default).
+        buffers: Reusable work arrays for single queries on the numba backend (a dict the
+            caller keeps; filled on first use). Not thread-safe.
 
     Returns:
         ``(rows (B, k) int64 with -1 padding, scores (B, k) float32)``.
@@ -138,6 +142,27 @@ def search_csr(
         rows, scores = _search_numpy(
             indptr, doc_ids, weights, n_docs, q_indptr, q_terms, q_weights, k
         )
+    elif q_indptr.size == 2 and buffers is not None:
+        _NUMBA.get("single") or _build_numba()
+        if buffers.get("scores") is None or buffers["scores"].size != n_docs:
+            buffers["scores"] = np.zeros(n_docs, dtype=np.float32)
+            buffers["touched"] = np.empty(n_docs, dtype=np.int64)
+        if buffers.get("hs") is None or buffers["hs"].size < k:
+            buffers["hs"] = np.empty(k, dtype=np.float32)
+            buffers["hd"] = np.empty(k, dtype=np.int64)
+        r, sc = _NUMBA["single"](
+            np.asarray(indptr),
+            np.asarray(doc_ids),
+            np.asarray(weights),
+            q_terms,
+            q_weights,
+            k,
+            buffers["scores"],
+            buffers["touched"],
+            buffers["hs"],
+            buffers["hd"],
+        )
+        rows, scores = r[None, :], sc[None, :]
     else:
         batch = _NUMBA.get("batch") or _build_numba()
         numba = _NUMBA["numba"]
