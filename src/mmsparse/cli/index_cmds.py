@@ -112,6 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="another feature directory of the same backbone")
     p.add_argument("--image-topk", type=int, help="keep the top-k terms of each image")
     p.add_argument("--threshold", type=float, help="drop weights at or below this")
+    p.add_argument("--text-topk", type=int, help="keep the top-k terms of each caption query")
     p.add_argument(
         "--quantize",
         choices=("uint8", "uint16"),
@@ -240,6 +241,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         data=args.data,
         image_topk=args.image_topk,
         threshold=args.threshold,
+        text_topk=args.text_topk,
         quantize=args.quantize,
         index_name=args.index_name,
     )

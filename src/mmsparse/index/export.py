@@ -5,12 +5,13 @@
     OUT/collection/part-00000.jsonl   {"id": image id, "contents": file name,
                                        "vector": {term: integer impact}}
     OUT/queries.tsv                   caption id <TAB> query terms, each repeated by its
-                                      integer impact (Anserini's pre-tokenised impact queries)
+                                      integer weight (Anserini's pre-tokenised impact queries)
     OUT/export.json                   what was exported, the scales, commands to run
 
 Impacts are the image weights quantised with :func:`mmsparse.index.quantize.quantize`
-(``uint8`` by default: ``round(w / scale)``, ``scale = max(w) / 255``); queries are quantised
-the same way with their own scale (a per-collection constant that does not change rankings).
+(``uint8`` by default: ``round(w / scale)``, ``scale = max(w) / 255``); a query's weights
+become ``round(50 · w / max_w)`` repetitions of their term (a per-query factor, which does
+not change that query's ranking).
 
 ``opensearch`` / ``elasticsearch`` — bulk NDJSON and the index body to create first::
 
@@ -43,6 +44,7 @@ from mmsparse.index.quantize import quantize
 from mmsparse.io_utils import atomic_write_json, atomic_write_text
 
 EXPORT_FORMATS = ("anserini", "opensearch", "elasticsearch")
+QUERY_LEVELS = 50  # Anserini queries: the heaviest term of a query is repeated 50 times
 
 
 def feature_name(term: str) -> str:
@@ -79,7 +81,13 @@ def write_anserini(
 ) -> dict[str, Any]:
     """Write a JsonVectorCollection and impact queries (see the module doc)."""
     qdocs, scale = quantize(sparse, quantize_mode)
-    qq, qscale = quantize(queries, quantize_mode)
+    # Per-query scale: the heaviest term of each query is repeated QUERY_LEVELS times (a
+    # constant factor per query does not change its ranking).
+    qmax = np.asarray(queries.max(axis=1).todense()).ravel()
+    qq = sp.csr_matrix(queries, dtype=np.float32, copy=True)
+    row_of = np.repeat(np.arange(qq.shape[0]), np.diff(qq.indptr))
+    qq.data = np.rint(qq.data / np.where(qmax > 0, qmax, 1)[row_of] * QUERY_LEVELS)
+    qq.eliminate_zeros()
     lines = []
     for i, image_id in enumerate(image_ids):
         doc = {
@@ -100,7 +108,7 @@ def write_anserini(
         "files": ["collection/part-00000.jsonl", "queries.tsv"],
         "quantize": quantize_mode,
         "doc_scale": scale,
-        "query_scale": qscale,
+        "query_levels": QUERY_LEVELS,
         "commands": [
             "python -m pyserini.index.lucene --collection JsonVectorCollection "
             f"--input {out}/collection --index {out}/lucene "
@@ -229,6 +237,7 @@ def export_run(
     data: str | Path | None = None,
     image_topk: int | None = None,
     threshold: float | None = None,
+    text_topk: int | None = None,
     quantize: str = "uint8",
     index_name: str = "mmsparse-images",
 ) -> dict[str, Any]:
@@ -242,6 +251,7 @@ def export_run(
         data: Another feature directory of the same backbone.
         image_topk: Terms kept per image (default: the run's ``eval.image_topk``).
         threshold: Weights at or below it dropped (default: the run's ``eval.threshold``).
+        text_topk: Terms kept per caption query (default: the run's ``eval.text_topk``).
         quantize: Anserini impacts: ``uint8`` or ``uint16``.
         index_name: OpenSearch/Elasticsearch index name.
 
@@ -271,8 +281,8 @@ def export_run(
         run.model,
         store.caption_feats[sp_.caption_rows],
         "text",
-        topk=ev.text_topk,
-        threshold=ev.threshold,
+        topk=ev.text_topk if text_topk is None else text_topk,
+        threshold=thr,
     )
     image_ids = [store.image_ids[i] for i in sp_.image_rows]
     filenames = [store.image_filenames[i] for i in sp_.image_rows]
@@ -295,6 +305,7 @@ def export_run(
         "n_images": len(image_ids),
         "n_queries": len(query_ids),
         "image_topk": topk,
+        "text_topk": ev.text_topk if text_topk is None else text_topk,
         "threshold": thr,
         **info,
     }
