@@ -57,7 +57,7 @@ def encode_vectors(
         starts = tqdm(starts, desc=f"encoding {modality}s", unit="batch", leave=False)
     try:
         for s in starts:
-            out = encode(np.ascontiguousarray(feats[s : s + batch_size], dtype=np.float32))
+            out = encode(np.array(feats[s : s + batch_size], dtype=np.float32))  # writable copy
             z = prune(out.sparse.float(), topk=topk, threshold=threshold)
             dense_parts.append(out.dense.float().cpu().numpy())
             sparse_parts.append(sp.csr_matrix(z.cpu().numpy()))
