@@ -18,7 +18,11 @@ from mmsparse import __version__
 from mmsparse.errors import MMSparseError
 
 # Command modules, in the order their commands appear in --help.
-COMMAND_MODULES = ("mmsparse.cli.core_cmds", "mmsparse.cli.index_cmds")
+COMMAND_MODULES = (
+    "mmsparse.cli.core_cmds",
+    "mmsparse.cli.extract_cmds",
+    "mmsparse.cli.index_cmds",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
