@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -8,7 +9,6 @@ import scipy.sparse as sp
 
 from mmsparse.cli.main import main
 from mmsparse.errors import DataError, IndexFormatError, MMSparseError
-from mmsparse.index import search as search_mod
 from mmsparse.index.build import build_index
 from mmsparse.index.encode import encode_vectors
 from mmsparse.index.manifest import IndexManifest
@@ -16,6 +16,8 @@ from mmsparse.index.quantize import quantize
 from mmsparse.index.search import MAX_QUERY_PIECES, Searcher
 from mmsparse.runs import load_run, load_run_data
 from tests.index.conftest import make_run
+
+search_mod = importlib.import_module("mmsparse.index.search")
 
 
 def split_vectors(run_dir, split="val", image_topk=None, threshold=0.0):
