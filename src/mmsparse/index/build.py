@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from mmsparse.errors import IndexFormatError, MMSparseError
 from mmsparse.index.encode import encode_vectors
 from mmsparse.index.engines import build_inverted, build_milvus, build_seismic
+from mmsparse.index.inverted import read_header
 from mmsparse.index.manifest import (
     DOCS_NAME,
     ENGINES,
@@ -99,27 +100,34 @@ def index_vectors(
     out = Path(out)
     _prepare_out(out)
     t0 = time.perf_counter()
-    qsparse, scale = quantize(sparse, options.quantize)
+    for stale in ("postings.mmsi", "seismic.index.seismic"):
+        if (out / stale).exists():
+            (out / stale).unlink()
+    if engine == "inverted":
+        params = build_inverted(out, sparse, options.quantize)
+        header = read_header(out / "postings.mmsi")[0]
+        scale, nnz = float(header["scale"]), int(header["nnz"])
+    else:
+        qsparse, scale = quantize(sparse, options.quantize)
+        served = dequantize(qsparse, scale) if options.quantize != "none" else qsparse
+        del qsparse
+        nnz = int(served.nnz)
+        if engine == "seismic":
+            params = build_seismic(out, served, engine_params)
+        else:
+            stale_db = out / "milvus.db"  # a previous milvus-lite database of this index
+            if stale_db.is_dir():
+                shutil.rmtree(stale_db)
+            elif stale_db.exists():
+                stale_db.unlink()
+            params = build_milvus(out, served, dense, image_ids, engine_params, progress=progress)
+        del served
     options = IndexOptions(
         image_topk=options.image_topk,
         threshold=options.threshold,
         quantize=options.quantize,
         scale=scale,
     )
-    served = dequantize(qsparse, scale) if options.quantize != "none" else qsparse
-    for stale in ("postings.mmsi", "seismic.index.seismic"):
-        if (out / stale).exists():
-            (out / stale).unlink()
-    if engine == "inverted":
-        params = build_inverted(out, sparse, options.quantize)
-    elif engine == "seismic":
-        params = build_seismic(out, served, engine_params)
-    else:
-        if (out / "milvus.db").exists() and not (engine_params or {}).get("uri"):
-            shutil.rmtree(out / "milvus.db", ignore_errors=True)
-            if (out / "milvus.db").exists():
-                (out / "milvus.db").unlink()
-        params = build_milvus(out, served, dense, image_ids, engine_params, progress=progress)
     write_docs(out, list(image_ids), list(filenames))
     build_seconds = time.perf_counter() - t0
     engine_bytes = sum(
@@ -135,8 +143,8 @@ def index_vectors(
         options=options,
         engine_params=params,
         stats={
-            "nnz": int(served.nnz),
-            "mean_terms_per_image": float(served.nnz / max(n, 1)),
+            "nnz": nnz,
+            "mean_terms_per_image": float(nnz / max(n, 1)),
             "engine_bytes": int(engine_bytes),
             "bytes_per_image": float(engine_bytes / max(n, 1)),
             "build_seconds": round(build_seconds, 3),
