@@ -28,6 +28,20 @@ def _params(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _settings(text: str) -> list[tuple[int, float]]:
+    """``"10:0.9,20:0.8"`` to ``[(10, 0.9), (20, 0.8)]``."""
+    out = []
+    for item in text.split(","):
+        try:
+            cut, factor = item.split(":")
+            out.append((int(cut), float(factor)))
+        except ValueError as exc:
+            raise MMSparseError(
+                f"--seismic-search expects QUERY_CUT:HEAP_FACTOR[,...], got {item!r}"
+            ) from exc
+    return out
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``index``, ``search`` and ``export`` to ``sub``."""
     p = sub.add_parser(
@@ -151,6 +165,20 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         default=100_000,
         help="milvus-lite is measured on at most this many images",
     )
+    p.add_argument("--image-topk", type=int, help="terms kept per image (default: the run's)")
+    p.add_argument("--text-topk", type=int, help="terms kept per query (default: the run's)")
+    p.add_argument(
+        "--seismic",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="seismic build parameter, e.g. --seismic n_postings=6000 (repeatable)",
+    )
+    p.add_argument(
+        "--seismic-search",
+        default="10:0.9,20:0.9,30:0.8",
+        help="seismic query_cut:heap_factor settings to measure",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="directory for the built indexes (default: temporary)")
     p.add_argument("--out", default="benchmarks/retrieval.json", help="results JSON")
@@ -257,7 +285,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_bench_retrieval(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench retrieval``."""
-    from mmsparse.index.bench import bench_retrieval, format_bench_table
+    from mmsparse.index.bench import DEFAULT_SEISMIC_BUILD, bench_retrieval, format_bench_table
 
     report = bench_retrieval(
         args.run,
@@ -271,6 +299,10 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> int:
         work=args.work,
         out=args.out,
         table=args.table,
+        seismic_build={**DEFAULT_SEISMIC_BUILD, **_params(args.seismic)},
+        seismic_search=_settings(args.seismic_search),
+        image_topk=args.image_topk,
+        text_topk=args.text_topk,
         progress=not args.json,
     )
     if args.json:

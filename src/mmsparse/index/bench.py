@@ -14,8 +14,8 @@ The corpus
     added with probability 0.1, at half its weight), ``ξ ~ N(0, I)``. So every synthetic
     image has about as many terms as a real one, only terms that real images use, with
     weights of the real scale: posting-list lengths keep the real term distribution.
-    The run's own pruning (``eval.image_topk``/``threshold``) is applied to the real vectors
-    before sampling; queries are pruned with the run's text options.
+    The run's own pruning (``eval.image_topk``/``threshold``, or ``image_topk``/``text_topk``
+    given here) is applied to the real vectors before sampling and to the queries.
 
 The measurements (per engine)
     build time; bytes per image on disk; single-thread latency p50/p99 over
@@ -196,6 +196,8 @@ def bench_retrieval(
     seismic_build: dict[str, Any] | None = None,
     seismic_search: Sequence[tuple[int, float]] = DEFAULT_SEISMIC_SEARCH,
     hnsw: dict[str, int] | None = None,
+    image_topk: int | None = None,
+    text_topk: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build every engine on a realistic corpus of a run's vectors and measure it.
@@ -216,6 +218,8 @@ def bench_retrieval(
         seismic_build: Seismic build parameters (default :data:`DEFAULT_SEISMIC_BUILD`).
         seismic_search: ``(query_cut, heap_factor)`` settings to measure.
         hnsw: faiss HNSW ``M``, ``efConstruction``, ``efSearch``.
+        image_topk: Terms kept per image (default: the run's ``eval.image_topk``).
+        text_topk: Terms kept per query (default: the run's ``eval.text_topk``).
         progress: Progress bars and log lines on stderr.
 
     Returns:
@@ -239,11 +243,13 @@ def bench_retrieval(
     run = load_run(run_dir)
     store = load_run_data(run, data)
     ev = run.config.eval
+    image_topk = ev.image_topk if image_topk is None else image_topk
+    text_topk = ev.text_topk if text_topk is None else text_topk
     img_dense, img_sparse = encode_vectors(
         run.model,
         store.image_feats,
         "image",
-        topk=ev.image_topk,
+        topk=image_topk,
         threshold=ev.threshold,
         progress=progress,
     )
@@ -253,7 +259,7 @@ def bench_retrieval(
         run.model,
         store.caption_feats[q_rows],
         "text",
-        topk=ev.text_topk,
+        topk=text_topk,
         threshold=ev.threshold,
         progress=progress,
     )
@@ -275,8 +281,8 @@ def bench_retrieval(
             "mean_terms_per_query": round(q_sparse.nnz / n_queries, 2),
             "vocab_size": int(sparse.shape[1]),
             "dense_dim": int(dense.shape[1]),
-            "image_topk": ev.image_topk,
-            "text_topk": ev.text_topk,
+            "image_topk": image_topk,
+            "text_topk": text_topk,
             "threshold": ev.threshold,
         },
         "machine": {
