@@ -162,7 +162,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--milvus-images",
         type=int,
-        default=100_000,
+        default=20_000,
         help="milvus-lite is measured on at most this many images",
     )
     p.add_argument("--image-topk", type=int, help="terms kept per image (default: the run's)")
