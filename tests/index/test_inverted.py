@@ -80,10 +80,25 @@ def test_backends_identical(corpus):
     if not kernels.numba_available():
         pytest.skip("numba not installed (pip install 'mmsparse[index]')")
     _, queries, path = corpus
+    index = InvertedIndex(path, backend="numba")
+    rare = sp.csr_matrix(
+        (np.array([1.0, 0.5, 2.0, 1.0], np.float32), ([0, 0, 1, 2], [299, 298, 250, 280])),
+        shape=(3, 300),
+    )
+    queries = sp.vstack([queries, rare], format="csr")
+    # The numba kernel scans all scores when the postings are long (> n_docs / 4 in all) and
+    # visits only the touched documents otherwise: both paths must occur here.
+    lengths = np.diff(index.indptr)
+    totals = np.array([lengths[queries[i].indices].sum() for i in range(queries.shape[0])])
+    assert (totals * 4 > index.n_docs).any() and (totals * 4 <= index.n_docs).any()
     a = InvertedIndex(path, backend="numpy").search_batch(queries, k=25)
-    b = InvertedIndex(path, backend="numba").search_batch(queries, k=25, threads=2)
+    b = index.search_batch(queries, k=25, threads=2)
     np.testing.assert_array_equal(a.rows, b.rows)
     np.testing.assert_array_equal(a.scores, b.scores)
+    for i in range(queries.shape[0]):  # the single-query path (kept work arrays)
+        rows, scores = index.search(queries[i], k=25)
+        np.testing.assert_array_equal(rows, a.query(i)[0])
+        np.testing.assert_array_equal(scores, a.query(i)[1])
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])

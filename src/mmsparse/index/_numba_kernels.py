@@ -32,45 +32,68 @@ def sift_down(hs, hd, n, i):  # pragma: no cover - compiled
             return
 
 
+@njit(cache=True, inline="always")
+def push(hs, hd, n, k, s, d):  # pragma: no cover - compiled
+    # Offer (s, d) to the min-heap of the k best pairs (root = the worst kept); new size.
+    if n < k:
+        hs[n] = s
+        hd[n] = d
+        n += 1
+        c = n - 1
+        while c > 0:
+            parent = (c - 1) // 2
+            if worse(hs[c], hd[c], hs[parent], hd[parent]):
+                hs[c], hs[parent] = hs[parent], hs[c]
+                hd[c], hd[parent] = hd[parent], hd[c]
+                c = parent
+            else:
+                break
+    elif worse(hs[0], hd[0], s, d):
+        hs[0] = s
+        hd[0] = d
+        sift_down(hs, hd, n, 0)
+    return n
+
+
 @njit(cache=True)
 def one_query(
     indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd, out_r, out_s
 ):  # pragma: no cover - compiled
-    n_touched = 0
+    n_docs = scores.size
+    total = 0
     for j in range(qt.size):
-        t = qt[j]
-        w = qw[j]
-        for p in range(indptr[t], indptr[t + 1]):
-            d = doc_ids[p]
-            if scores[d] == 0.0:
-                touched[n_touched] = d
-                n_touched += 1
-            scores[d] += w * np.float32(weights[p])
-    # Min-heap of the k best (score, row) pairs; root = the worst kept.
+        total += indptr[qt[j] + 1] - indptr[qt[j]]
     n = 0
-    for i in range(n_touched):
-        d = touched[i]
-        s = scores[d]
-        scores[d] = 0.0
-        if s <= 0.0:
-            continue
-        if n < k:
-            hs[n] = s
-            hd[n] = d
-            n += 1
-            c = n - 1
-            while c > 0:
-                parent = (c - 1) // 2
-                if worse(hs[c], hd[c], hs[parent], hd[parent]):
-                    hs[c], hs[parent] = hs[parent], hs[c]
-                    hd[c], hd[parent] = hd[parent], hd[c]
-                    c = parent
-                else:
-                    break
-        elif worse(hs[0], hd[0], s, d):
-            hs[0] = s
-            hd[0] = d
-            sift_down(hs, hd, n, 0)
+    if total * 4 > n_docs:
+        # Long posting lists: accumulate without bookkeeping, then scan every score.
+        for j in range(qt.size):
+            t = qt[j]
+            w = qw[j]
+            for p in range(indptr[t], indptr[t + 1]):
+                scores[doc_ids[p]] += w * np.float32(weights[p])
+        for d in range(n_docs):
+            s = scores[d]
+            if s > 0.0:
+                scores[d] = 0.0
+                n = push(hs, hd, n, k, s, d)
+    else:
+        # Short posting lists: remember the touched documents, visit only those.
+        n_touched = 0
+        for j in range(qt.size):
+            t = qt[j]
+            w = qw[j]
+            for p in range(indptr[t], indptr[t + 1]):
+                d = doc_ids[p]
+                if scores[d] == 0.0:
+                    touched[n_touched] = d
+                    n_touched += 1
+                scores[d] += w * np.float32(weights[p])
+        for i in range(n_touched):
+            d = touched[i]
+            s = scores[d]
+            scores[d] = 0.0
+            if s > 0.0:
+                n = push(hs, hd, n, k, s, d)
     # Pop worst first into the tail: output best first.
     m = n
     while m > 0:
