@@ -269,8 +269,27 @@ def milvus_uri(directory: Path, params: dict[str, Any]) -> str:
     return str(uri) if uri else str(directory / params.get("db", MILVUS_DB))
 
 
+class _UnimplementedRpcFilter(logging.Filter):
+    """Drops milvus-lite's in-process server tracebacks for RPCs it does not implement.
+
+    pymilvus probes ``AllocTimestamp``, which milvus-lite answers with UNIMPLEMENTED (and
+    pymilvus then falls back); grpc logs each as an ERROR with a traceback, which is noise.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, NotImplementedError)
+
+
+def _quiet_grpc_server() -> None:
+    logger = logging.getLogger("grpc._server")
+    if not any(isinstance(f, _UnimplementedRpcFilter) for f in logger.filters):
+        logger.addFilter(_UnimplementedRpcFilter())
+
+
 def _milvus_client(uri: str):
     pymilvus = _pymilvus()
+    _quiet_grpc_server()
     if not uri.startswith(("http://", "https://", "tcp://", "unix:")):
         require_extra("milvus_lite", "index", "An embedded Milvus (.db file) (milvus-lite)")
     try:
