@@ -21,6 +21,7 @@ from mmsparse.errors import MMSparseError
 COMMAND_MODULES = (
     "mmsparse.cli.core_cmds",
     "mmsparse.cli.extract_cmds",
+    "mmsparse.cli.index_cmds",
     "mmsparse.cli.flickr8k_cmds",
     "mmsparse.cli.bench_cmds",
 )
@@ -64,6 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MMSparseError as exc:
         print(f"mmsparse: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into `head`): not an error of the command.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("mmsparse: interrupted (completed checkpoints are kept)", file=sys.stderr)
         return 130

@@ -1,0 +1,313 @@
+"""``mmsparse index build``, ``search``, ``export`` and ``bench retrieval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from mmsparse.errors import MMSparseError
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _params(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings to a dict (values parsed as JSON when possible)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise MMSparseError(f"--param expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _settings(text: str) -> list[tuple[int, float]]:
+    """``"10:0.9,20:0.8"`` to ``[(10, 0.9), (20, 0.8)]``."""
+    out = []
+    for item in text.split(","):
+        try:
+            cut, factor = item.split(":")
+            out.append((int(cut), float(factor)))
+        except ValueError as exc:
+            raise MMSparseError(
+                f"--seismic-search expects QUERY_CUT:HEAP_FACTOR[,...], got {item!r}"
+            ) from exc
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``index``, ``search`` and ``export`` to ``sub``."""
+    p = sub.add_parser(
+        "index",
+        help="build a searchable index of a run's images",
+        description="Index images with a trained run's vectors (see docs/serving.md).",
+    )
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    b = isub.add_parser(
+        "build",
+        help="index the images of a split",
+        description="Encode a split's images with the run and index them with one engine: "
+        "inverted (exact, ours), seismic (approximate, pyseismic-lsr) or milvus (dense + "
+        "sparse in one collection; embedded milvus-lite file or a server --uri).",
+    )
+    b.add_argument("run_dir", help="run directory written by 'mmsparse train'")
+    b.add_argument("--split", default="val", help="split whose images are indexed")
+    b.add_argument("--engine", choices=("inverted", "seismic", "milvus"), default="inverted")
+    b.add_argument("--out", required=True, help="index directory to write")
+    b.add_argument("--data", help="another feature directory of the same backbone")
+    b.add_argument("--image-topk", type=int, help="keep the top-k terms of each image")
+    b.add_argument("--threshold", type=float, help="drop weights at or below this")
+    b.add_argument(
+        "--quantize",
+        choices=("none", "uint8", "uint16"),
+        default="none",
+        help="integer impacts (recorded in the index)",
+    )
+    b.add_argument("--uri", help="milvus: a Milvus server, e.g. http://host:19530")
+    b.add_argument("--collection", help="milvus: collection name (default mmsparse_images)")
+    b.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="engine parameter, e.g. --param n_postings=4000 (seismic), "
+        "--param dense_index=HNSW (milvus); repeatable",
+    )
+    b.add_argument("--device", default="cpu", help="device to encode on")
+    b.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    b.set_defaults(func=cmd_index_build)
+
+    p = sub.add_parser(
+        "search",
+        help="search an index with text or a caption id",
+        description="Rank the indexed images for a text query (encoded through the run's "
+        "extraction backend) or a caption of the data (--caption-id).",
+    )
+    p.add_argument("index", help="index directory written by 'mmsparse index build'")
+    p.add_argument("query", nargs="?", help="query text")
+    p.add_argument("--caption-id", help="use this caption of the data as the query")
+    p.add_argument("--k", type=int, default=10, help="number of images (default 10)")
+    p.add_argument(
+        "--mode",
+        choices=("sparse", "dense", "hybrid"),
+        default="sparse",
+        help="score (dense/hybrid need a milvus index)",
+    )
+    p.add_argument("--explain", action="store_true", help="show matching terms")
+    p.add_argument("--run", help="encode queries with this run (default: the index's)")
+    p.add_argument("--data", help="feature directory for --caption-id")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="engine search knob, e.g. --param query_cut=10 --param heap_factor=0.8",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "export",
+        help="export a run's image vectors for Anserini, OpenSearch or Elasticsearch",
+        description="Write a split's image vectors in an engine's ingest format "
+        "(see docs/serving.md).",
+    )
+    p.add_argument("run_dir", help="run directory written by 'mmsparse train'")
+    p.add_argument("--split", default="val", help="split whose images are exported")
+    p.add_argument("--format", required=True, choices=("anserini", "opensearch", "elasticsearch"))
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--data", help="another feature directory of the same backbone")
+    p.add_argument("--image-topk", type=int, help="keep the top-k terms of each image")
+    p.add_argument("--threshold", type=float, help="drop weights at or below this")
+    p.add_argument("--text-topk", type=int, help="keep the top-k terms of each caption query")
+    p.add_argument(
+        "--quantize",
+        choices=("uint8", "uint16"),
+        default="uint8",
+        help="anserini: integer impacts (default uint8)",
+    )
+    p.add_argument("--index-name", default="mmsparse-images", help="opensearch/es index")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_export)
+
+
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+    """Add ``mmsparse bench retrieval``."""
+    p = bench_sub.add_parser(
+        "retrieval",
+        help="engines at scale: build time, size, latency, QPS, recall@10",
+        description="Build a synthetic-but-realistic corpus from a run's real image "
+        "vectors and compare inverted, seismic, milvus-lite and faiss dense search "
+        "(see docs/serving.md).",
+    )
+    p.add_argument("--run", required=True, help="trained run directory")
+    p.add_argument("--data", help="feature directory (default: the run's)")
+    p.add_argument("--n-images", type=int, default=1_000_000)
+    p.add_argument("--n-queries", type=int, default=10_000)
+    p.add_argument(
+        "--engines",
+        default="inverted,seismic,milvus,faiss-flat,faiss-hnsw",
+        help="comma-separated subset to run",
+    )
+    p.add_argument(
+        "--latency-queries", type=int, default=1000, help="queries timed one by one on one thread"
+    )
+    p.add_argument(
+        "--milvus-images",
+        type=int,
+        default=20_000,
+        help="milvus-lite is measured on at most this many images",
+    )
+    p.add_argument("--image-topk", type=int, help="terms kept per image (default: the run's)")
+    p.add_argument("--text-topk", type=int, help="terms kept per query (default: the run's)")
+    p.add_argument(
+        "--seismic",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="seismic build parameter, e.g. --seismic n_postings=6000 (repeatable)",
+    )
+    p.add_argument(
+        "--seismic-search",
+        default="10:0.9,20:0.9,30:0.8",
+        help="seismic query_cut:heap_factor settings to measure",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", help="directory for the built indexes (default: temporary)")
+    p.add_argument("--out", default="benchmarks/retrieval.json", help="results JSON")
+    p.add_argument("--table", help="also write the markdown table to this file")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_bench_retrieval)
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    """Run ``mmsparse index build``."""
+    from mmsparse.index.build import build_index
+
+    params = _params(args.param)
+    if args.uri:
+        params["uri"] = args.uri
+    if args.collection:
+        params["collection"] = args.collection
+    if (args.uri or args.collection) and args.engine != "milvus":
+        raise MMSparseError("--uri and --collection apply to --engine milvus only")
+    manifest = build_index(
+        args.run_dir,
+        args.out,
+        split=args.split,
+        engine=args.engine,
+        data=args.data,
+        image_topk=args.image_topk,
+        threshold=args.threshold,
+        quantize=args.quantize,
+        engine_params=params or None,
+        device=args.device,
+        progress=not args.json,
+    )
+    if args.json:
+        _print_json(manifest.to_dict())
+    else:
+        s = manifest.stats
+        print(
+            f"{manifest.engine} index of {manifest.n_images} images ({manifest.split}) "
+            f"written to {args.out}: {s['mean_terms_per_image']:.1f} terms per image, "
+            f"{s['bytes_per_image']:.0f} bytes per image, built in {s['build_seconds']:.2f} s"
+        )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Run ``mmsparse search``."""
+    from mmsparse.index.search import search
+
+    result = search(
+        args.index,
+        args.query,
+        caption_id=args.caption_id,
+        k=args.k,
+        mode=args.mode,
+        explain=args.explain,
+        run_dir=args.run,
+        data=args.data,
+        **_params(args.param),
+    )
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    label = repr(result.query) if result.query is not None else f"caption {result.caption_id}"
+    print(f"{result.engine} {result.mode} search for {label} (top {result.k})")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.query_terms:
+        print("query terms: " + ", ".join(f"{t} {w:.2f}" for t, w in result.query_terms[:12]))
+    for hit in result.hits:
+        name = f"  {hit.filename}" if hit.filename else ""
+        print(f"{hit.rank:>4}  {hit.score:9.4f}  {hit.image_id}{name}")
+        for term, qw, dw, prod in hit.terms or []:
+            print(f"        {term:<16} {qw:.3f} x {dw:.3f} = {prod:.4f}")
+    if not result.hits:
+        print("no result")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Run ``mmsparse export``."""
+    from mmsparse.index.export import export_run
+
+    info = export_run(
+        args.run_dir,
+        args.out,
+        split=args.split,
+        fmt=args.format,
+        data=args.data,
+        image_topk=args.image_topk,
+        threshold=args.threshold,
+        text_topk=args.text_topk,
+        quantize=args.quantize,
+        index_name=args.index_name,
+    )
+    if args.json:
+        _print_json(info)
+    else:
+        print(
+            f"{args.format} export of {info['n_images']} images written to {args.out}: "
+            + ", ".join(info["files"])
+        )
+    return 0
+
+
+def cmd_bench_retrieval(args: argparse.Namespace) -> int:
+    """Run ``mmsparse bench retrieval``."""
+    from mmsparse.index.bench import DEFAULT_SEISMIC_BUILD, bench_retrieval, format_bench_table
+
+    report = bench_retrieval(
+        args.run,
+        n_images=args.n_images,
+        n_queries=args.n_queries,
+        engines=[e.strip() for e in args.engines.split(",") if e.strip()],
+        latency_queries=args.latency_queries,
+        milvus_images=args.milvus_images,
+        seed=args.seed,
+        data=args.data,
+        work=args.work,
+        out=args.out,
+        table=args.table,
+        seismic_build={**DEFAULT_SEISMIC_BUILD, **_params(args.seismic)},
+        seismic_search=_settings(args.seismic_search),
+        image_topk=args.image_topk,
+        text_topk=args.text_topk,
+        progress=not args.json,
+    )
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_bench_table(report))
+        print(f"results written to {args.out}")
+    return 0

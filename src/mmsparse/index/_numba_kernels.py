@@ -1,0 +1,148 @@
+"""numba kernels of the ``inverted`` engine (imported lazily by :mod:`mmsparse.index.kernels`).
+
+Kept in their own module so that numba's on-disk cache (``cache=True``) works and numba is
+imported only when the first search runs.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, inline="always")
+def worse(s_a, d_a, s_b, d_b):  # pragma: no cover - compiled
+    # True when (s_a, d_a) ranks below (s_b, d_b): lower score, or equal and higher row.
+    return s_a < s_b or (s_a == s_b and d_a > d_b)
+
+
+@njit(cache=True)
+def sift_down(hs, hd, n, i):  # pragma: no cover - compiled
+    while True:
+        left = 2 * i + 1
+        if left >= n:
+            return
+        child = left
+        right = left + 1
+        if right < n and worse(hs[right], hd[right], hs[left], hd[left]):
+            child = right
+        if worse(hs[child], hd[child], hs[i], hd[i]):
+            hs[i], hs[child] = hs[child], hs[i]
+            hd[i], hd[child] = hd[child], hd[i]
+            i = child
+        else:
+            return
+
+
+@njit(cache=True, inline="always")
+def push(hs, hd, n, k, s, d):  # pragma: no cover - compiled
+    # Offer (s, d) to the min-heap of the k best pairs (root = the worst kept); new size.
+    if n < k:
+        hs[n] = s
+        hd[n] = d
+        n += 1
+        c = n - 1
+        while c > 0:
+            parent = (c - 1) // 2
+            if worse(hs[c], hd[c], hs[parent], hd[parent]):
+                hs[c], hs[parent] = hs[parent], hs[c]
+                hd[c], hd[parent] = hd[parent], hd[c]
+                c = parent
+            else:
+                break
+    elif worse(hs[0], hd[0], s, d):
+        hs[0] = s
+        hd[0] = d
+        sift_down(hs, hd, n, 0)
+    return n
+
+
+@njit(cache=True)
+def one_query(
+    indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd, out_r, out_s
+):  # pragma: no cover - compiled
+    n_docs = scores.size
+    total = 0
+    for j in range(qt.size):
+        total += indptr[qt[j] + 1] - indptr[qt[j]]
+    n = 0
+    if total * 4 > n_docs:
+        # Long posting lists: accumulate without bookkeeping, then scan every score.
+        for j in range(qt.size):
+            t = qt[j]
+            w = qw[j]
+            for p in range(indptr[t], indptr[t + 1]):
+                scores[doc_ids[p]] += w * np.float32(weights[p])
+        for d in range(n_docs):
+            s = scores[d]
+            if s > 0.0:
+                scores[d] = 0.0
+                n = push(hs, hd, n, k, s, d)
+    else:
+        # Short posting lists: remember the touched documents, visit only those.
+        n_touched = 0
+        for j in range(qt.size):
+            t = qt[j]
+            w = qw[j]
+            for p in range(indptr[t], indptr[t + 1]):
+                d = doc_ids[p]
+                if scores[d] == 0.0:
+                    touched[n_touched] = d
+                    n_touched += 1
+                scores[d] += w * np.float32(weights[p])
+        for i in range(n_touched):
+            d = touched[i]
+            s = scores[d]
+            scores[d] = 0.0
+            if s > 0.0:
+                n = push(hs, hd, n, k, s, d)
+    # Pop worst first into the tail: output best first.
+    m = n
+    while m > 0:
+        out_s[m - 1] = hs[0]
+        out_r[m - 1] = hd[0]
+        m -= 1
+        hs[0] = hs[m]
+        hd[0] = hd[m]
+        sift_down(hs, hd, m, 0)
+    return n
+
+
+@njit(cache=True, parallel=True)
+def batch(
+    indptr, doc_ids, weights, n_docs, q_indptr, q_terms, q_weights, k, n_chunks
+):  # pragma: no cover - compiled
+    n_q = q_indptr.size - 1
+    out_r = np.full((n_q, k), -1, dtype=np.int64)
+    out_s = np.zeros((n_q, k), dtype=np.float32)
+    per = (n_q + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        scores = np.zeros(n_docs, dtype=np.float32)
+        touched = np.empty(n_docs, dtype=np.int64)
+        hs = np.empty(k, dtype=np.float32)
+        hd = np.empty(k, dtype=np.int64)
+        for i in range(c * per, min(n_q, (c + 1) * per)):
+            s, e = q_indptr[i], q_indptr[i + 1]
+            one_query(
+                indptr,
+                doc_ids,
+                weights,
+                q_terms[s:e],
+                q_weights[s:e],
+                k,
+                scores,
+                touched,
+                hs,
+                hd,
+                out_r[i],
+                out_s[i],
+            )
+    return out_r, out_s
+
+
+@njit(cache=True)
+def single(
+    indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd
+):  # pragma: no cover - compiled
+    out_r = np.full(k, -1, dtype=np.int64)
+    out_s = np.zeros(k, dtype=np.float32)
+    one_query(indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd, out_r, out_s)
+    return out_r, out_s

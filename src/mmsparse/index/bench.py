@@ -1,0 +1,648 @@
+"""``mmsparse bench retrieval``: the serving engines at scale, measured on one machine.
+
+The corpus
+    A trained run encodes every real image of its data (all splits) and ``n_queries`` real
+    captions (sampled without replacement, with replacement only if there are fewer). The
+    real images are the first rows of the corpus; every further image blends a random real
+    image ``s`` (its main content) with a second random real image ``s'`` (both uniform)::
+
+        z = z_s ⊙ exp(0.2 ε) ⊙ keep  +  0.8 · z_s' ⊙ exp(0.2 ε') ⊙ borrow
+        e = normalize(0.75 · e_s + 0.25 · e_s' + 0.1 · ξ / sqrt(d))
+
+    with ``ε, ε' ~ N(0, 1)`` per non-zero weight, ``keep ~ Bernoulli(0.7)`` (each term of
+    ``s`` survives with probability 0.7), ``borrow ~ Bernoulli(0.3)`` (each term of ``s'`` is
+    added with probability 0.3, at 0.8 of its weight), ``ξ ~ N(0, I)``. So every synthetic
+    image has about as many terms as a real one, only terms that real images use, with
+    weights of the real scale: posting-list lengths keep the real term distribution. With
+    ~49 million possible ``(s, s')`` pairs, a million images are rarely near-duplicates of
+    each other (a first version that only jittered one real image made ~140 near-copies of
+    each, which no real collection has and which is unduly hard for approximate search).
+    The run's own pruning (``eval.image_topk``/``threshold``, or ``image_topk``/``text_topk``
+    given here) is applied to the real vectors before sampling and to the queries.
+
+The measurements (per engine)
+    build time; bytes per image on disk; single-thread latency p50/p99 over
+    ``latency_queries`` queries searched one by one; batched throughput (queries per second
+    over all ``n_queries``, all cores); recall@10 against the exact sparse top-10 (our
+    ``inverted`` engine, itself checked against scipy brute force on a sample of queries), and
+    for dense engines also against the exact dense top-10 (faiss ``IndexFlatIP``).
+    milvus-lite (a pure-Python engine) is measured on the first ``milvus_images`` images,
+    with at most 200 batched and 50 timed queries, and its recall on that subset.
+    Seismic is searched with several ``(query_cut, heap_factor)`` settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from mmsparse.errors import MMSparseError
+from mmsparse.index import kernels
+from mmsparse.io_utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+BENCH_ENGINES = ("inverted", "seismic", "milvus", "faiss-flat", "faiss-hnsw")
+DEFAULT_SEISMIC_BUILD: dict[str, Any] = {
+    "n_postings": 4000,
+    "centroid_fraction": 0.1,
+    "summary_energy": 0.4,
+}
+DEFAULT_SEISMIC_SEARCH: tuple[tuple[int, float], ...] = ((10, 0.9), (20, 0.9), (30, 0.8))
+DEFAULT_HNSW: dict[str, int] = {"M": 32, "efConstruction": 80, "efSearch": 128}
+K = 10
+KEEP, BORROW, BORROW_WEIGHT, DENSE_NOISE = 0.7, 0.3, 0.8, 0.1  # corpus synthesis (module doc)
+MILVUS_MAX_QUERIES = 200  # milvus-lite is pure Python (~0.3 s/query at 20k images here)
+MILVUS_MAX_LATENCY = 50
+
+
+# -- corpus -------------------------------------------------------------------------------
+
+
+def synthesize_corpus(
+    real_sparse: sp.csr_matrix,
+    real_dense: np.ndarray,
+    n_images: int,
+    seed: int = 0,
+    chunk: int = 50_000,
+    progress: bool = False,
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``n_images`` image vectors: the real ones first, then perturbed mixtures (module doc).
+
+    Args:
+        real_sparse: ``(n_real, V)`` real image sparse vectors.
+        real_dense: ``(n_real, d)`` real image dense vectors.
+        n_images: Corpus size (may be smaller than ``n_real``: the first rows are taken).
+        seed: Seed of the sampling.
+        chunk: Rows generated at a time.
+        progress: Show a progress bar.
+
+    Returns:
+        ``(sparse CSR (n_images, V) float32, dense (n_images, d) float32)``.
+    """
+    rng = np.random.default_rng(seed)
+    n_real = real_sparse.shape[0]
+    if n_images <= n_real:
+        return real_sparse[:n_images].astype(np.float32), real_dense[:n_images].copy()
+    parts = [real_sparse.astype(np.float32)]
+    dense = np.empty((n_images, real_dense.shape[1]), dtype=np.float32)
+    dense[:n_real] = real_dense
+    starts = range(n_real, n_images, chunk)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="synthesizing images", unit="chunk", leave=False)
+    d = real_dense.shape[1]
+    for s in starts:
+        m = min(chunk, n_images - s)
+        src = rng.integers(0, n_real, m)
+        src2 = rng.integers(0, n_real, m)
+        a = real_sparse[src].astype(np.float32)
+        a.data *= np.exp(0.2 * rng.standard_normal(a.nnz)).astype(np.float32)
+        a.data *= rng.random(a.nnz) < KEEP
+        b = real_sparse[src2].astype(np.float32)
+        b.data *= np.exp(0.2 * rng.standard_normal(b.nnz)).astype(np.float32)
+        b.data *= BORROW_WEIGHT * (rng.random(b.nnz) < BORROW)
+        z = (a + b).tocsr()
+        z.eliminate_zeros()
+        z.sort_indices()
+        parts.append(z.astype(np.float32))
+        e = 0.75 * real_dense[src] + 0.25 * real_dense[src2]
+        e += (DENSE_NOISE / np.sqrt(d)) * rng.standard_normal(e.shape).astype(np.float32)
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        dense[s : s + m] = e
+    sparse = sp.vstack(parts, format="csr").astype(np.float32)
+    return sparse, dense
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def exact_sparse_topk(
+    docs: sp.csr_matrix, queries: sp.csr_matrix, k: int = K, threads: int | None = None
+) -> np.ndarray:
+    """Exact sparse top-``k`` rows (the inverted engine's kernel on in-memory postings)."""
+    csc = docs.tocsc()
+    csc.sort_indices()
+    q = sp.csr_matrix(queries, dtype=np.float32)
+    q.sort_indices()
+    rows, _ = kernels.search_csr(
+        kernels.resolve_backend("auto"),
+        csc.indptr.astype(np.int64),
+        csc.indices.astype(np.int32),
+        csc.data.astype(np.float32),
+        docs.shape[0],
+        q.indptr.astype(np.int64),
+        q.indices.astype(np.int64),
+        q.data.astype(np.float32),
+        k,
+        threads,
+    )
+    return rows
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = K) -> float:
+    """Mean over queries of ``|found[:k] ∩ truth[:k]| / |truth[:k]|`` (padding ``-1`` ignored)."""
+    total, n = 0.0, 0
+    for f, t in zip(found, truth):
+        t = t[:k][t[:k] >= 0]
+        if t.size == 0:
+            continue
+        total += np.intersect1d(f[:k], t).size / t.size
+        n += 1
+    return float(total / max(n, 1))
+
+
+def _latency(fn: Callable[[int], Any], n: int) -> dict[str, float]:
+    times = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        times[i] = time.perf_counter() - t0
+    return {
+        "p50_ms": round(float(np.percentile(times, 50) * 1e3), 4),
+        "p99_ms": round(float(np.percentile(times, 99) * 1e3), 4),
+        "mean_ms": round(float(times.mean() * 1e3), 4),
+        "latency_queries": int(n),
+    }
+
+
+def _dir_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+
+def bench_retrieval(
+    run_dir: str | Path,
+    *,
+    n_images: int = 1_000_000,
+    n_queries: int = 10_000,
+    engines: Sequence[str] = BENCH_ENGINES,
+    latency_queries: int = 1000,
+    milvus_images: int = 20_000,
+    seed: int = 0,
+    data: str | Path | None = None,
+    work: str | Path | None = None,
+    out: str | Path | None = "benchmarks/retrieval.json",
+    table: str | Path | None = None,
+    seismic_build: dict[str, Any] | None = None,
+    seismic_search: Sequence[tuple[int, float]] = DEFAULT_SEISMIC_SEARCH,
+    hnsw: dict[str, int] | None = None,
+    image_topk: int | None = None,
+    text_topk: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build every engine on a realistic corpus of a run's vectors and measure it.
+
+    Args:
+        run_dir: A trained run (its data must be readable).
+        n_images: Corpus size.
+        n_queries: Real caption queries (batched throughput and recall).
+        engines: Subset of ``inverted``, ``seismic``, ``milvus``, ``faiss-flat``,
+            ``faiss-hnsw``; engines whose package is missing are reported as skipped.
+        latency_queries: Queries timed one at a time on one thread.
+        milvus_images: milvus-lite is measured on at most this many images.
+        seed: Seed of corpus and query sampling.
+        data: Feature directory (default: the run's).
+        work: Directory for the built indexes (default: a temporary one, removed after).
+        out: Results JSON to write (``None``: do not write).
+        table: Markdown table file to write (``None``: do not write).
+        seismic_build: Seismic build parameters (default :data:`DEFAULT_SEISMIC_BUILD`).
+        seismic_search: ``(query_cut, heap_factor)`` settings to measure.
+        hnsw: faiss HNSW ``M``, ``efConstruction``, ``efSearch``.
+        image_topk: Terms kept per image (default: the run's ``eval.image_topk``).
+        text_topk: Terms kept per query (default: the run's ``eval.text_topk``).
+        progress: Progress bars and log lines on stderr.
+
+    Returns:
+        The report (also written to ``out``).
+
+    Raises:
+        MMSparseError: On bad sizes or an unknown engine.
+    """
+    from mmsparse.index.encode import encode_vectors
+    from mmsparse.runs import load_run, load_run_data
+
+    unknown = set(engines) - set(BENCH_ENGINES)
+    if unknown:
+        raise MMSparseError(f"unknown engine(s) {sorted(unknown)}; known: {BENCH_ENGINES}")
+    if n_images < 1 or n_queries < 1 or latency_queries < 1:
+        raise MMSparseError("--n-images, --n-queries and --latency-queries must be >= 1")
+    latency_queries = min(latency_queries, n_queries)
+    load_start = os.getloadavg()
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    run = load_run(run_dir)
+    store = load_run_data(run, data)
+    ev = run.config.eval
+    image_topk = ev.image_topk if image_topk is None else image_topk
+    text_topk = ev.text_topk if text_topk is None else text_topk
+    img_dense, img_sparse = encode_vectors(
+        run.model,
+        store.image_feats,
+        "image",
+        topk=image_topk,
+        threshold=ev.threshold,
+        progress=progress,
+    )
+    n_cap = len(store.caption_ids)
+    q_rows = rng.choice(n_cap, size=n_queries, replace=n_queries > n_cap)
+    q_dense, q_sparse = encode_vectors(
+        run.model,
+        store.caption_feats[q_rows],
+        "text",
+        topk=text_topk,
+        threshold=ev.threshold,
+        progress=progress,
+    )
+    sparse, dense = synthesize_corpus(img_sparse, img_dense, n_images, seed=seed, progress=progress)
+    report: dict[str, Any] = {
+        "run": str(Path(run_dir).resolve()),
+        "data": str(store.root),
+        "n_images": int(n_images),
+        "n_real_images": int(img_sparse.shape[0]),
+        "n_queries": int(n_queries),
+        "k": K,
+        "seed": seed,
+        "corpus": {
+            "how": "real image vectors first, then z = z_s*exp(0.2 eps)*Bernoulli(0.7) + "
+            "0.8*z_s'*exp(0.2 eps')*Bernoulli(0.3), "
+            "e = normalize(0.75 e_s + 0.25 e_s' + 0.1 xi/sqrt(d)) "
+            "(see mmsparse.index.bench)",
+            "mean_terms_per_image": round(sparse.nnz / n_images, 2),
+            "mean_terms_per_real_image": round(img_sparse.nnz / img_sparse.shape[0], 2),
+            "mean_terms_per_query": round(q_sparse.nnz / n_queries, 2),
+            "vocab_size": int(sparse.shape[1]),
+            "dense_dim": int(dense.shape[1]),
+            "image_topk": image_topk,
+            "text_topk": text_topk,
+            "threshold": ev.threshold,
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "numba": kernels.numba_available(),
+            "load_average_start": [round(x, 2) for x in load_start],
+        },
+        "engines": {},
+    }
+    tmp = None
+    if work is None:
+        tmp = tempfile.TemporaryDirectory(prefix="mmsparse-bench-")
+        work_dir = Path(tmp.name)
+    else:
+        work_dir = Path(work)
+        work_dir.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # partial results survive an interrupted run
+        if out:
+            atomic_write_json(out, report)
+
+    try:
+        truth_sparse = _bench_inverted(
+            report, work_dir, sparse, q_sparse, latency_queries, "inverted" in engines, progress
+        )
+        save()
+        truth_dense = None
+        if "faiss-flat" in engines or "faiss-hnsw" in engines:
+            truth_dense = _bench_faiss(
+                report,
+                work_dir,
+                dense,
+                q_dense,
+                truth_sparse,
+                latency_queries,
+                engines,
+                hnsw or DEFAULT_HNSW,
+                progress,
+            )
+            save()
+        if "seismic" in engines:
+            _bench_seismic(
+                report,
+                work_dir,
+                sparse,
+                q_sparse,
+                truth_sparse,
+                latency_queries,
+                seismic_build or DEFAULT_SEISMIC_BUILD,
+                seismic_search,
+                progress,
+            )
+            save()
+        if "milvus" in engines:
+            _bench_milvus(
+                report,
+                work_dir,
+                sparse,
+                dense,
+                q_sparse,
+                min(milvus_images, n_images),
+                latency_queries,
+                progress,
+            )
+        del truth_dense
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    if out:
+        atomic_write_json(out, report)
+    if table:
+        atomic_write_text(table, format_bench_table(report) + "\n")
+    return report
+
+
+def _log(progress: bool, msg: str, *args: Any) -> None:
+    if progress:
+        log.info(msg, *args)
+
+
+def _bench_inverted(
+    report: dict[str, Any],
+    work: Path,
+    sparse: sp.csr_matrix,
+    q_sparse: sp.csr_matrix,
+    n_lat: int,
+    measure: bool,
+    progress: bool,
+) -> np.ndarray:
+    """Build and measure ``inverted``; return the exact sparse top-10 of every query."""
+    from mmsparse.index.inverted import InvertedIndex, write_postings
+
+    n = sparse.shape[0]
+    _log(progress, "inverted: building %d images", n)
+    t0 = time.perf_counter()
+    path = work / "inverted" / "postings.mmsi"
+    write_postings(path, sparse)
+    build = time.perf_counter() - t0
+    index = InvertedIndex(path, verify=True)
+    index.search_batch(q_sparse[:2], K)  # warm-up: numba load and thread pool start
+    index.search_batch(q_sparse[:1], K, threads=1)
+    t0 = time.perf_counter()
+    hits = index.search_batch(q_sparse, K)
+    batch_s = time.perf_counter() - t0
+    truth = hits.rows
+    # Check exactness against scipy brute force on a sample of queries.
+    sample = np.arange(min(20, q_sparse.shape[0]))
+    ref = (q_sparse[sample].astype(np.float64) @ sparse.T.astype(np.float64)).toarray()
+    for i in sample:
+        r = np.flatnonzero(ref[i] > 0)
+        want = r[np.lexsort((r, -ref[i][r]))][:K]
+        got, scores = hits.query(int(i))
+        np.testing.assert_allclose(scores, ref[i][want], rtol=1e-4, atol=1e-5)
+        if not np.array_equal(got, want) and not np.allclose(ref[i][got], ref[i][want], 1e-5):
+            raise MMSparseError("inverted index disagrees with brute force (bug)")
+    if measure:
+        _log(progress, "inverted: %d single-thread queries", n_lat)
+        rows_q = [q_sparse[i] for i in range(n_lat)]
+        lat = _latency(lambda i: index.search_batch(rows_q[i], K, threads=1), n_lat)
+        report["engines"]["inverted"] = {
+            "kind": "sparse, exact",
+            "n_images": n,
+            "build_seconds": round(build, 2),
+            "bytes_per_image": round(index.nbytes / n, 1),
+            **lat,
+            "batch_qps": round(q_sparse.shape[0] / batch_s, 1),
+            "batch_threads": os.cpu_count(),
+            "recall@10_vs_exact_sparse": 1.0,
+            "checked_vs_bruteforce_queries": int(sample.size),
+            "backend": index.backend,
+        }
+    return truth
+
+
+def _bench_faiss(
+    report: dict[str, Any],
+    work: Path,
+    dense: np.ndarray,
+    q_dense: np.ndarray,
+    truth_sparse: np.ndarray,
+    n_lat: int,
+    engines: Sequence[str],
+    hnsw: dict[str, int],
+    progress: bool,
+) -> np.ndarray | None:
+    from mmsparse.errors import MissingExtraError, require_extra
+
+    try:
+        faiss = require_extra("faiss", "index", "The faiss dense baselines (faiss-cpu)")
+    except MissingExtraError as exc:
+        for name in ("faiss-flat", "faiss-hnsw"):
+            if name in engines:
+                report["engines"][name] = {"skipped": str(exc)}
+        return None
+    n, d = dense.shape
+    all_threads = faiss.omp_get_max_threads()
+    xb = np.ascontiguousarray(dense, dtype=np.float32)
+    xq = np.ascontiguousarray(q_dense, dtype=np.float32)
+    _log(progress, "faiss-flat: %d images", n)
+    t0 = time.perf_counter()
+    flat = faiss.IndexFlatIP(d)
+    flat.add(xb)
+    build = time.perf_counter() - t0
+    faiss.write_index(flat, str(work / "flat.faiss"))
+    flat_bytes = (work / "flat.faiss").stat().st_size
+    (work / "flat.faiss").unlink()
+    t0 = time.perf_counter()
+    _, truth_dense = flat.search(xq, K)
+    batch_s = time.perf_counter() - t0
+    if "faiss-flat" in engines:
+        faiss.omp_set_num_threads(1)
+        lat = _latency(lambda i: flat.search(xq[i : i + 1], K), n_lat)
+        faiss.omp_set_num_threads(all_threads)
+        report["engines"]["faiss-flat"] = {
+            "kind": "dense, exact (IndexFlatIP)",
+            "n_images": n,
+            "build_seconds": round(build, 2),
+            "bytes_per_image": round(flat_bytes / n, 1),
+            **lat,
+            "batch_qps": round(xq.shape[0] / batch_s, 1),
+            "batch_threads": all_threads,
+            "recall@10_vs_exact_sparse": round(recall_at_k(truth_dense, truth_sparse), 4),
+            "recall@10_vs_exact_dense": 1.0,
+        }
+    flat.reset()
+    if "faiss-hnsw" in engines:
+        _log(
+            progress,
+            "faiss-hnsw: building M=%d efConstruction=%d",
+            hnsw["M"],
+            hnsw["efConstruction"],
+        )
+        t0 = time.perf_counter()
+        index = faiss.IndexHNSWFlat(d, int(hnsw["M"]), faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = int(hnsw["efConstruction"])
+        index.add(xb)
+        build = time.perf_counter() - t0
+        index.hnsw.efSearch = int(hnsw["efSearch"])
+        faiss.write_index(index, str(work / "hnsw.faiss"))
+        hnsw_bytes = (work / "hnsw.faiss").stat().st_size
+        (work / "hnsw.faiss").unlink()
+        t0 = time.perf_counter()
+        _, found = index.search(xq, K)
+        batch_s = time.perf_counter() - t0
+        faiss.omp_set_num_threads(1)
+        lat = _latency(lambda i: index.search(xq[i : i + 1], K), n_lat)
+        faiss.omp_set_num_threads(all_threads)
+        report["engines"]["faiss-hnsw"] = {
+            "kind": "dense, approximate (IndexHNSWFlat)",
+            "params": dict(hnsw),
+            "n_images": n,
+            "build_seconds": round(build, 2),
+            "bytes_per_image": round(hnsw_bytes / n, 1),
+            **lat,
+            "batch_qps": round(xq.shape[0] / batch_s, 1),
+            "batch_threads": all_threads,
+            "recall@10_vs_exact_sparse": round(recall_at_k(found, truth_sparse), 4),
+            "recall@10_vs_exact_dense": round(recall_at_k(found, truth_dense), 4),
+        }
+    return truth_dense
+
+
+def _bench_seismic(
+    report: dict[str, Any],
+    work: Path,
+    sparse: sp.csr_matrix,
+    q_sparse: sp.csr_matrix,
+    truth: np.ndarray,
+    n_lat: int,
+    build_params: dict[str, Any],
+    settings: Sequence[tuple[int, float]],
+    progress: bool,
+) -> None:
+    from mmsparse.errors import MissingExtraError
+    from mmsparse.index.engines import SeismicEngine, build_seismic
+
+    n = sparse.shape[0]
+    _log(progress, "seismic: building %d images %s", n, build_params)
+    try:
+        t0 = time.perf_counter()
+        params = build_seismic(work, sparse, dict(build_params))
+        build = time.perf_counter() - t0
+    except MissingExtraError as exc:
+        report["engines"]["seismic"] = {"skipped": str(exc)}
+        return
+    engine = SeismicEngine(work, n, params)
+    engine.search_batch(q_sparse[:2], K)  # warm-up
+    rows_q = [q_sparse[i] for i in range(n_lat)]
+    for query_cut, heap_factor in settings:
+        kw = {"query_cut": query_cut, "heap_factor": heap_factor}
+        t0 = time.perf_counter()
+        hits = engine.search_batch(q_sparse, K, **kw)
+        batch_s = time.perf_counter() - t0
+        lat = _latency(lambda i, kw=kw: engine.search_batch(rows_q[i], K, threads=1, **kw), n_lat)
+        report["engines"][f"seismic qc={query_cut} hf={heap_factor}"] = {
+            "kind": "sparse, approximate (Seismic)",
+            "params": {**params["build"], **kw},
+            "n_images": n,
+            "build_seconds": round(build, 2),
+            "bytes_per_image": round(engine.nbytes / n, 1),
+            **lat,
+            "batch_qps": round(q_sparse.shape[0] / batch_s, 1),
+            "batch_threads": os.cpu_count(),
+            "recall@10_vs_exact_sparse": round(recall_at_k(hits.rows, truth), 4),
+        }
+    (work / "seismic.index.seismic").unlink(missing_ok=True)
+
+
+def _bench_milvus(
+    report: dict[str, Any],
+    work: Path,
+    sparse: sp.csr_matrix,
+    dense: np.ndarray,
+    q_sparse: sp.csr_matrix,
+    m: int,
+    n_lat: int,
+    progress: bool,
+) -> None:
+    from mmsparse.errors import MissingExtraError
+    from mmsparse.index.engines import MilvusEngine, build_milvus
+
+    sub_sparse, sub_dense = sparse[:m], dense[:m]
+    truth = exact_sparse_topk(sub_sparse, q_sparse)
+    _log(progress, "milvus-lite: building %d images", m)
+    mdir = work / "milvus"
+    mdir.mkdir(exist_ok=True)
+    try:
+        t0 = time.perf_counter()
+        params = build_milvus(
+            mdir, sub_sparse, sub_dense, [str(i) for i in range(m)], progress=progress
+        )
+        build = time.perf_counter() - t0
+    except MissingExtraError as exc:
+        report["engines"]["milvus-lite"] = {"skipped": str(exc)}
+        return
+    engine = MilvusEngine(mdir, m, params, 0.0, 1.0)
+    try:
+        n_q = min(q_sparse.shape[0], MILVUS_MAX_QUERIES)
+        n_lat = min(n_lat, MILVUS_MAX_LATENCY)
+        engine.search_batch(q_sparse[:1], K)  # warm-up
+        t0 = time.perf_counter()
+        rows = np.full((n_q, K), -1, dtype=np.int64)
+        for s in range(0, n_q, 100):
+            rows[s : s + 100] = engine.search_batch(q_sparse[s : min(s + 100, n_q)], K).rows
+        batch_s = time.perf_counter() - t0
+        rows_q = [q_sparse[i] for i in range(n_lat)]
+        lat = _latency(lambda i: engine.search_batch(rows_q[i], K), n_lat)
+        report["engines"]["milvus-lite"] = {
+            "kind": "sparse, exact (SPARSE_INVERTED_INDEX, milvus-lite)",
+            "n_images": m,
+            "build_seconds": round(build, 2),
+            "bytes_per_image": round(_dir_bytes(mdir / "milvus.db") / m, 1),
+            "bytes_note": "dense and sparse vectors together",
+            **lat,
+            "batch_qps": round(n_q / batch_s, 1),
+            "batch_threads": "milvus-lite server",
+            "recall@10_vs_exact_sparse": round(recall_at_k(rows, truth[:n_q]), 4),
+            "batch_queries": int(n_q),
+        }
+    finally:
+        engine.close()
+
+
+def format_bench_table(report: dict[str, Any]) -> str:
+    """The benchmark as a markdown table (one row per engine/setting)."""
+    head = (
+        "| engine | images | build s | bytes/image | p50 ms (1 thread) | p99 ms | "
+        "batch QPS | recall@10 vs exact sparse | recall@10 vs exact dense |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for name, r in report["engines"].items():
+        if "skipped" in r:
+            lines.append(f"| {name} | skipped: {r['skipped']} | | | | | | | |")
+            continue
+        dense_recall = r.get("recall@10_vs_exact_dense")
+        lines.append(
+            f"| {name} | {r['n_images']:,} | {r['build_seconds']:.1f} | "
+            f"{r['bytes_per_image']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+            f"{r['batch_qps']:.0f} | {r['recall@10_vs_exact_sparse']:.3f} | "
+            f"{'' if dense_recall is None else f'{dense_recall:.3f}'} |"
+        )
+    c = report["corpus"]
+    lines.append("")
+    lines.append(
+        f"{report['n_images']:,} images ({report['n_real_images']:,} real), "
+        f"{report['n_queries']:,} real caption queries; {c['mean_terms_per_image']} terms "
+        f"per image, {c['mean_terms_per_query']} per query; machine: "
+        f"{report['machine']['cpus']} CPUs, load average "
+        f"{report['machine']['load_average_start']} at start, "
+        f"{report['machine'].get('load_average_end')} at end."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,314 @@
+"""Exports of a run's image vectors for engines mmsparse does not drive itself.
+
+``anserini`` — a JsonVectorCollection for Lucene impact search with Anserini::
+
+    OUT/collection/part-00000.jsonl   {"id": image id, "contents": file name,
+                                       "vector": {term: integer impact}}
+    OUT/queries.tsv                   caption id <TAB> query terms, each repeated by its
+                                      integer weight (Anserini's pre-tokenised impact queries)
+    OUT/export.json                   what was exported, the scales, commands to run
+
+Impacts are the image weights quantised with :func:`mmsparse.index.quantize.quantize`
+(``uint8`` by default: ``round(w / scale)``, ``scale = max(w) / 255``); a query's weights
+become ``round(50 · w / max_w)`` repetitions of their term (a per-query factor, which does
+not change that query's ranking).
+
+``opensearch`` / ``elasticsearch`` — bulk NDJSON and the index body to create first::
+
+    OUT/mapping.json      settings + mappings: ``sparse`` (OpenSearch ``rank_features``,
+                          Elasticsearch ``sparse_vector``), ``dense`` (OpenSearch
+                          ``knn_vector``, HNSW inner product; Elasticsearch ``dense_vector``,
+                          ``dot_product``), ``image_id``, ``filename`` (keyword)
+    OUT/bulk.ndjson       {"index": {"_index", "_id"}} then the document, one pair per image
+    OUT/example_query.json      a sparse search body for the split's first caption
+    OUT/example_knn_query.json  the dense kNN search body of the same caption
+    OUT/export.json
+
+Float weights are written as they are (both engines keep 9 significant bits). Feature
+names are the vocabulary terms with ``%`` written ``%25`` and ``.`` written ``%2E``, because
+both engines read a dot in a feature name as an object path; queries must use the same
+escaping (:func:`feature_name`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from mmsparse.errors import MMSparseError
+from mmsparse.index.quantize import quantize
+from mmsparse.io_utils import atomic_write_json, atomic_write_text
+
+EXPORT_FORMATS = ("anserini", "opensearch", "elasticsearch")
+QUERY_LEVELS = 50  # Anserini queries: the heaviest term of a query is repeated 50 times
+
+
+def feature_name(term: str) -> str:
+    """A vocabulary term as an OpenSearch/Elasticsearch feature name (``%``, ``.`` escaped)."""
+    return term.replace("%", "%25").replace(".", "%2E")
+
+
+def _row_items(matrix: sp.csr_matrix, i: int) -> tuple[np.ndarray, np.ndarray]:
+    s, e = matrix.indptr[i], matrix.indptr[i + 1]
+    return matrix.indices[s:e], matrix.data[s:e]
+
+
+def _vector_dict(matrix: sp.csr_matrix, i: int, terms: list[str], integer: bool, escape: bool):
+    idx, val = _row_items(matrix, i)
+    order = np.argsort(idx, kind="stable")
+    out: dict[str, Any] = {}
+    for j in order:
+        name = terms[int(idx[j])]
+        out[feature_name(name) if escape else name] = (
+            int(val[j]) if integer else round(float(val[j]), 6)
+        )
+    return out
+
+
+def write_anserini(
+    out: Path,
+    sparse: sp.csr_matrix,
+    image_ids: list[str],
+    filenames: list[str],
+    terms: list[str],
+    queries: sp.csr_matrix,
+    query_ids: list[str],
+    quantize_mode: str = "uint8",
+) -> dict[str, Any]:
+    """Write a JsonVectorCollection and impact queries (see the module doc)."""
+    qdocs, scale = quantize(sparse, quantize_mode)
+    # Per-query scale: the heaviest term of each query is repeated QUERY_LEVELS times (a
+    # constant factor per query does not change its ranking).
+    qmax = np.asarray(queries.max(axis=1).todense()).ravel()
+    qq = sp.csr_matrix(queries, dtype=np.float32, copy=True)
+    row_of = np.repeat(np.arange(qq.shape[0]), np.diff(qq.indptr))
+    qq.data = np.rint(qq.data / np.where(qmax > 0, qmax, 1)[row_of] * QUERY_LEVELS)
+    qq.eliminate_zeros()
+    lines = []
+    for i, image_id in enumerate(image_ids):
+        doc = {
+            "id": image_id,
+            "contents": filenames[i],
+            "vector": _vector_dict(qdocs, i, terms, integer=True, escape=False),
+        }
+        lines.append(json.dumps(doc, ensure_ascii=False))
+    atomic_write_text(out / "collection" / "part-00000.jsonl", "\n".join(lines) + "\n")
+    qlines = []
+    for i, qid in enumerate(query_ids):
+        idx, val = _row_items(qq, i)
+        order = np.argsort(idx, kind="stable")
+        words = [" ".join([terms[int(idx[j])]] * int(val[j])) for j in order]
+        qlines.append(f"{qid}\t{' '.join(w for w in words if w)}")
+    atomic_write_text(out / "queries.tsv", "\n".join(qlines) + "\n")
+    return {
+        "files": ["collection/part-00000.jsonl", "queries.tsv"],
+        "quantize": quantize_mode,
+        "doc_scale": scale,
+        "query_levels": QUERY_LEVELS,
+        "commands": [
+            "python -m pyserini.index.lucene --collection JsonVectorCollection "
+            f"--input {out}/collection --index {out}/lucene "
+            "--generator DefaultLuceneDocumentGenerator --threads 1 --impact --pretokenized",
+            f"python -m pyserini.search.lucene --index {out}/lucene --topics {out}/queries.tsv "
+            f"--output {out}/run.trec --impact --pretokenized --hits 100",
+        ],
+    }
+
+
+def index_body(fmt: str, dense_dim: int) -> dict[str, Any]:
+    """The index body (settings + mappings) to create before the bulk load."""
+    if fmt == "opensearch":
+        return {
+            "settings": {"index": {"knn": True}},
+            "mappings": {
+                "properties": {
+                    "image_id": {"type": "keyword"},
+                    "filename": {"type": "keyword"},
+                    "sparse": {"type": "rank_features"},
+                    "dense": {
+                        "type": "knn_vector",
+                        "dimension": int(dense_dim),
+                        "method": {
+                            "name": "hnsw",
+                            "space_type": "innerproduct",
+                            "engine": "faiss",
+                        },
+                    },
+                }
+            },
+        }
+    return {
+        "mappings": {
+            "properties": {
+                "image_id": {"type": "keyword"},
+                "filename": {"type": "keyword"},
+                "sparse": {"type": "sparse_vector"},
+                "dense": {
+                    "type": "dense_vector",
+                    "dims": int(dense_dim),
+                    "index": True,
+                    "similarity": "dot_product",
+                },
+            }
+        }
+    }
+
+
+def example_queries(
+    fmt: str, q_sparse: dict[str, float], q_dense: list[float], k: int = 10
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Search bodies for one query: ``(sparse, dense kNN)``."""
+    if fmt == "opensearch":
+        sparse = {
+            "size": k,
+            "query": {
+                "bool": {
+                    "should": [
+                        {"rank_feature": {"field": f"sparse.{t}", "linear": {}, "boost": w}}
+                        for t, w in q_sparse.items()
+                    ]
+                }
+            },
+        }
+        dense = {"size": k, "query": {"knn": {"dense": {"vector": q_dense, "k": k}}}}
+        return sparse, dense
+    sparse = {"size": k, "query": {"sparse_vector": {"field": "sparse", "query_vector": q_sparse}}}
+    dense = {
+        "size": k,
+        "knn": {"field": "dense", "query_vector": q_dense, "k": k, "num_candidates": 10 * k},
+    }
+    return sparse, dense
+
+
+def write_bulk(
+    out: Path,
+    fmt: str,
+    sparse: sp.csr_matrix,
+    dense: np.ndarray,
+    image_ids: list[str],
+    filenames: list[str],
+    terms: list[str],
+    queries: sp.csr_matrix,
+    query_dense: np.ndarray,
+    index_name: str,
+) -> dict[str, Any]:
+    """Write ``mapping.json``, ``bulk.ndjson`` and ``example_query.json``."""
+    lines = []
+    for i, image_id in enumerate(image_ids):
+        lines.append(json.dumps({"index": {"_index": index_name, "_id": image_id}}))
+        doc = {
+            "image_id": image_id,
+            "filename": filenames[i],
+            "sparse": _vector_dict(sparse, i, terms, integer=False, escape=True),
+            "dense": [round(float(x), 6) for x in dense[i]],
+        }
+        lines.append(json.dumps(doc, ensure_ascii=False))
+    atomic_write_json(out / "mapping.json", index_body(fmt, dense.shape[1]))
+    atomic_write_text(out / "bulk.ndjson", "\n".join(lines) + "\n")
+    files = ["mapping.json", "bulk.ndjson"]
+    if queries.shape[0]:
+        q = _vector_dict(queries, 0, terms, integer=False, escape=True)
+        sparse_q, dense_q = example_queries(fmt, q, [round(float(x), 6) for x in query_dense[0]])
+        atomic_write_json(out / "example_query.json", sparse_q)
+        atomic_write_json(out / "example_knn_query.json", dense_q)
+        files += ["example_query.json", "example_knn_query.json"]
+    return {
+        "files": files,
+        "index_name": index_name,
+        "commands": [
+            f"curl -XPUT localhost:9200/{index_name} -H 'Content-Type: application/json' "
+            f"--data-binary @{out}/mapping.json",
+            "curl -XPOST localhost:9200/_bulk -H 'Content-Type: application/x-ndjson' "
+            f"--data-binary @{out}/bulk.ndjson",
+        ],
+    }
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    split: str = "val",
+    fmt: str = "anserini",
+    data: str | Path | None = None,
+    image_topk: int | None = None,
+    threshold: float | None = None,
+    text_topk: int | None = None,
+    quantize: str = "uint8",
+    index_name: str = "mmsparse-images",
+) -> dict[str, Any]:
+    """Export a split's image vectors (and its captions as queries) for another engine.
+
+    Args:
+        run_dir: A run directory written by ``mmsparse train``.
+        out: Output directory (created).
+        split: Split to export.
+        fmt: ``anserini``, ``opensearch`` or ``elasticsearch``.
+        data: Another feature directory of the same backbone.
+        image_topk: Terms kept per image (default: the run's ``eval.image_topk``).
+        threshold: Weights at or below it dropped (default: the run's ``eval.threshold``).
+        text_topk: Terms kept per caption query (default: the run's ``eval.text_topk``).
+        quantize: Anserini impacts: ``uint8`` or ``uint16``.
+        index_name: OpenSearch/Elasticsearch index name.
+
+    Returns:
+        What was written (``export.json``): format, counts, files, scales, commands.
+
+    Raises:
+        MMSparseError: On an unknown format or option.
+    """
+    from mmsparse.index.encode import encode_vectors
+    from mmsparse.runs import load_run, load_run_data
+
+    if fmt not in EXPORT_FORMATS:
+        raise MMSparseError(f"unknown export format {fmt!r} (one of {', '.join(EXPORT_FORMATS)})")
+    if quantize not in ("uint8", "uint16"):
+        raise MMSparseError(f"anserini impacts are uint8 or uint16, not {quantize!r}")
+    run = load_run(run_dir)
+    store = load_run_data(run, data)
+    sp_ = store.split(split)
+    ev = run.config.eval
+    topk = ev.image_topk if image_topk is None else image_topk
+    thr = ev.threshold if threshold is None else float(threshold)
+    dense, sparse = encode_vectors(
+        run.model, store.image_feats[sp_.image_rows], "image", topk=topk, threshold=thr
+    )
+    q_dense, q_sparse = encode_vectors(
+        run.model,
+        store.caption_feats[sp_.caption_rows],
+        "text",
+        topk=ev.text_topk if text_topk is None else text_topk,
+        threshold=thr,
+    )
+    image_ids = [store.image_ids[i] for i in sp_.image_rows]
+    filenames = [store.image_filenames[i] for i in sp_.image_rows]
+    query_ids = [store.caption_ids[i] for i in sp_.caption_rows]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    terms = run.vocab.tokens
+    if fmt == "anserini":
+        info = write_anserini(
+            out, sparse, image_ids, filenames, terms, q_sparse, query_ids, quantize
+        )
+    else:
+        info = write_bulk(
+            out, fmt, sparse, dense, image_ids, filenames, terms, q_sparse, q_dense, index_name
+        )
+    info = {
+        "format": fmt,
+        "run_dir": str(Path(run_dir).resolve()),
+        "split": sp_.name,
+        "n_images": len(image_ids),
+        "n_queries": len(query_ids),
+        "image_topk": topk,
+        "text_topk": ev.text_topk if text_topk is None else text_topk,
+        "threshold": thr,
+        **info,
+    }
+    atomic_write_json(out / "export.json", info)
+    info["files"] = [*info["files"], "export.json"]
+    return info

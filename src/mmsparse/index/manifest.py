@@ -1,0 +1,176 @@
+"""The index manifest: what an index directory holds and how it was built.
+
+Every index directory written by :func:`mmsparse.index.build_index` has::
+
+    INDEX/index.json     the manifest (this module): format, version, engine, the run and
+                         checkpoint it was built from (sha256), the vocabulary (size, sha256),
+                         the split, the pruning/quantisation options, engine parameters, sizes
+    INDEX/docs.json      image ids and file names, one per indexed row
+    INDEX/...            the engine's files (postings.mmsi, seismic.index.seismic, milvus.db)
+
+The manifest is what makes an index safe to reuse: a search refuses an index whose
+checkpoint or vocabulary no longer match the run, and reports options that differ from
+the run's evaluation options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmsparse.errors import CheckpointError, IndexFormatError
+from mmsparse.io_utils import atomic_write_json, read_json
+
+INDEX_FORMAT = "mmsparse-index"
+INDEX_VERSION = 1
+MANIFEST_NAME = "index.json"
+DOCS_NAME = "docs.json"
+ENGINES = ("inverted", "seismic", "milvus")
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """Pruning and quantisation applied to the image vectors before indexing.
+
+    Attributes:
+        image_topk: Terms kept per image vector (``None``: all).
+        threshold: Weights at or below it were zeroed.
+        quantize: ``none``, ``uint8`` or ``uint16`` integer impacts.
+        scale: Dequantisation scale of the impacts (1 without quantisation).
+    """
+
+    image_topk: int | None = None
+    threshold: float = 0.0
+    quantize: str = "none"
+    scale: float = 1.0
+
+
+@dataclass
+class IndexManifest:
+    """Description of an index directory (``index.json``).
+
+    Attributes:
+        engine: ``inverted``, ``seismic`` or ``milvus``.
+        run_dir: Absolute run directory the vectors came from.
+        checkpoint_sha256: sha256 of the run's ``best/model.safetensors``.
+        vocab_size: Number of sparse dimensions.
+        vocab_sha256: sha256 of the vocabulary terms (one per line).
+        split: Split whose images are indexed.
+        data_dir: Feature directory the images were read from.
+        n_images: Number of indexed images.
+        dense_dim: Size of the dense vectors (stored by engines that hold them).
+        w1: Dense weight of the run's hybrid score.
+        w2: Sparse weight of the run's hybrid score.
+        options: :class:`IndexOptions`.
+        engine_params: Engine-specific build parameters (and the Milvus URI/collection).
+        stats: Sizes and timings (nnz, mean terms per image, bytes, build seconds).
+        created: Build time (UTC, ISO 8601).
+        format: Always ``mmsparse-index``.
+        version: Manifest format version.
+    """
+
+    engine: str
+    run_dir: str
+    checkpoint_sha256: str
+    vocab_size: int
+    vocab_sha256: str
+    split: str
+    data_dir: str
+    n_images: int
+    dense_dim: int
+    w1: float
+    w2: float
+    options: IndexOptions = field(default_factory=IndexOptions)
+    engine_params: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    format: str = INDEX_FORMAT
+    version: int = INDEX_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return asdict(self)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``index.json`` atomically into ``directory``."""
+        if not self.created:
+            self.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        path = Path(directory) / MANIFEST_NAME
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> IndexManifest:
+        """Read and validate ``INDEX/index.json``.
+
+        Raises:
+            IndexFormatError: If the directory is not an mmsparse index or is of another
+                version.
+        """
+        directory = Path(directory)
+        path = directory / MANIFEST_NAME
+        if not directory.is_dir():
+            raise IndexFormatError(f"{directory}: index directory not found")
+        try:
+            raw = read_json(path, "index manifest")
+        except CheckpointError as exc:
+            raise IndexFormatError(
+                f"{path}: not an mmsparse index (no readable {MANIFEST_NAME}; build one with "
+                "'mmsparse index build')"
+            ) from exc
+        if not isinstance(raw, dict) or raw.get("format") != INDEX_FORMAT:
+            raise IndexFormatError(f"{path}: not an mmsparse index manifest")
+        if raw.get("version") != INDEX_VERSION:
+            raise IndexFormatError(
+                f"{path}: index version {raw.get('version')} is not supported (expected "
+                f"{INDEX_VERSION}); rebuild the index"
+            )
+        try:
+            options = IndexOptions(**raw.pop("options"))
+            manifest = cls(options=options, **raw)
+        except (KeyError, TypeError) as exc:
+            raise IndexFormatError(f"{path}: incomplete index manifest ({exc})") from exc
+        if manifest.engine not in ENGINES:
+            raise IndexFormatError(f"{path}: unknown engine {manifest.engine!r}")
+        return manifest
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def vocab_sha256(tokens: list[str]) -> str:
+    """sha256 of the vocabulary terms joined by newlines (hex)."""
+    return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
+
+
+def write_docs(directory: str | Path, image_ids: list[str], filenames: list[str]) -> None:
+    """Write ``docs.json`` (image ids and file names of the indexed rows)."""
+    atomic_write_json(Path(directory) / DOCS_NAME, {"image_ids": image_ids, "filenames": filenames})
+
+
+def read_docs(directory: str | Path, n_images: int) -> tuple[list[str], list[str]]:
+    """Read ``docs.json``; check it has one entry per indexed row.
+
+    Raises:
+        IndexFormatError: If missing, unreadable or of the wrong length.
+    """
+    path = Path(directory) / DOCS_NAME
+    try:
+        raw = read_json(path, "index document list")
+        ids, names = list(map(str, raw["image_ids"])), list(map(str, raw["filenames"]))
+    except (CheckpointError, KeyError, TypeError) as exc:
+        raise IndexFormatError(f"{path}: missing or unreadable document list ({exc})") from exc
+    if len(ids) != n_images or len(names) != n_images:
+        raise IndexFormatError(
+            f"{path}: {len(ids)} image ids for an index of {n_images} images (corrupt index)"
+        )
+    return ids, names

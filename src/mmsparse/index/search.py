@@ -1,0 +1,467 @@
+"""Searching an index with text, a caption id or query vectors (``mmsparse search``).
+
+A :class:`Searcher` opens an index directory and the run it was built from, checks that they
+still belong together (same checkpoint, same vocabulary: otherwise
+:class:`~mmsparse.errors.IndexFormatError`), encodes queries the way the run does (its text
+pruning options), and returns ranked images with their ids, file names and scores.
+
+Documented behaviour on unusual input:
+
+- an empty query (``""`` or only spaces) is an error;
+- a query longer than the text encoder's limit (:data:`MAX_QUERY_PIECES` word pieces) is cut
+  at a word boundary and a note says so;
+- a query whose sparse vector shares no term with the index returns no image, with a note;
+- ``k <= 0`` is an error; ``k`` larger than the index is lowered to the index size, with a note;
+- a query vector of another vocabulary size is refused (:class:`IndexFormatError`);
+- an index built with pruning options other than the run's evaluation options is served
+  as built (its options win) and a note names the difference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from mmsparse.errors import DataError, IndexFormatError, MMSparseError
+from mmsparse.index.engines import SEARCH_MODES, open_engine
+from mmsparse.index.manifest import IndexManifest, read_docs, vocab_sha256
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_PIECES = 126  # 128 tokens of the MiniLM/BERT encoders minus [CLS] and [SEP]
+
+
+@dataclass
+class Hit:
+    """One ranked image.
+
+    Attributes:
+        rank: 1-based rank.
+        row: Row of the image in the index.
+        image_id: Image id.
+        filename: Image file name ('' if unknown).
+        score: Score of the search mode (sparse ``q · d``, dense, or hybrid).
+        terms: With ``explain``: ``(term, query weight, image weight, product)`` of the
+            shared terms, largest product first.
+    """
+
+    rank: int
+    row: int
+    image_id: str
+    filename: str
+    score: float
+    terms: list[tuple[str, float, float, float]] | None = None
+
+
+@dataclass
+class SearchResult:
+    """Ranked images of one query, with the notes on how the query was handled.
+
+    Attributes:
+        query: The query text (after any cut), or ``None``.
+        caption_id: The caption id used as query, or ``None``.
+        k: Results asked for (after any lowering).
+        mode: ``sparse``, ``dense`` or ``hybrid``.
+        engine: Engine of the index.
+        hits: Ranked images.
+        query_terms: The query's heaviest sparse terms ``(term, weight)``.
+        notes: What was adjusted (cut query, lowered k, no shared term, option mismatch).
+        seconds: Search time (engine only, without encoding).
+    """
+
+    query: str | None
+    caption_id: str | None
+    k: int
+    mode: str
+    engine: str
+    hits: list[Hit] = field(default_factory=list)
+    query_terms: list[tuple[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return asdict(self)
+
+
+def cap_query(text: str, vocab: Any, max_pieces: int = MAX_QUERY_PIECES) -> tuple[str, bool]:
+    """Cut ``text`` at a word boundary so that it has at most ``max_pieces`` word pieces.
+
+    Returns:
+        ``(text, was_cut)``. The fallback vocabulary (no word pieces) cuts at
+        ``max_pieces`` words.
+    """
+    words = text.split()
+    count = 0
+    for i, word in enumerate(words):
+        pieces = len(vocab.encode(word)) if getattr(vocab, "named", False) else 1
+        count += max(pieces, 1)
+        if count > max_pieces:
+            return " ".join(words[:i]), True
+    return text, False
+
+
+def load_text_encoder(extraction: dict[str, Any] | None) -> Any:
+    """The text encoder of a run's extraction backend (``mmsparse.extract``).
+
+    Raises:
+        MMSparseError: If the run records no extraction backend or mmsparse.extract is not
+            available; the message suggests ``--caption-id``.
+    """
+    if not extraction:
+        raise MMSparseError(
+            "this run records no feature-extraction backend, so raw text cannot be "
+            "encoded; search by caption with --caption-id ID instead"
+        )
+    try:
+        from mmsparse.extract import load_text_encoder as _load
+    except ImportError as exc:
+        raise MMSparseError(
+            "raw-text search needs mmsparse.extract (the run's text encoder), which this "
+            "installation lacks; search by caption with --caption-id ID instead"
+        ) from exc
+    return _load(extraction, device="cpu")
+
+
+class Searcher:
+    """An opened index with the run it was built from.
+
+    Args:
+        index_dir: Directory written by :func:`mmsparse.index.build_index`.
+        run_dir: The run to encode queries with (default: the one in the manifest).
+        data: Feature directory for ``caption_id`` queries (default: the index's).
+        verify: Verify the index checksums on open.
+        load_run: Load the run (needed for text and caption queries; not for vectors).
+
+    Raises:
+        IndexFormatError: If the index is corrupt, or no longer matches the run.
+    """
+
+    def __init__(
+        self,
+        index_dir: str | Path,
+        run_dir: str | Path | None = None,
+        data: str | Path | None = None,
+        verify: bool = True,
+        load_run: bool = True,
+    ) -> None:
+        self.index_dir = Path(index_dir)
+        self.manifest = IndexManifest.load(self.index_dir)
+        self.image_ids, self.filenames = read_docs(self.index_dir, self.manifest.n_images)
+        self.engine = open_engine(self.index_dir, self.manifest, verify=verify)
+        self.notes: list[str] = []
+        self.run: Any = None
+        self._data = data
+        self._store: Any = None
+        self._text_encoder: Any = None
+        self.vocab: Any = None
+        if load_run:
+            self._open_run(run_dir or self.manifest.run_dir)
+
+    def _open_run(self, run_dir: str | Path) -> None:
+        from mmsparse.index.build import run_fingerprint
+        from mmsparse.runs import load_run
+
+        m = self.manifest
+        run = load_run(run_dir)
+        if vocab_sha256(run.vocab.tokens) != m.vocab_sha256 or len(run.vocab) != m.vocab_size:
+            raise IndexFormatError(
+                f"{self.index_dir}: the index was built with another vocabulary "
+                f"({m.vocab_size} terms) than the run {run_dir} ({len(run.vocab)} terms)"
+            )
+        fingerprint = run_fingerprint(run_dir)
+        if fingerprint != m.checkpoint_sha256:
+            raise IndexFormatError(
+                f"{self.index_dir}: the index was built from checkpoint "
+                f"{m.checkpoint_sha256[:12]} but {run_dir} now holds {fingerprint[:12]}; "
+                "rebuild the index with 'mmsparse index build'"
+            )
+        ev = run.config.eval
+        if (ev.image_topk, float(ev.threshold)) != (
+            m.options.image_topk,
+            float(m.options.threshold),
+        ):
+            self.notes.append(
+                f"index built with image_topk={m.options.image_topk}, "
+                f"threshold={m.options.threshold}; the run evaluates with "
+                f"image_topk={ev.image_topk}, threshold={ev.threshold} (the index's options "
+                "are used)"
+            )
+        self.run = run
+        self.vocab = run.vocab
+
+    # -- query encoding -------------------------------------------------------------------
+
+    def _require_run(self) -> Any:
+        if self.run is None:
+            raise MMSparseError("this Searcher was opened without its run (load_run=False)")
+        return self.run
+
+    def _encode_feats(self, feats: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
+        from mmsparse.index.encode import encode_vectors
+
+        run = self._require_run()
+        ev = run.config.eval
+        return encode_vectors(
+            run.model, feats, "text", topk=ev.text_topk, threshold=ev.threshold, batch_size=256
+        )
+
+    def encode_text(self, texts: list[str]) -> tuple[np.ndarray, sp.csr_matrix]:
+        """Dense and sparse query vectors of raw texts (through the run's text encoder)."""
+        run = self._require_run()
+        if self._text_encoder is None:
+            extraction = self._extraction(run)
+            self._text_encoder = load_text_encoder(extraction)
+        feats = np.asarray(self._text_encoder.encode(list(texts)), dtype=np.float32)
+        if feats.ndim != 2 or feats.shape[1] != run.model.d_txt:
+            raise MMSparseError(
+                f"the text encoder gives vectors of shape {feats.shape}, the run expects "
+                f"(N, {run.model.d_txt})"
+            )
+        return self._encode_feats(feats)
+
+    @staticmethod
+    def _extraction(run: Any) -> dict[str, Any] | None:
+        from mmsparse.io_utils import read_json
+        from mmsparse.runs import checkpoint_dir
+
+        info = read_json(checkpoint_dir(run.run_dir) / "model.json", "model config")
+        backbone = info.get("backbone") if isinstance(info, dict) else None
+        if isinstance(backbone, dict) and backbone.get("extraction"):
+            return backbone["extraction"]
+        return None
+
+    def store(self) -> Any:
+        """The feature store of the index's data (loaded on first use)."""
+        if self._store is None:
+            from mmsparse.runs import load_run_data
+
+            run = self._require_run()
+            data = self._data or self.manifest.data_dir or None
+            self._store = load_run_data(run, data)
+        return self._store
+
+    def encode_captions(self, caption_ids: list[str]) -> tuple[np.ndarray, sp.csr_matrix]:
+        """Dense and sparse query vectors of captions of the data, by caption id.
+
+        Raises:
+            DataError: On an unknown caption id.
+        """
+        store = self.store()
+        rows = [store.caption_row(c) for c in caption_ids]
+        return self._encode_feats(store.caption_feats[rows])
+
+    # -- search ---------------------------------------------------------------------------
+
+    def search_vectors(
+        self,
+        sparse: sp.spmatrix | np.ndarray,
+        dense: np.ndarray | None = None,
+        *,
+        k: int = 10,
+        mode: str = "sparse",
+        explain: bool = False,
+        explain_terms: int = 10,
+        **engine_kwargs: Any,
+    ) -> list[SearchResult]:
+        """Search with query vectors, one result per row.
+
+        Args:
+            sparse: ``(B, V)`` query sparse vectors.
+            dense: ``(B, dense_dim)`` query dense vectors (``dense``/``hybrid`` modes).
+            k: Results per query (lowered to the index size, with a note).
+            mode: ``sparse``, ``dense`` or ``hybrid`` (the latter two: milvus only).
+            explain: Add the matching terms and their contributions to every hit.
+            explain_terms: Terms shown per hit.
+            **engine_kwargs: Engine search knobs (Seismic ``query_cut``, ``heap_factor``;
+                Milvus ``candidates``).
+
+        Returns:
+            One :class:`SearchResult` per query.
+
+        Raises:
+            MMSparseError: On ``k <= 0`` or an unknown mode.
+            IndexFormatError: If the query vectors are of another vocabulary.
+        """
+        if mode not in SEARCH_MODES:
+            raise MMSparseError(f"unknown search mode {mode!r} (sparse, dense or hybrid)")
+        if k <= 0:
+            raise MMSparseError(f"k must be at least 1, got {k}")
+        notes = list(self.notes)
+        n = self.manifest.n_images
+        if k > n:
+            notes.append(f"k={k} is larger than the index ({n} images); returning all {n}")
+            k = n
+        sparse = sp.csr_matrix(sparse, dtype=np.float32)
+        if sparse.shape[1] != self.manifest.vocab_size:
+            raise IndexFormatError(
+                f"query vectors have {sparse.shape[1]} dimensions but the index "
+                f"{self.index_dir} has a vocabulary of {self.manifest.vocab_size} terms "
+                "(a different vocabulary?)"
+            )
+        if dense is not None:
+            dense = np.asarray(dense, dtype=np.float32).reshape(sparse.shape[0], -1)
+            if dense.shape[1] != self.manifest.dense_dim:
+                raise IndexFormatError(
+                    f"query dense vectors have {dense.shape[1]} dimensions, the index "
+                    f"{self.manifest.dense_dim}"
+                )
+        t0 = time.perf_counter()
+        hits = self.engine.search_batch(sparse, k, dense=dense, mode=mode, **engine_kwargs)
+        seconds = (time.perf_counter() - t0) / max(sparse.shape[0], 1)
+        vocab = self.vocab
+        results = []
+        for i in range(sparse.shape[0]):
+            rows, scores = hits.query(i)
+            q = sparse[i]
+            q_notes = list(notes)
+            if mode == "sparse" and rows.size == 0:
+                q_notes.append(
+                    "no indexed image shares a term with this query (empty sparse "
+                    "vector or only unseen terms): no result"
+                )
+            res = SearchResult(
+                query=None,
+                caption_id=None,
+                k=k,
+                mode=mode,
+                engine=self.manifest.engine,
+                notes=q_notes,
+                seconds=seconds,
+            )
+            order = np.lexsort((q.indices, -q.data))
+            res.query_terms = [
+                (_term(vocab, int(q.indices[j])), float(q.data[j])) for j in order[:20]
+            ]
+            terms_w = None
+            if explain and rows.size and q.nnz:
+                terms_w = self.engine.doc_weights(rows, q.indices)
+            for r, (row, score) in enumerate(zip(rows.tolist(), scores.tolist())):
+                hit = Hit(
+                    rank=r + 1,
+                    row=int(row),
+                    image_id=self.image_ids[row],
+                    filename=self.filenames[row],
+                    score=float(score),
+                )
+                if explain:
+                    hit.terms = []
+                    if terms_w is not None:
+                        prod = q.data * terms_w[r]
+                        nz = np.flatnonzero(prod)
+                        top = nz[np.lexsort((q.indices[nz], -prod[nz]))][:explain_terms]
+                        hit.terms = [
+                            (
+                                _term(vocab, int(q.indices[j])),
+                                float(q.data[j]),
+                                float(terms_w[r, j]),
+                                float(prod[j]),
+                            )
+                            for j in top
+                        ]
+                res.hits.append(hit)
+            results.append(res)
+        return results
+
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        caption_id: str | None = None,
+        k: int = 10,
+        mode: str = "sparse",
+        explain: bool = False,
+        **engine_kwargs: Any,
+    ) -> SearchResult:
+        """Search with raw text (through the run's text encoder) or a caption id.
+
+        Raises:
+            MMSparseError: On an empty query, both or neither of text and caption id, or
+                ``k <= 0``.
+            DataError: On an unknown caption id.
+        """
+        if (text is None) == (caption_id is None):
+            raise MMSparseError("give either a query text or --caption-id, not both/neither")
+        cut_note = None
+        if text is not None:
+            if not text.strip():
+                raise MMSparseError("empty query: give some words to search for")
+            if k <= 0:
+                raise MMSparseError(f"k must be at least 1, got {k}")
+            self._require_run()
+            text, was_cut = cap_query(text.strip(), self.vocab)
+            if was_cut:
+                cut_note = (
+                    f"query cut to its first {len(text.split())} words "
+                    f"({MAX_QUERY_PIECES} word pieces, the text encoder's limit)"
+                )
+            dense, sparse = self.encode_text([text])
+        else:
+            try:
+                dense, sparse = self.encode_captions([str(caption_id)])
+            except DataError as exc:
+                raise DataError(f"{exc} (in {self.store().root})") from exc
+        result = self.search_vectors(
+            sparse, dense, k=k, mode=mode, explain=explain, **engine_kwargs
+        )[0]
+        result.query = text
+        result.caption_id = None if caption_id is None else str(caption_id)
+        if cut_note:
+            result.notes.insert(0, cut_note)
+        if caption_id is not None:
+            store = self.store()
+            result.notes.append(
+                f"caption {caption_id}: {store.caption_texts[store.caption_row(str(caption_id))]!r}"
+            )
+        return result
+
+    def close(self) -> None:
+        """Release the engine."""
+        self.engine.close()
+
+
+def _term(vocab: Any, i: int) -> str:
+    return vocab.term(i) if vocab is not None else f"#{i}"
+
+
+def search(
+    index_dir: str | Path,
+    text: str | None = None,
+    *,
+    caption_id: str | None = None,
+    k: int = 10,
+    mode: str = "sparse",
+    explain: bool = False,
+    run_dir: str | Path | None = None,
+    data: str | Path | None = None,
+    **engine_kwargs: Any,
+) -> SearchResult:
+    """Search an index once (opens the index and its run, then closes them).
+
+    Args:
+        index_dir: Directory written by ``mmsparse index build``.
+        text: Query text (encoded through the run's extraction backend).
+        caption_id: Or a caption id of the data, used as query.
+        k: Number of images.
+        mode: ``sparse`` (default), or ``dense``/``hybrid`` for a milvus index.
+        explain: Show matching terms and contributions.
+        run_dir: Encode with this run instead of the manifest's.
+        data: Feature directory for caption ids (default: the index's).
+        **engine_kwargs: Engine search knobs.
+
+    Returns:
+        The :class:`SearchResult`.
+    """
+    searcher = Searcher(index_dir, run_dir=run_dir, data=data)
+    try:
+        return searcher.search(
+            text, caption_id=caption_id, k=k, mode=mode, explain=explain, **engine_kwargs
+        )
+    finally:
+        searcher.close()

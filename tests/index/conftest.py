@@ -1,0 +1,81 @@
+"""Fixtures of the index tests: a tiny run directory made without training (seconds)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmsparse.config import RunConfig, apply_overrides
+from mmsparse.data import SyntheticSpec, make_synthetic, write_release
+from mmsparse.io_utils import atomic_write_text
+from mmsparse.model.model import SparseDenseModel
+
+REPO = Path(__file__).resolve().parents[2]
+FLICKR8K = Path(os.environ.get("MMSPARSE_FLICKR8K", REPO.parent / "shared" / "flickr8k"))
+
+SPEC = SyntheticSpec(
+    n_train=60,
+    n_val=40,
+    n_test=3,
+    captions_per_image=2,
+    d_img=24,
+    d_txt=16,
+    d_latent=12,
+    d_word=16,
+    seed=3,
+)
+
+
+def make_run(root: Path, *, seed: int = 0, w1: float = 0.4, w2: float = 0.6) -> Path:
+    """A run directory (config + best checkpoint) over synthetic data, without training."""
+    store = make_synthetic(SPEC)
+    data = root / "data"
+    write_release(store, data, "synth")
+    store.bundle.save(data / "bundle")
+    cfg = apply_overrides(
+        RunConfig(name="tiny"),
+        [
+            f"data.path={data}",
+            "data.backbone=synth",
+            f"data.bundle={data / 'bundle'}",
+            "model.dense_dim=16",
+            f"objective.w1={w1}",
+            f"objective.w2={w2}",
+        ],
+    )
+    model = SparseDenseModel(
+        d_img=SPEC.d_img,
+        d_txt=SPEC.d_txt,
+        dense_dim=16,
+        d_word=SPEC.d_word,
+        vocab_size=store.bundle.vocab_size,
+    )
+    model.init_weights(seed, word_embeddings=store.bundle.word_embeddings)
+    run = root / "run"
+    model.save_pretrained(
+        run / "best",
+        vocab_tokens=store.bundle.vocab.tokens,
+        extra={"backbone": {"name": "synth", "extraction": None}},
+    )
+    atomic_write_text(run / "config.json", cfg.to_json())
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    np.random.seed(0)  # noqa: NPY002 - keeps any legacy numpy RNG use deterministic
+
+
+def flickr8k_or_skip() -> Path:
+    """The shared Flickr8k directory, or skip the test with the reason."""
+    if not (FLICKR8K / "dataset_meta.json").is_file():
+        pytest.skip(f"Flickr8k features not found at {FLICKR8K} (set MMSPARSE_FLICKR8K)")
+    return FLICKR8K
