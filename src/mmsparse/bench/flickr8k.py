@@ -72,7 +72,7 @@ class Flickr8kBench:
     seeds: tuple[int, ...] = (42, 43, 44)
     text_topk: int = 64
     image_topk: int = 256
-    reg_scales: tuple[float, ...] = (1.0, 3.0, 10.0)
+    reg_scales: tuple[float, ...] = (1 / 3, 1.0, 3.0)
     variants: bool = True
     overrides: tuple[str, ...] = ()
     stage0_overrides: tuple[str, ...] = ()
@@ -276,7 +276,7 @@ def run_flickr8k_bench(
                 rec = next(r for r in records[method] if r.seed == main_seed)
             else:
                 rec = run(
-                    f"{method}-reg{scale:g}",
+                    f"{method}-reg{scale:.3g}",
                     "curve",
                     derived(
                         joint_base,
