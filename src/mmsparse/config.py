@@ -74,6 +74,11 @@ class ModelConfig:
         tau_max: Upper clamp of the temperature.
         init_from: A run directory or checkpoint to initialise every tensor from (e.g. a
             stage-0 dense fit); ``None`` initialises from the bundle or at random.
+        sparse_init: How ``U`` and ``c`` of the sparse head start: ``random`` (the paper), or
+            ``token-lstsq``, an extension: a ridge fit on the training captions so that
+            ``LayerNorm(U e + c)`` starts near the (standardised) mean word embedding of each
+            caption's own tokens, which makes a caption's own words its active terms from
+            the first step (needs a named vocabulary).
     """
 
     d_img: int | None = None
@@ -85,6 +90,7 @@ class ModelConfig:
     tau_min: float = 0.001
     tau_max: float = 0.5
     init_from: str | None = None
+    sparse_init: Literal["random", "token-lstsq"] = "random"
 
 
 @dataclass(frozen=True)

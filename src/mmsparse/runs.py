@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mmsparse.config import RunConfig, config_from_dict
-from mmsparse.data.store import FeatureStore, load_feature_store
+from mmsparse.data.store import FeatureStore, Split, load_feature_store
 from mmsparse.data.vocab import Vocabulary
 from mmsparse.errors import CheckpointError, ConfigError, DataError
 from mmsparse.io_utils import read_json
@@ -134,7 +134,51 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
                 f"data's is {model.vocab_size}"
             )
         model.load_tensors(init.state_dict(), where=str(src / "model.safetensors"))
+    if cfg.model.sparse_init == "token-lstsq":
+        align_sparse_head(model, store, store.split(cfg.data.train_splits, allow_missing=True))
     return model
+
+
+@torch.no_grad()
+def align_sparse_head(
+    model: SparseDenseModel, store: FeatureStore, split: Split, ridge: float = 1e-3
+) -> None:
+    """Fit ``U`` and ``c`` so that ``LayerNorm(U e + c)`` starts at each caption's words.
+
+    For every training caption, the target is the mean row of ``V`` (the word embeddings)
+    over the caption's own word pieces, standardised like LayerNorm's output; ``[e, 1]`` is
+    regressed on it by ridge least squares (float64). ``V``, the dense heads and the
+    LayerNorm are left as they are.
+
+    Raises:
+        ConfigError: Without a named vocabulary (captions cannot be mapped to terms).
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    vocab = store.vocabulary(model.vocab_size)
+    if not vocab.named or len(vocab) != model.vocab_size:
+        raise ConfigError("model.sparse_init=token-lstsq needs a bundle with a vocabulary")
+    rows = split.caption_rows
+    indptr, indices = store.caption_token_ids(vocab)
+    sub = sp.csr_matrix(
+        (np.ones(indices.size), indices, indptr), shape=(len(store.caption_ids), model.vocab_size)
+    )[rows]
+    keep = np.asarray(sub.sum(axis=1)).ravel() > 0
+    sub, rows = sub[keep], rows[keep]
+    counts = np.asarray(sub.sum(axis=1)).ravel()
+    W = model.sparse_head.V.weight.detach().double().cpu().numpy()  # (vocab, d_word)
+    T = (sub @ W) / counts[:, None]  # (n, d_word) mean word embedding of own tokens
+    T = (T - T.mean(axis=1, keepdims=True)) / (T.std(axis=1, keepdims=True) + 1e-6)
+    device = model.text_proj.weight.device
+    h = torch.from_numpy(store.caption_feats[rows]).to(device)
+    e = torch.nn.functional.normalize(model.text_proj(h.to(model.text_proj.weight.dtype)), dim=-1)
+    X = np.hstack([e.double().cpu().numpy(), np.ones((len(rows), 1))])  # (n, dense_dim + 1)
+    A = X.T @ X + ridge * len(rows) * np.eye(X.shape[1])
+    sol = np.linalg.solve(A, X.T @ T)  # (dense_dim + 1, d_word)
+    U = model.sparse_head.U
+    U.weight.copy_(torch.from_numpy(sol[:-1].T).to(U.weight))
+    U.bias.copy_(torch.from_numpy(sol[-1]).to(U.bias))
 
 
 def checkpoint_dir(path: str | Path) -> Path:
