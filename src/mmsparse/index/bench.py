@@ -169,9 +169,9 @@ def _latency(fn: Callable[[int], Any], n: int) -> dict[str, float]:
         fn(i)
         times[i] = time.perf_counter() - t0
     return {
-        "p50_ms": round(float(np.percentile(times, 50) * 1e3), 4),
-        "p99_ms": round(float(np.percentile(times, 99) * 1e3), 4),
-        "mean_ms": round(float(times.mean() * 1e3), 4),
+        "p50_ms": float(f"{np.percentile(times, 50) * 1e3:.4g}"),
+        "p99_ms": float(f"{np.percentile(times, 99) * 1e3:.4g}"),
+        "mean_ms": float(f"{times.mean() * 1e3:.4g}"),
         "latency_queries": int(n),
     }
 
@@ -415,7 +415,9 @@ def _bench_inverted(
         report["engines"]["inverted"] = {
             "kind": "sparse, exact",
             "n_images": n,
-            "build_seconds": round(build, 2),
+            "build_seconds": float(
+                f"{build:.4g}"
+            ),  # significant digits: small builds take milliseconds
             "bytes_per_image": round(index.nbytes / n, 1),
             **lat,
             "batch_qps": round(q_sparse.shape[0] / batch_s, 1),
@@ -469,7 +471,9 @@ def _bench_faiss(
         report["engines"]["faiss-flat"] = {
             "kind": "dense, exact (IndexFlatIP)",
             "n_images": n,
-            "build_seconds": round(build, 2),
+            "build_seconds": float(
+                f"{build:.4g}"
+            ),  # significant digits: small builds take milliseconds
             "bytes_per_image": round(flat_bytes / n, 1),
             **lat,
             "batch_qps": round(xq.shape[0] / batch_s, 1),
@@ -504,7 +508,9 @@ def _bench_faiss(
             "kind": "dense, approximate (IndexHNSWFlat)",
             "params": dict(hnsw),
             "n_images": n,
-            "build_seconds": round(build, 2),
+            "build_seconds": float(
+                f"{build:.4g}"
+            ),  # significant digits: small builds take milliseconds
             "bytes_per_image": round(hnsw_bytes / n, 1),
             **lat,
             "batch_qps": round(xq.shape[0] / batch_s, 1),
@@ -551,7 +557,9 @@ def _bench_seismic(
             "kind": "sparse, approximate (Seismic)",
             "params": {**params["build"], **kw},
             "n_images": n,
-            "build_seconds": round(build, 2),
+            "build_seconds": float(
+                f"{build:.4g}"
+            ),  # significant digits: small builds take milliseconds
             "bytes_per_image": round(engine.nbytes / n, 1),
             **lat,
             "batch_qps": round(q_sparse.shape[0] / batch_s, 1),
@@ -603,7 +611,9 @@ def _bench_milvus(
         report["engines"]["milvus-lite"] = {
             "kind": "sparse, exact (SPARSE_INVERTED_INDEX, milvus-lite)",
             "n_images": m,
-            "build_seconds": round(build, 2),
+            "build_seconds": float(
+                f"{build:.4g}"
+            ),  # significant digits: small builds take milliseconds
             "bytes_per_image": round(_dir_bytes(mdir / "milvus.db") / m, 1),
             "bytes_note": "dense and sparse vectors together",
             **lat,
@@ -630,7 +640,7 @@ def format_bench_table(report: dict[str, Any]) -> str:
             continue
         dense_recall = r.get("recall@10_vs_exact_dense")
         lines.append(
-            f"| {name} | {r['n_images']:,} | {r['build_seconds']:.1f} | "
+            f"| {name} | {r['n_images']:,} | {r['build_seconds']:.3g} | "
             f"{r['bytes_per_image']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
             f"{r['batch_qps']:.0f} | {r['recall@10_vs_exact_sparse']:.3f} | "
             f"{'' if dense_recall is None else f'{dense_recall:.3f}'} |"

@@ -147,7 +147,7 @@ def index_vectors(
             "mean_terms_per_image": float(nnz / max(n, 1)),
             "engine_bytes": int(engine_bytes),
             "bytes_per_image": float(engine_bytes / max(n, 1)),
-            "build_seconds": round(build_seconds, 3),
+            "build_seconds": float(f"{build_seconds:.4g}"),
         },
         **manifest_fields,
     )
