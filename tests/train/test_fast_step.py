@@ -8,22 +8,13 @@ import pytest
 import torch
 
 from mmsparse.config import RunConfig, apply_overrides
-from mmsparse.data import SyntheticSpec, make_synthetic
+from mmsparse.data import make_synthetic
 from mmsparse.losses import SparsityRegularizer
 from mmsparse.train import StepTerms, Trainer, train
 from mmsparse.train.step import AsyncTermLog, make_optimizer, use_fused_adamw
+from tests.helpers import TINY
 
-SPEC = SyntheticSpec(
-    n_train=160,
-    n_val=40,
-    n_test=40,
-    captions_per_image=3,
-    d_img=24,
-    d_txt=16,
-    d_latent=12,
-    d_word=16,
-    seed=3,
-)
+SPEC = TINY
 BASE = [
     "model.dense_dim=16",
     "train.batch_size=32",
