@@ -218,7 +218,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         print(
             f"{manifest.engine} index of {manifest.n_images} images ({manifest.split}) "
             f"written to {args.out}: {s['mean_terms_per_image']:.1f} terms per image, "
-            f"{s['bytes_per_image']:.0f} bytes per image, built in {s['build_seconds']:.2f} s"
+            f"{s['bytes_per_image']:.0f} bytes per image, built in {s['build_seconds']:.3g} s"
         )
     return 0
 

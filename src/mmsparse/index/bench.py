@@ -162,6 +162,11 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int = K) -> float:
     return float(total / max(n, 1))
 
 
+def _sig(x: float, digits: int = 4) -> float:
+    # significant digits, not decimals: a small build or a fast query takes microseconds
+    return float(f"{x:.{digits}g}")
+
+
 def _latency(fn: Callable[[int], Any], n: int) -> dict[str, float]:
     times = np.empty(n)
     for i in range(n):
@@ -169,9 +174,9 @@ def _latency(fn: Callable[[int], Any], n: int) -> dict[str, float]:
         fn(i)
         times[i] = time.perf_counter() - t0
     return {
-        "p50_ms": float(f"{np.percentile(times, 50) * 1e3:.4g}"),
-        "p99_ms": float(f"{np.percentile(times, 99) * 1e3:.4g}"),
-        "mean_ms": float(f"{times.mean() * 1e3:.4g}"),
+        "p50_ms": _sig(np.percentile(times, 50) * 1e3),
+        "p99_ms": _sig(np.percentile(times, 99) * 1e3),
+        "mean_ms": _sig(times.mean() * 1e3),
         "latency_queries": int(n),
     }
 
@@ -415,9 +420,7 @@ def _bench_inverted(
         report["engines"]["inverted"] = {
             "kind": "sparse, exact",
             "n_images": n,
-            "build_seconds": float(
-                f"{build:.4g}"
-            ),  # significant digits: small builds take milliseconds
+            "build_seconds": _sig(build),
             "bytes_per_image": round(index.nbytes / n, 1),
             **lat,
             "batch_qps": round(q_sparse.shape[0] / batch_s, 1),
@@ -471,9 +474,7 @@ def _bench_faiss(
         report["engines"]["faiss-flat"] = {
             "kind": "dense, exact (IndexFlatIP)",
             "n_images": n,
-            "build_seconds": float(
-                f"{build:.4g}"
-            ),  # significant digits: small builds take milliseconds
+            "build_seconds": _sig(build),
             "bytes_per_image": round(flat_bytes / n, 1),
             **lat,
             "batch_qps": round(xq.shape[0] / batch_s, 1),
@@ -508,9 +509,7 @@ def _bench_faiss(
             "kind": "dense, approximate (IndexHNSWFlat)",
             "params": dict(hnsw),
             "n_images": n,
-            "build_seconds": float(
-                f"{build:.4g}"
-            ),  # significant digits: small builds take milliseconds
+            "build_seconds": _sig(build),
             "bytes_per_image": round(hnsw_bytes / n, 1),
             **lat,
             "batch_qps": round(xq.shape[0] / batch_s, 1),
@@ -557,9 +556,7 @@ def _bench_seismic(
             "kind": "sparse, approximate (Seismic)",
             "params": {**params["build"], **kw},
             "n_images": n,
-            "build_seconds": float(
-                f"{build:.4g}"
-            ),  # significant digits: small builds take milliseconds
+            "build_seconds": _sig(build),
             "bytes_per_image": round(engine.nbytes / n, 1),
             **lat,
             "batch_qps": round(q_sparse.shape[0] / batch_s, 1),
@@ -611,9 +608,7 @@ def _bench_milvus(
         report["engines"]["milvus-lite"] = {
             "kind": "sparse, exact (SPARSE_INVERTED_INDEX, milvus-lite)",
             "n_images": m,
-            "build_seconds": float(
-                f"{build:.4g}"
-            ),  # significant digits: small builds take milliseconds
+            "build_seconds": _sig(build),
             "bytes_per_image": round(_dir_bytes(mdir / "milvus.db") / m, 1),
             "bytes_note": "dense and sparse vectors together",
             **lat,
