@@ -79,6 +79,12 @@ class ModelConfig:
             ``LayerNorm(U e + c)`` starts near the (standardised) mean word embedding of each
             caption's own tokens, which makes a caption's own words its active terms from
             the first step (needs a named vocabulary).
+        vocab_restrict: Output vocabulary of the sparse head (an extension): ``none`` (all
+            terms, the paper), ``train-captions`` (only the word pieces that occur in the
+            training captions; the other rows of ``V`` are dropped) or
+            ``train-captions-content`` (the same minus function words, punctuation and
+            sub-word pieces, see :mod:`mmsparse.data.terms`). Vectors, indexes and exports
+            still use the full vocabulary's ids.
     """
 
     d_img: int | None = None
@@ -91,6 +97,7 @@ class ModelConfig:
     tau_max: float = 0.5
     init_from: str | None = None
     sparse_init: Literal["random", "token-lstsq"] = "random"
+    vocab_restrict: Literal["none", "train-captions", "train-captions-content"] = "none"
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,22 @@ class ObjectiveConfig:
         expansion_p0: Initial masking probability of expansion control.
         expansion_decay_frac: Fraction of training over which that probability decays
             linearly to 0.
+        reg: The sparsity regulariser: ``l1`` (the paper: batch mean of row sums) or
+            ``flops`` (SPLADE's FLOPS regulariser ``sum_v (mean_b z_bv)^2``, which
+            penalises the terms many vectors share); same weights and warm-up.
+        train_text_topk: Train as you serve: keep only the k largest activations of every
+            caption vector in the training forward pass (gradients flow through the kept
+            ones); ``None``: off.
+        train_image_topk: The same for image vectors.
+        sparse_scale: ``none`` (the paper: ``S_s`` unscaled) or ``learned``: the loss sees
+            ``s · S_s`` with a learnable ``s > 0`` (a temperature of the sparse scores; no
+            ranking changes).
+        sparse_scale_init: Initial ``s``.
+        sparse_stop_grad: The sparse head reads the dense vectors without gradient: the
+            sparse terms of the loss no longer move the dense heads.
+        lexical_weight: Weight of the lexical grounding term (an extension, see
+            :func:`mmsparse.losses.lexical_grounding`): each image's and caption's sparse
+            distribution is pulled towards the content words of the batch's caption.
     """
 
     method: Method = "joint"
@@ -128,6 +151,13 @@ class ObjectiveConfig:
     expansion_control: bool = False
     expansion_p0: float = 1.0
     expansion_decay_frac: float = 1.0
+    reg: Literal["l1", "flops"] = "l1"
+    train_text_topk: int | None = None
+    train_image_topk: int | None = None
+    sparse_scale: Literal["none", "learned"] = "none"
+    sparse_scale_init: float = 1.0
+    sparse_stop_grad: bool = False
+    lexical_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +195,8 @@ class TrainConfig:
             in ``metrics.jsonl`` with the mean over the steps since the previous record of
             the epoch, read from the device without stalling the step; ``0``: per-epoch
             records only.
+        sparse_lr_scale: Learning rate of the sparse head as a multiple of ``lr`` (the
+            D2S code trains its projector at its own rate); ``1``: one rate for all.
     """
 
     epochs: int = 200
@@ -186,6 +218,7 @@ class TrainConfig:
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
     fused_optimizer: Literal["auto", "on", "off"] = "auto"
     log_every: int = 0
+    sparse_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -370,6 +403,17 @@ def validate_config(cfg: RunConfig, where: str = "<config>") -> None:
         (0 <= cfg.objective.expansion_p0 <= 1, "objective.expansion_p0 must lie in [0, 1]"),
         (cfg.objective.expansion_decay_frac > 0, "objective.expansion_decay_frac must be > 0"),
         (cfg.train.eval_every >= 1, "train.eval_every must be at least 1"),
+        (
+            cfg.objective.train_text_topk is None or cfg.objective.train_text_topk >= 1,
+            "objective.train_text_topk must be at least 1 (or null to switch it off)",
+        ),
+        (
+            cfg.objective.train_image_topk is None or cfg.objective.train_image_topk >= 1,
+            "objective.train_image_topk must be at least 1 (or null to switch it off)",
+        ),
+        (cfg.objective.sparse_scale_init > 0, "objective.sparse_scale_init must be > 0"),
+        (cfg.objective.lexical_weight >= 0, "objective.lexical_weight must be non-negative"),
+        (cfg.train.sparse_lr_scale > 0, "train.sparse_lr_scale must be > 0"),
         (cfg.train.patience >= 0, "train.patience must be non-negative"),
         (cfg.train.log_every >= 0, "train.log_every must be non-negative"),
         (cfg.eval.text_topk is None or cfg.eval.text_topk > 0, "eval.text_topk must be > 0"),

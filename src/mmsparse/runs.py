@@ -12,6 +12,7 @@ A run directory written by :func:`mmsparse.train.train` looks like::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 
 from mmsparse.config import RunConfig, config_from_dict
 from mmsparse.data.store import FeatureStore, Split, load_feature_store
+from mmsparse.data.terms import restricted_term_ids
 from mmsparse.data.vocab import Vocabulary
 from mmsparse.errors import CheckpointError, ConfigError, DataError
 from mmsparse.io_utils import read_json
@@ -112,7 +114,11 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
         tau_init=cfg.model.tau_init,
         tau_min=cfg.model.tau_min,
         tau_max=cfg.model.tau_max,
+        sparse_scale=cfg.objective.sparse_scale == "learned",
     )
+    if model.log_sparse_scale is not None:
+        with torch.no_grad():
+            model.log_sparse_scale.fill_(math.log(cfg.objective.sparse_scale_init))
     bundle = store.bundle
     projections = bundle.projections if bundle is not None else None
     if projections and projections["text_proj.weight"].shape[0] != cfg.model.dense_dim:
@@ -125,6 +131,13 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
         projections=projections,
         word_embeddings=bundle.word_embeddings if bundle is not None else None,
     )
+    if cfg.model.vocab_restrict != "none":
+        vocab = store.vocabulary(model.vocab_size)
+        indptr, indices = store.caption_token_ids(vocab)
+        train_rows = store.split(cfg.data.train_splits, allow_missing=True).caption_rows
+        model.restrict_vocabulary(
+            restricted_term_ids(vocab, indptr, indices, train_rows, cfg.model.vocab_restrict)
+        )
     if cfg.model.init_from:
         src = checkpoint_dir(cfg.model.init_from)
         init = SparseDenseModel.from_pretrained(src)
@@ -133,7 +146,16 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
                 f"{src}: model.init_from has a vocabulary of {init.vocab_size} terms but the "
                 f"data's is {model.vocab_size}"
             )
-        model.load_tensors(init.state_dict(), where=str(src / "model.safetensors"))
+        tensors = init.state_dict()
+        if model.term_ids is not None and init.term_ids is None:
+            # A full-vocabulary start (e.g. a stage-0 dense fit): keep the kept terms' rows.
+            tensors["sparse_head.V.weight"] = tensors["sparse_head.V.weight"][model.term_ids]
+        for key, value in model.state_dict().items():
+            if key == "log_sparse_scale" and key not in tensors:
+                tensors[key] = value  # a start without the scale keeps sparse_scale_init
+        if model.log_sparse_scale is None:
+            tensors.pop("log_sparse_scale", None)  # a learned scale is not carried over
+        model.load_tensors(tensors, where=str(src / "model.safetensors"))
     if cfg.model.sparse_init == "token-lstsq":
         align_sparse_head(model, store, store.split(cfg.data.train_splits, allow_missing=True))
     return model
@@ -164,6 +186,8 @@ def align_sparse_head(
     sub = sp.csr_matrix(
         (np.ones(indices.size), indices, indptr), shape=(len(store.caption_ids), model.vocab_size)
     )[rows]
+    if model.term_ids is not None:
+        sub = sub[:, model.term_ids.cpu().numpy()]  # the restricted head's columns
     keep = np.asarray(sub.sum(axis=1)).ravel() > 0
     sub, rows = sub[keep], rows[keep]
     counts = np.asarray(sub.sum(axis=1)).ravel()

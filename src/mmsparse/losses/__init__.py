@@ -10,7 +10,14 @@ from mmsparse.losses.joint import (
     nce,
     teacher_distributions,
 )
-from mmsparse.losses.regularizer import QuadraticWarmup, SparsityRegularizer, flops_reg, l1
+from mmsparse.losses.lexical import lexical_grounding
+from mmsparse.losses.regularizer import (
+    QuadraticWarmup,
+    SparsityRegularizer,
+    flops_reg,
+    l1,
+    sparsity_penalty,
+)
 
 __all__ = [
     "ExpansionControl",
@@ -23,8 +30,10 @@ __all__ = [
     "joint_objective",
     "kd",
     "l1",
+    "lexical_grounding",
     "nce",
     "padded_token_ids",
+    "sparsity_penalty",
     "teacher_distributions",
     "token_mask",
 ]

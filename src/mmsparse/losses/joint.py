@@ -84,6 +84,7 @@ def joint_objective(
     lam2: float,
     distill_teacher: str = "detached",
     distill: bool = True,
+    sparse_scale: torch.Tensor | float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """The paper's objective without the sparsity term.
 
@@ -100,13 +101,15 @@ def joint_objective(
         distill_teacher: ``official``, ``joint`` or ``detached`` (see
             :func:`teacher_distributions`).
         distill: ``False`` drops ``L'`` (the no-distillation ablation: ``loss = L / 2``).
+        sparse_scale: ``s`` in ``S_s = s · Z_img Z_txt^T`` (``objective.sparse_scale``, an
+            extension; ``1`` is the paper).
 
     Returns:
         Named terms: ``loss`` = (L + L')/2, ``contrastive`` = L, ``distill`` = L', and the
         parts ``nce_dense``, ``nce_sparse``, ``nce_integrated``, ``kd_dense``, ``kd_sparse``.
     """
     S_d = scores(img_dense, txt_dense) / tau
-    S_s = scores(img_sparse, txt_sparse)
+    S_s = sparse_scale * scores(img_sparse, txt_sparse)
     S_i = w1 * S_d + w2 * S_s
 
     nce_dense, nce_sparse, nce_integrated = nce(S_d), nce(S_s), nce(S_i)
@@ -138,17 +141,19 @@ def d2s_objective(
     txt_sparse: torch.Tensor,
     *,
     tau: torch.Tensor | float,
+    sparse_scale: torch.Tensor | float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """D2S (Nguyen et al., ECIR 2024): sparse scores distilled from a frozen dense teacher.
 
     The teacher is ``softmax(S_d)`` with ``S_d = E_img E_txt^T / tau`` of the frozen dense
-    heads, in both directions; no gradient reaches the teacher.
+    heads, in both directions; no gradient reaches the teacher. ``sparse_scale`` is ``s``
+    in ``S_s = s · Z_img Z_txt^T`` (``1``: as published).
 
     Returns:
         ``loss`` (= ``distill``) and ``distill``.
     """
     S_d = (scores(img_dense, txt_dense) / tau).detach()
-    S_s = scores(img_sparse, txt_sparse)
+    S_s = sparse_scale * scores(img_sparse, txt_sparse)
     P_i2t, P_t2i = F.softmax(S_d, dim=1), F.softmax(S_d.T, dim=1)
     loss = kd(S_s, P_i2t, P_t2i)
     return {"loss": loss, "distill": loss}

@@ -1,7 +1,9 @@
-"""Sparsity regulariser: l1 of the sparse vectors with quadratic warm-up of its weights.
+"""Sparsity regulariser: l1 (or FLOPS) of the sparse vectors with quadratic warm-up.
 
 ``R = (eta_t(step) · l1(Z_txt) + eta_i(step) · l1(Z_img)) / 2`` with
 ``eta(step) = eta_max · min(1, step / T)^2`` and ``l1(Z)`` the batch mean of row sums.
+With ``objective.reg=flops`` the same weights and schedule apply to SPLADE's
+``flops_reg(Z) = sum_v (mean_b |Z_bv|)^2`` instead of ``l1``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,30 @@ def l1(Z: torch.Tensor) -> torch.Tensor:
 
 
 def flops_reg(Z: torch.Tensor) -> torch.Tensor:
-    """FLOPS regulariser of SPLADE: ``sum_v (mean_b |Z_bv|)^2`` (for comparison)."""
+    """FLOPS regulariser of SPLADE: ``sum_v (mean_b |Z_bv|)^2``: ``(B, V) -> ()``.
+
+    The square of a term's mean weight over the batch is a smooth surrogate of the share of
+    vectors that use it, so the penalty falls on the terms many vectors share (the
+    postings an inverted index reads), not on every weight alike.
+
+    Raises:
+        ValueError: For a batch of one row (the mean is then the row itself: the penalty
+            would be a squared l2 norm, not a FLOPS estimate).
+    """
+    if Z.shape[0] < 2:
+        raise ValueError("flops_reg needs a batch of at least 2 rows (objective.reg=flops)")
     return (Z.float().abs().mean(dim=0) ** 2).sum()
+
+
+REGULARIZERS = {"l1": l1, "flops": flops_reg}
+
+
+def sparsity_penalty(Z: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """The sparsity penalty ``objective.reg`` names (``l1`` or ``flops``) of ``Z``."""
+    try:
+        return REGULARIZERS[kind](Z)
+    except KeyError:
+        raise ValueError(f"objective.reg must be one of l1, flops; got {kind!r}") from None
 
 
 @dataclass

@@ -5,8 +5,12 @@ Shapes follow METHOD.md::
     e   = normalize(W h + b)                          # dense head, (B, dense_dim)
     z   = log(1 + relu(V · LayerNorm(U e + c)))       # sparse head, (B, vocab_size)
 
-``V`` (``vocab_size x d_word``, no bias) starts as the backbone's word-embedding matrix,
-so every sparse dimension is a vocabulary term from the first step.
+``V`` (``n_terms x d_word``, no bias) starts as the backbone's word-embedding matrix,
+so every sparse dimension is a vocabulary term from the first step. With a restricted
+vocabulary (``model.vocab_restrict``) ``V`` keeps only the rows of ``term_ids``: training
+works on the ``n_terms`` kept columns, and :meth:`SparseDenseModel.encode_text` /
+:meth:`~SparseDenseModel.encode_image` scatter them back to full vocabulary ids, so every
+vector, index and export still speaks the backbone's vocabulary.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from mmsparse.errors import CheckpointError
 from mmsparse.io_utils import atomic_write_json, load_tensors, read_json, save_tensors
 
 MODEL_FORMAT = "mmsparse-model"
+SCALE_LOG_LIMIT = float(np.log(100.0))
 MODEL_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "model.json"
@@ -61,6 +66,9 @@ class ModelOutput:
         img_sparse: ``(B, vocab_size)`` image sparse vectors ``Z_img``.
         txt_sparse: ``(B, vocab_size)`` caption sparse vectors ``Z_txt``.
         tau: The temperature (a 0-d tensor).
+        img_logits: ``(B, vocab_size)`` pre-activation logits of the image sparse vectors
+            (only when asked for).
+        txt_logits: The same for captions.
     """
 
     img_dense: torch.Tensor
@@ -68,6 +76,8 @@ class ModelOutput:
     img_sparse: torch.Tensor
     txt_sparse: torch.Tensor
     tau: torch.Tensor
+    img_logits: torch.Tensor | None = None
+    txt_logits: torch.Tensor | None = None
 
 
 class SparseHead(nn.Module):
@@ -76,7 +86,8 @@ class SparseHead(nn.Module):
     Args:
         dense_dim: Size of the dense input ``e``.
         d_word: Word-embedding size (output of ``U``).
-        vocab_size: Number of vocabulary terms (output of ``V``).
+        vocab_size: Number of output terms (rows of ``V``; the kept terms of a restricted
+            vocabulary).
     """
 
     def __init__(self, dense_dim: int, d_word: int, vocab_size: int) -> None:
@@ -85,9 +96,13 @@ class SparseHead(nn.Module):
         self.norm = nn.LayerNorm(d_word)
         self.V = nn.Linear(d_word, vocab_size, bias=False)
 
+    def logits(self, e: torch.Tensor) -> torch.Tensor:
+        """Pre-activation ``x = V · LayerNorm(U e + c)``: ``(B, dense_dim) -> (B, vocab_size)``."""
+        return self.V(self.norm(self.U(e)))
+
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         """Map normalised dense vectors ``(B, dense_dim)`` to sparse ``(B, vocab_size)``."""
-        return torch.log1p(torch.relu(self.V(self.norm(self.U(e)))))
+        return torch.log1p(torch.relu(self.logits(e)))
 
 
 class SparseDenseModel(nn.Module):
@@ -102,6 +117,10 @@ class SparseDenseModel(nn.Module):
         tau_init: Initial temperature.
         tau_min: Lower clamp of the temperature.
         tau_max: Upper clamp of the temperature.
+        term_ids: Full-vocabulary ids of the sparse head's outputs (a restricted
+            vocabulary, sorted, unique); ``None``: all ``vocab_size`` terms.
+        sparse_scale: Add a learnable scale ``s`` of the sparse scores inside the loss
+            (``objective.sparse_scale=learned``); it never changes a ranking.
 
     Example:
         >>> model = SparseDenseModel(d_img=8, d_txt=6, dense_dim=4, d_word=5, vocab_size=10)
@@ -120,6 +139,8 @@ class SparseDenseModel(nn.Module):
         tau_init: float = 0.07,
         tau_min: float = 0.001,
         tau_max: float = 0.5,
+        term_ids: np.ndarray | torch.Tensor | None = None,
+        sparse_scale: bool = False,
     ) -> None:
         super().__init__()
         self.d_img, self.d_txt, self.dense_dim = d_img, d_txt, dense_dim
@@ -127,8 +148,20 @@ class SparseDenseModel(nn.Module):
         self.tau_min, self.tau_max = tau_min, tau_max
         self.text_proj = nn.Linear(d_txt, dense_dim)
         self.vision_proj = nn.Linear(d_img, dense_dim)
-        self.sparse_head = SparseHead(dense_dim, d_word, vocab_size)
+        self.term_ids: torch.Tensor | None
+        self.register_buffer("term_ids", None)
+        n_terms = vocab_size
+        if term_ids is not None:
+            ids = _check_term_ids(term_ids, vocab_size)
+            self.register_buffer("term_ids", ids)
+            n_terms = int(ids.numel())
+        self.n_terms = n_terms
+        self.sparse_head = SparseHead(dense_dim, d_word, n_terms)
         self.tau = nn.Parameter(torch.tensor(float(tau_init)))
+        # log s of the sparse scores' scale in the loss (objective.sparse_scale=learned).
+        self.log_sparse_scale: nn.Parameter | None = None
+        if sparse_scale:
+            self.log_sparse_scale = nn.Parameter(torch.zeros(()))
 
     # -- construction -----------------------------------------------------------------
 
@@ -169,6 +202,8 @@ class SparseDenseModel(nn.Module):
                 target.copy_(tensor)
             if word_embeddings is not None:
                 emb = torch.as_tensor(np.asarray(word_embeddings), dtype=torch.float32)
+                if self.term_ids is not None and emb.shape[0] == self.vocab_size:
+                    emb = emb[self.term_ids.cpu()]
                 if emb.shape != self.sparse_head.V.weight.shape:
                     raise CheckpointError(
                         f"word embeddings have shape {tuple(emb.shape)}, the sparse head "
@@ -177,9 +212,51 @@ class SparseDenseModel(nn.Module):
                 self.sparse_head.V.weight.copy_(emb)
 
     def clamp_temperature(self) -> None:
-        """Clamp ``tau`` into ``[tau_min, tau_max]`` in place (called after every step)."""
+        """Clamp ``tau`` into ``[tau_min, tau_max]`` in place (called after every step).
+
+        The learnable sparse scale, when there is one, is clamped into ``[1e-2, 1e2]``.
+        """
         with torch.no_grad():
             self.tau.clamp_(self.tau_min, self.tau_max)
+            if self.log_sparse_scale is not None:
+                self.log_sparse_scale.clamp_(-SCALE_LOG_LIMIT, SCALE_LOG_LIMIT)
+
+    def sparse_scale(self) -> torch.Tensor | float:
+        """The scale ``s`` of the sparse scores inside the loss (``1.0`` without one)."""
+        if self.log_sparse_scale is None:
+            return 1.0
+        return self.log_sparse_scale.exp()
+
+    def expand_terms(self, z: torch.Tensor) -> torch.Tensor:
+        """Outputs of the sparse head ``(B, n_terms)`` at full vocabulary ids ``(B, vocab_size)``.
+
+        Without a restricted vocabulary this is ``z`` itself.
+        """
+        if self.term_ids is None:
+            return z
+        out = z.new_zeros((z.shape[0], self.vocab_size))
+        return out.index_copy_(1, self.term_ids, z)
+
+    def restrict_vocabulary(self, term_ids: np.ndarray | torch.Tensor) -> None:
+        """Keep only the sparse outputs of ``term_ids`` (full-vocabulary ids, sorted, unique).
+
+        The rows of ``V`` of the kept terms are kept with their values; the rest is dropped.
+
+        Raises:
+            CheckpointError: If the model is already restricted or an id is out of range.
+        """
+        if self.term_ids is not None:
+            raise CheckpointError("the sparse head's vocabulary is already restricted")
+        ids = _check_term_ids(term_ids, self.vocab_size)
+        old = self.sparse_head.V
+        V = nn.Linear(self.d_word, int(ids.numel()), bias=False).to(
+            device=old.weight.device, dtype=old.weight.dtype
+        )
+        with torch.no_grad():
+            V.weight.copy_(old.weight[ids.to(old.weight.device)])
+        self.sparse_head.V = V
+        self.register_buffer("term_ids", ids.to(old.weight.device))
+        self.n_terms = int(ids.numel())
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """Parameters of the dense heads (the final layer)."""
@@ -191,38 +268,51 @@ class SparseDenseModel(nn.Module):
         """Caption features ``(B, d_txt)`` to dense and sparse vectors."""
         h = self._as_input(h_txt, self.d_txt, "caption")
         e = F.normalize(self.text_proj(h), dim=-1)
-        return EncoderOutput(dense=e, sparse=self.sparse_head(e))
+        return EncoderOutput(dense=e, sparse=self.expand_terms(self.sparse_head(e)))
 
     def encode_image(self, h_img: torch.Tensor | np.ndarray) -> EncoderOutput:
         """Image features ``(B, d_img)`` to dense and sparse vectors."""
         h = self._as_input(h_img, self.d_img, "image")
         e = F.normalize(self.vision_proj(h), dim=-1)
-        return EncoderOutput(dense=e, sparse=self.sparse_head(e))
+        return EncoderOutput(dense=e, sparse=self.expand_terms(self.sparse_head(e)))
 
     def forward(
-        self, h_img: torch.Tensor, h_txt: torch.Tensor, with_sparse: bool = True
+        self,
+        h_img: torch.Tensor,
+        h_txt: torch.Tensor,
+        with_sparse: bool = True,
+        sparse_stop_grad: bool = False,
+        with_logits: bool = False,
     ) -> ModelOutput:
-        """Encode matched rows of image and caption features.
+        """Encode matched rows of image and caption features (the training view).
 
         Args:
             h_img: ``(B, d_img)`` image features.
             h_txt: ``(B, d_txt)`` caption features; row ``i`` describes image row ``i``.
             with_sparse: ``False`` skips the sparse head (dense-only training); the sparse
                 fields are then empty ``(B, 0)`` tensors.
+            sparse_stop_grad: The sparse head reads the dense vectors without gradient
+                (``objective.sparse_stop_grad``): the sparse losses do not move the dense
+                heads.
+            with_logits: Also return the sparse head's pre-activation logits.
 
         Returns:
-            :class:`ModelOutput` with the four vector sets and ``tau``.
+            :class:`ModelOutput` with the four vector sets and ``tau``; the sparse vectors
+            have the head's ``n_terms`` columns (see :meth:`expand_terms`).
         """
+        h_i = self._as_input(h_img, self.d_img, "image")
+        h_t = self._as_input(h_txt, self.d_txt, "caption")
+        e_img = F.normalize(self.vision_proj(h_i), dim=-1)
+        e_txt = F.normalize(self.text_proj(h_t), dim=-1)
         if not with_sparse:
-            h_i = self._as_input(h_img, self.d_img, "image")
-            h_t = self._as_input(h_txt, self.d_txt, "caption")
-            e_img = F.normalize(self.vision_proj(h_i), dim=-1)
-            e_txt = F.normalize(self.text_proj(h_t), dim=-1)
             empty = e_img.new_zeros((e_img.shape[0], 0))
             return ModelOutput(e_img, e_txt, empty, empty, self.tau)
-        img = self.encode_image(h_img)
-        txt = self.encode_text(h_txt)
-        return ModelOutput(img.dense, txt.dense, img.sparse, txt.sparse, self.tau)
+        s_img, s_txt = (e_img.detach(), e_txt.detach()) if sparse_stop_grad else (e_img, e_txt)
+        x_img, x_txt = self.sparse_head.logits(s_img), self.sparse_head.logits(s_txt)
+        z_img, z_txt = torch.log1p(torch.relu(x_img)), torch.log1p(torch.relu(x_txt))
+        if not with_logits:
+            return ModelOutput(e_img, e_txt, z_img, z_txt, self.tau)
+        return ModelOutput(e_img, e_txt, z_img, z_txt, self.tau, x_img, x_txt)
 
     def _as_input(self, h: torch.Tensor | np.ndarray, dim: int, what: str) -> torch.Tensor:
         if isinstance(h, np.ndarray):
@@ -250,6 +340,9 @@ class SparseDenseModel(nn.Module):
             "vocab_size": self.vocab_size,
             "tau_min": self.tau_min,
             "tau_max": self.tau_max,
+            "n_terms": self.n_terms,
+            "vocab_restricted": self.term_ids is not None,
+            "sparse_scale": self.log_sparse_scale is not None,
         }
 
     def save_pretrained(
@@ -270,7 +363,10 @@ class SparseDenseModel(nn.Module):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().float() for k, v in self.state_dict().items()}
+        state = {
+            k: v.detach().float() if v.is_floating_point() else v.detach()
+            for k, v in self.state_dict().items()
+        }
         save_tensors(directory / WEIGHTS_NAME, state, metadata={"format": MODEL_FORMAT})
         if vocab_tokens is not None:
             if len(vocab_tokens) != self.vocab_size:
@@ -301,19 +397,29 @@ class SparseDenseModel(nn.Module):
             raise CheckpointError(
                 f"{directory / CONFIG_NAME}: model version {cfg.get('version')} not supported"
             )
+        tensors, _ = load_tensors(directory / WEIGHTS_NAME)
         try:
+            vocab_size = int(cfg["vocab_size"])
+            n_terms = int(cfg.get("n_terms", vocab_size))
+            term_ids = tensors.get("term_ids")
+            if (term_ids is None) == bool(cfg.get("vocab_restricted", False)):
+                raise CheckpointError(
+                    f"{directory}: model.json says {n_terms} of {vocab_size} terms but "
+                    f"{WEIGHTS_NAME} {'lacks' if term_ids is None else 'has'} term_ids"
+                )
             model = cls(
                 d_img=int(cfg["d_img"]),
                 d_txt=int(cfg["d_txt"]),
                 dense_dim=int(cfg["dense_dim"]),
                 d_word=int(cfg["d_word"]),
-                vocab_size=int(cfg["vocab_size"]),
+                vocab_size=vocab_size,
                 tau_min=float(cfg["tau_min"]),
                 tau_max=float(cfg["tau_max"]),
+                term_ids=term_ids,
+                sparse_scale=bool(cfg.get("sparse_scale", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{directory / CONFIG_NAME}: bad model config ({exc})") from exc
-        tensors, _ = load_tensors(directory / WEIGHTS_NAME)
         model.load_tensors(tensors, where=str(directory / WEIGHTS_NAME))
         return model.to(device)
 
@@ -331,6 +437,20 @@ class SparseDenseModel(nn.Module):
             CheckpointError: On missing, unknown or wrongly shaped tensors.
         """
         own = self.state_dict()
+        if ("term_ids" in own) != ("term_ids" in tensors) and (strict or "term_ids" in tensors):
+            has = "a restricted vocabulary" if "term_ids" in tensors else "the full vocabulary"
+            want = "a restricted" if "term_ids" in own else "the full"
+            raise CheckpointError(
+                f"{where}: the checkpoint was trained with {has} but this model has {want} "
+                "vocabulary (model.vocab_restrict must match the checkpoint's)"
+            )
+        if "term_ids" in own and "term_ids" in tensors:
+            if not torch.equal(own["term_ids"].cpu(), tensors["term_ids"].cpu().long()):
+                n_ckpt, n_own = tensors["term_ids"].numel(), own["term_ids"].numel()
+                raise CheckpointError(
+                    f"{where}: the checkpoint's restricted vocabulary ({n_ckpt} terms) "
+                    f"differs from this model's ({n_own} terms)"
+                )
         missing = sorted(set(own) - set(tensors))
         unexpected = sorted(set(tensors) - set(own))
         if strict and (missing or unexpected):
@@ -346,9 +466,26 @@ class SparseDenseModel(nn.Module):
                     f"{where}: {key} has shape {tuple(value.shape)}, the model expects "
                     f"{tuple(own[key].shape)}{what}"
                 )
-            if not torch.isfinite(value).all():
+            if value.is_floating_point() and not torch.isfinite(value).all():
                 raise CheckpointError(f"{where}: NaN or inf in {key}")
         with torch.no_grad():
             for key, value in tensors.items():
-                if key in own:
+                if key in own and key != "term_ids":
                     own[key].copy_(value.to(own[key].dtype))
+
+
+def _check_term_ids(term_ids: np.ndarray | torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``term_ids`` as a sorted, unique int64 tensor inside ``[0, vocab_size)``."""
+    if isinstance(term_ids, torch.Tensor):
+        term_ids = term_ids.detach().cpu().numpy()
+    ids = torch.as_tensor(np.asarray(term_ids)).long().reshape(-1)
+    if ids.numel() == 0:
+        raise CheckpointError("a restricted vocabulary needs at least one term")
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
+        raise CheckpointError(
+            f"restricted vocabulary ids must lie in [0, {vocab_size}), got "
+            f"[{int(ids.min())}, {int(ids.max())}]"
+        )
+    if ids.numel() > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        raise CheckpointError("restricted vocabulary ids must be sorted and unique")
+    return ids

@@ -93,7 +93,10 @@ def save_checkpoint(
     if target.exists():
         shutil.rmtree(target)
     target.mkdir()
-    tensors = {f"model.{k}": v.detach().float() for k, v in model.state_dict().items()}
+    tensors = {
+        f"model.{k}": v.detach().float() if v.is_floating_point() else v.detach()
+        for k, v in model.state_dict().items()
+    }
     tensors.update(optimizer_tensors(optimizer))
     save_tensors(target / STATE_TENSORS, tensors)
     atomic_write_json(target / STATE_JSON, _state_json(state))

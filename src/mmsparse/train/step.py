@@ -76,13 +76,21 @@ class StepTerms(Mapping[str, torch.Tensor]):
         return len(self.names)
 
 
-def term_names(method: str) -> tuple[str, ...]:
-    """Names of the loss terms a step of ``method`` logs, in their fixed order."""
+def term_names(method: str, objective: Any = None) -> tuple[str, ...]:
+    """Names of the loss terms a step of ``method`` logs, in their fixed order.
+
+    With an :class:`~mmsparse.config.ObjectiveConfig`, the terms of the options it switches
+    on follow: ``lexical`` (``lexical_weight > 0``) and ``sparse_scale`` (``learned``).
+    """
     if method == "dense":
         return DENSE_TERMS
-    if method == "d2s":
-        return D2S_TERMS
-    return JOINT_TERMS
+    base = D2S_TERMS if method == "d2s" else JOINT_TERMS
+    extra: tuple[str, ...] = ()
+    if objective is not None and objective.lexical_weight > 0:
+        extra += ("lexical",)
+    if objective is not None and objective.sparse_scale == "learned":
+        extra += ("sparse_scale",)
+    return base + extra
 
 
 def use_fused_adamw(setting: str, device: torch.device) -> bool:
@@ -95,12 +103,15 @@ def use_fused_adamw(setting: str, device: torch.device) -> bool:
 
 
 def make_optimizer(
-    params: Iterable[torch.nn.Parameter], train_cfg: TrainConfig, device: torch.device
+    params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
+    train_cfg: TrainConfig,
+    device: torch.device,
 ) -> torch.optim.AdamW:
     """AdamW with the run's hyper-parameters, fused when ``train.fused_optimizer`` says so.
 
     ``auto`` takes the fused kernel on CUDA and CPU and falls back to torch's default
-    implementation where this torch has none; ``on`` insists on it.
+    implementation where this torch has none; ``on`` insists on it. ``params`` may be
+    parameter groups; a group's ``lr_scale`` multiplies the scheduled learning rate.
 
     Raises:
         ConfigError: If ``fused_optimizer=on`` but torch has no fused AdamW for ``device``.

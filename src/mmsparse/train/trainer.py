@@ -61,11 +61,14 @@ from mmsparse.losses import (
     dense_objective,
     joint_objective,
     l1,
+    lexical_grounding,
     padded_token_ids,
+    sparsity_penalty,
     token_mask,
 )
 from mmsparse.model.model import SparseDenseModel
 from mmsparse.runs import build_model, resolve_device
+from mmsparse.sparse.ops import prune
 from mmsparse.train.checkpoint import (
     TrainerState,
     load_checkpoint,
@@ -204,7 +207,7 @@ class Trainer:
             self.vocab = self.vocab.fallback(self.model.vocab_size)
         self.params = set_trainable(self.model, self.method)
         self.dist.broadcast_parameters(list(self.model.parameters()))
-        self.optimizer = make_optimizer(self.params, cfg.train, self.device)
+        self.optimizer = make_optimizer(self._param_groups(), cfg.train, self.device)
         self.amp_dtype = _amp(cfg, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
@@ -225,22 +228,34 @@ class Trainer:
             self.total_steps,
             cfg.objective.reg_warmup_frac,
         )
+        self._check_train_topk()
         self.expansion = None
+        n_terms = self.model.n_terms
         if cfg.objective.expansion_control and self.method in SPARSE_METHODS:
             if not self.vocab.named:
                 raise ConfigError(
                     "objective.expansion_control needs a named vocabulary (a backbone bundle "
                     "with vocab.txt): captions must map to vocabulary ids"
                 )
-            indptr, indices = store.caption_token_ids(self.vocab)
+            indptr, indices = self._caption_terms(content_only=False)
             self.expansion = ExpansionControl(
-                padded_token_ids(indptr, indices, pad=self.model.vocab_size).to(self.device),
-                self.model.vocab_size,
+                padded_token_ids(indptr, indices, pad=n_terms).to(self.device),
+                n_terms,
                 self.total_steps,
                 cfg.objective.expansion_p0,
                 cfg.objective.expansion_decay_frac,
             )
-        self.term_names = term_names(self.method)
+        # Lexical grounding: every caption's content words, as the head's columns.
+        self.lexical_ids: torch.Tensor | None = None
+        if cfg.objective.lexical_weight > 0 and self.method in SPARSE_METHODS:
+            if not self.vocab.named:
+                raise ConfigError(
+                    "objective.lexical_weight > 0 needs a named vocabulary (a backbone bundle "
+                    "with vocab.txt): captions must map to vocabulary terms"
+                )
+            indptr, indices = self._caption_terms(content_only=True)
+            self.lexical_ids = padded_token_ids(indptr, indices, pad=n_terms).to(self.device)
+        self.term_names = term_names(self.method, cfg.objective)
         self.compile_mode = cfg.train.compile
         self._cuda_graphs = uses_cuda_graphs(self.compile_mode, self.device)
         self._loss_fn = compile_step(self._forward_loss, self.compile_mode, self.device)
@@ -248,6 +263,57 @@ class Trainer:
         self._eta = torch.zeros(2, device=self.device)
         self.state = TrainerState(config_json=cfg.to_dict())
         self.log_path = run_dir / "metrics.jsonl"
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: the sparse head at ``train.sparse_lr_scale`` times the rate."""
+        sparse_ids = {id(p) for p in self.model.sparse_head.parameters()}
+        sparse = [p for p in self.params if id(p) in sparse_ids]
+        rest = [p for p in self.params if id(p) not in sparse_ids]
+        groups = [{"params": rest, "lr_scale": 1.0}] if rest else []
+        if sparse:
+            groups.append({"params": sparse, "lr_scale": self.cfg.train.sparse_lr_scale})
+        return groups
+
+    def _check_train_topk(self) -> None:
+        """``objective.train_*_topk`` must fit the sparse head's number of terms."""
+        n_terms = self.model.n_terms
+        for key in ("train_text_topk", "train_image_topk"):
+            k = getattr(self.cfg.objective, key)
+            if k is not None and k > n_terms:
+                raise ConfigError(
+                    f"objective.{key}={k} exceeds the sparse head's {n_terms} terms "
+                    "(lower it, or null to switch the cap off)"
+                )
+
+    def _caption_terms(self, content_only: bool) -> tuple[Any, Any]:
+        """Every caption's own terms as CSR arrays of the sparse head's columns.
+
+        With a restricted vocabulary, tokens outside it are dropped (a caption left with
+        none is never masked by expansion control and has no lexical target).
+        """
+        import numpy as np
+
+        from mmsparse.data.terms import content_mask
+
+        indptr, indices = self.store.caption_token_ids(self.vocab)
+        keep = np.ones(len(self.vocab), dtype=bool)
+        if content_only:
+            keep &= content_mask(self.vocab)
+        column = np.arange(len(self.vocab), dtype=np.int64)
+        if self.model.term_ids is not None:
+            restricted = np.zeros(len(self.vocab), dtype=bool)
+            ids = self.model.term_ids.cpu().numpy()
+            restricted[ids] = True
+            keep &= restricted
+            column = np.full(len(self.vocab), -1, dtype=np.int64)
+            column[ids] = np.arange(ids.size)
+        if keep.all():
+            return indptr, indices
+        ok = keep[indices]
+        rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))[ok]
+        new_indptr = np.zeros_like(indptr)
+        np.add.at(new_indptr, rows + 1, 1)
+        return np.cumsum(new_indptr), column[indices[ok]]
 
     # -- state --------------------------------------------------------------------
 
@@ -363,10 +429,11 @@ class Trainer:
         if p <= 0.0:
             return None
         u = torch.rand(caption_rows.shape[0], device=self.device, generator=gen)
-        masked = (u[self.local_rows] < p).unsqueeze(1)  # (b, 1)
-        keep = token_mask(
-            self.expansion.token_ids[caption_rows[self.local_rows]], self.model.vocab_size
-        )
+        ids = self.expansion.token_ids[caption_rows[self.local_rows]]
+        # A caption with no term of the (restricted) vocabulary is never masked to nothing.
+        has_terms = (ids < self.model.n_terms).any(dim=1, keepdim=True)
+        masked = (u[self.local_rows] < p).unsqueeze(1) & has_terms  # (b, 1)
+        keep = token_mask(ids, self.model.n_terms)
         return masked, keep
 
     def _terms(
@@ -377,18 +444,23 @@ class Trainer:
         txt_sparse: torch.Tensor,
         tau: torch.Tensor,
         eta: torch.Tensor,
+        lexical: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Named loss terms from float32 vectors of a batch (the total under ``total``).
 
-        ``eta`` holds the regulariser weights ``(eta_t, eta_i)`` of the step.
+        ``eta`` holds the regulariser weights ``(eta_t, eta_i)`` of the step; ``lexical``
+        the image logits, caption logits and target mask of lexical grounding.
         """
         obj = self.cfg.objective
         if self.method == "dense":
             terms = dense_objective(img_dense, txt_dense, tau=tau)
             terms["total"] = terms["loss"]
             return terms
+        scale = self.model.sparse_scale()
         if self.method == "d2s":
-            terms = d2s_objective(img_dense, txt_dense, img_sparse, txt_sparse, tau=tau)
+            terms = d2s_objective(
+                img_dense, txt_dense, img_sparse, txt_sparse, tau=tau, sparse_scale=scale
+            )
         else:
             terms = joint_objective(
                 img_dense,
@@ -402,13 +474,29 @@ class Trainer:
                 lam2=obj.lam2,
                 distill_teacher=obj.distill_teacher,
                 distill=self.method != "no_distill",
+                sparse_scale=scale,
             )
-        # R = (eta_t · l1(Z_txt) + eta_i · l1(Z_img)) / 2, as SparsityRegularizer, with the
-        # step's weights read from the device table instead of the host.
+        # R = (eta_t · reg(Z_txt) + eta_i · reg(Z_img)) / 2, as SparsityRegularizer, with
+        # the step's weights read from the device table instead of the host; reg is l1 or
+        # FLOPS (objective.reg). l1_txt / l1_img are logged either way.
         l1_txt, l1_img = l1(txt_sparse), l1(img_sparse)
-        terms["reg"] = (eta[0] * l1_txt + eta[1] * l1_img) / 2
+        if obj.reg == "l1":
+            p_txt, p_img = l1_txt, l1_img
+        else:
+            p_txt, p_img = (
+                sparsity_penalty(txt_sparse, obj.reg),
+                sparsity_penalty(img_sparse, obj.reg),
+            )
+        terms["reg"] = (eta[0] * p_txt + eta[1] * p_img) / 2
         terms["l1_txt"], terms["l1_img"] = l1_txt, l1_img
         terms["total"] = terms["loss"] + terms["reg"]
+        if lexical is not None:
+            x_img, x_txt, target = lexical
+            lex = (lexical_grounding(x_img, target) + lexical_grounding(x_txt, target)) / 2
+            terms["lexical"] = lex
+            terms["total"] = terms["total"] + obj.lexical_weight * lex
+        if obj.sparse_scale == "learned":
+            terms["sparse_scale"] = torch.as_tensor(scale).detach()
         return terms
 
     def _forward_loss(
@@ -417,31 +505,48 @@ class Trainer:
         h_txt: torch.Tensor,
         eta: torch.Tensor,
         expand: tuple[torch.Tensor, torch.Tensor] | None,
+        lex_target: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward pass and loss of this rank's rows: ``(total, stacked terms (K,))``.
 
         The model runs under autocast when mixed precision is on; its outputs are cast to
         float32 and the whole loss is computed in float32. With several processes the
-        vectors of all ranks are gathered (with gradients) first.
+        vectors of all ranks are gathered (with gradients) first. Expansion control, then
+        the training cap (``objective.train_*_topk``), apply to the sparse vectors.
         """
+        obj = self.cfg.objective
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
             else contextlib.nullcontext()
         )
         with autocast:
-            out = self.model(h_img, h_txt, with_sparse=self.method != "dense")
+            out = self.model(
+                h_img,
+                h_txt,
+                with_sparse=self.method != "dense",
+                sparse_stop_grad=obj.sparse_stop_grad,
+                with_logits=lex_target is not None,
+            )
         img_dense, txt_dense = out.img_dense.float(), out.txt_dense.float()
         img_sparse, txt_sparse = out.img_sparse.float(), out.txt_sparse.float()
         if expand is not None:
             masked, keep = expand
             txt_sparse = torch.where(masked, txt_sparse * keep, txt_sparse)
+        if self.method != "dense":
+            # Train as you serve: only the k heaviest terms of each vector score.
+            txt_sparse = prune(txt_sparse, obj.train_text_topk)
+            img_sparse = prune(img_sparse, obj.train_image_topk)
+        lexical = None
+        if lex_target is not None:
+            assert out.img_logits is not None and out.txt_logits is not None
+            lexical = (out.img_logits, out.txt_logits, lex_target)
         if self.dist.enabled:
             img_dense, txt_dense = gather_with_grad(img_dense), gather_with_grad(txt_dense)
             if self.method != "dense":
                 img_sparse = gather_with_grad(img_sparse)
                 txt_sparse = gather_with_grad(txt_sparse)
-        terms = self._terms(img_dense, txt_dense, img_sparse, txt_sparse, out.tau, eta)
+        terms = self._terms(img_dense, txt_dense, img_sparse, txt_sparse, out.tau, eta, lexical)
         stacked = torch.stack([terms[k].float() for k in self.term_names]).detach()
         return terms["total"], stacked
 
@@ -472,9 +577,12 @@ class Trainer:
         h_img, h_txt = self.image_feats[image_rows], self.caption_feats[local]
         expand = self._expansion_draw(caption_rows, step, gen)
         eta = self._step_eta(step)
+        lex_target = None
+        if self.lexical_ids is not None:
+            lex_target = token_mask(self.lexical_ids[local], self.model.n_terms)
         if self._cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        return self._loss_fn(h_img, h_txt, eta, expand)
+        return self._loss_fn(h_img, h_txt, eta, expand, lex_target)
 
     def train_step(self, caption_rows: torch.Tensor, gen: torch.Generator | None) -> StepTerms:
         """One optimisation step on the global batch of caption rows.
@@ -490,7 +598,7 @@ class Trainer:
             self.state.global_step, self.total_steps, self.cfg.train.warmup_frac
         )
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         total, stacked = self.forward_terms(caption_rows, gen)
         # A copy: with CUDA graphs the step's outputs are overwritten by the next replay.
         stacked = stacked.clone()
@@ -524,6 +632,7 @@ class Trainer:
         the current step, everything in float32.
         """
         step = self.state.global_step
+        obj = self.cfg.objective
         txt_sparse = out.txt_sparse.float()
         if self.expansion is not None:
             txt_sparse = self.expansion(txt_sparse, caption_rows, step, gen)
@@ -533,8 +642,8 @@ class Trainer:
         return self._terms(
             out.img_dense.float(),
             out.txt_dense.float(),
-            out.img_sparse.float(),
-            txt_sparse,
+            prune(out.img_sparse.float(), obj.train_image_topk),
+            prune(txt_sparse, obj.train_text_topk),
             out.tau,
             eta,
         )

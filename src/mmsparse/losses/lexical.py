@@ -1,0 +1,40 @@
+"""Lexical grounding of the sparse head (an extension for readable terms).
+
+The paper's objective only asks sparse vectors to rank; nothing asks an image's heaviest
+terms to be the words people use for it. This term does, in the manner of a bag-of-words
+prediction head: over the head's vocabulary, the softmax of the pre-activation logits
+``x = V · LayerNorm(U e + c)`` of a vector is pulled towards the uniform distribution over
+the content words of its caption (for an image: the caption it is paired with in the batch;
+over the epochs, all of its captions)::
+
+    lex(X, M) = - mean_b  sum_v  (M_bv / |M_b|) · log softmax(X_b)_v
+
+where ``M`` is the 0/1 mask of target terms (rows without a target are skipped). Logits,
+not ``z = log(1 + relu(x))``, are used so that an inactive target term still gets a
+gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def lexical_grounding(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``lex(X, M)``: cross-entropy of ``softmax(X)`` against the uniform target words.
+
+    Args:
+        logits: ``(B, V)`` pre-activation logits of the sparse head.
+        target: ``(B, V)`` 0/1 mask of each row's target terms.
+
+    Returns:
+        A 0-d float32 tensor (``0`` when no row has a target).
+    """
+    target = target.float()
+    counts = target.sum(dim=1)  # (B,)
+    has = counts > 0
+    if not bool(has.any()):
+        return logits.new_zeros((), dtype=torch.float32)
+    logp = F.log_softmax(logits.float(), dim=1)
+    per_row = -(target * logp).sum(dim=1) / counts.clamp_min(1.0)
+    return per_row[has].mean()
