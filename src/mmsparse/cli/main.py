@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "mmsparse.cli.core_cmds",
     "mmsparse.cli.extract_cmds",
     "mmsparse.cli.index_cmds",
+    "mmsparse.cli.serve_cmds",
     "mmsparse.cli.flickr8k_cmds",
     "mmsparse.cli.bench_cmds",
 )

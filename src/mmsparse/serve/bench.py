@@ -1,0 +1,266 @@
+"""``mmsparse bench serve``: a bounded load test of ``mmsparse serve`` on 127.0.0.1.
+
+For every encoder mode asked for, the benchmark starts ``mmsparse serve INDEX`` as a child
+process on a free local port, waits for ``/healthz``, warms it up, then sends ``requests``
+searches (``/api/search?q=CAPTION&k=K&explain=true``, what the web page asks) from
+``clients`` concurrent clients, each on its own keep-alive connection. The queries are real
+captions of the index's split (sampled with a seed). It reports latency percentiles,
+requests per second, errors (any status but 200, or a failed connection), and the server's
+resident memory before and after the load, then stops the server.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmsparse.errors import MMSparseError
+from mmsparse.io_utils import atomic_write_json
+
+
+def split_captions(index_dir: str | Path) -> list[str]:
+    """Caption texts of the split an index holds (from the index's data)."""
+    from mmsparse.index.manifest import IndexManifest
+    from mmsparse.runs import load_run, load_run_data
+
+    manifest = IndexManifest.load(index_dir)
+    run = load_run(manifest.run_dir)
+    store = load_run_data(run, manifest.data_dir or None)
+    rows = store.split(manifest.split).caption_rows
+    return [store.caption_texts[int(r)] for r in rows]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory (VmRSS) and its peak (VmHWM) of a process, in MB (Linux)."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def _wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, timeout: float) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+            raise MMSparseError(
+                f"the server exited with status {proc.returncode}: "
+                f"{lines[-1] if lines else 'no output'}"
+            )
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            status, _ = _get(conn, "/healthz")
+            conn.close()
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise MMSparseError(f"the server did not answer /healthz within {timeout:.0f} s")
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64) * 1000
+    if a.size == 0:
+        return {}
+    return {
+        "p50": round(float(np.percentile(a, 50)), 2),
+        "p90": round(float(np.percentile(a, 90)), 2),
+        "p99": round(float(np.percentile(a, 99)), 2),
+        "mean": round(float(a.mean()), 2),
+        "max": round(float(a.max()), 2),
+    }
+
+
+def run_load(
+    port: int, queries: list[str], clients: int, k: int, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Send every query once from ``clients`` threads; latencies, errors and wall time."""
+    lock = threading.Lock()
+    nxt = iter(range(len(queries)))
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        while True:
+            with lock:
+                i = next(nxt, None)
+            if i is None:
+                break
+            path = "/api/search?" + urllib.parse.urlencode(
+                {"q": queries[i], "k": k, "explain": "true"}
+            )
+            t0 = time.perf_counter()
+            try:
+                status, body = _get(conn, path)
+                ok = status == 200 and "hits" in json.loads(body)
+                msg = "" if ok else f"HTTP {status}: {body[:200]!r}"
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                ok, msg = False, f"{type(exc).__name__}: {exc}"
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+            dt = time.perf_counter() - t0
+            with lock:
+                latencies.append(dt)
+                if not ok:
+                    errors.append(msg)
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"latencies": latencies, "errors": errors, "wall_s": wall}
+
+
+def bench_serve(
+    index_dir: str | Path,
+    *,
+    clients: int = 8,
+    requests: int = 2000,
+    k: int = 10,
+    encoders: list[str] | tuple[str, ...] = ("batch", "threads"),
+    threads: int = 2,
+    seed: int = 0,
+    warmup: int = 16,
+    out: str | Path | None = "benchmarks/serve.json",
+    startup_timeout: float = 600.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load-test ``mmsparse serve INDEX`` once per encoder mode.
+
+    Args:
+        index_dir: Index directory (its split's captions are the queries).
+        clients: Concurrent clients.
+        requests: Searches in all (per encoder mode).
+        k: ``k`` of every search.
+        encoders: Encoder modes to measure (``batch``, ``threads``).
+        threads: Workers of the ``threads`` encoder.
+        seed: Seed of the caption sample.
+        warmup: Untimed requests sent first.
+        out: Write the report here (``None``: do not write).
+        startup_timeout: Seconds to wait for the server to answer.
+        progress: Print progress to stderr.
+
+    Returns:
+        The report: one entry per encoder mode under ``runs``.
+
+    Raises:
+        MMSparseError: On bad arguments, or if the server does not start.
+    """
+    if clients < 1 or requests < 1:
+        raise MMSparseError("--clients and --requests must be at least 1")
+    for enc in encoders:
+        if enc not in ("batch", "threads"):
+            raise MMSparseError(f"unknown encoder mode {enc!r} (batch or threads)")
+    captions = split_captions(index_dir)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(captions), size=requests, replace=requests > len(captions))
+    queries = [captions[int(i)] for i in picks]
+    warm = [captions[int(i)] for i in rng.choice(len(captions), size=warmup)]
+    report: dict[str, Any] = {
+        "index": str(Path(index_dir).resolve()),
+        "queries": f"{requests} captions of the index's split, sampled with seed {seed}",
+        "endpoint": f"GET /api/search?q=CAPTION&k={k}&explain=true",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        },
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runs": [],
+    }
+    for enc in encoders:
+        port = _free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            log_path = Path(tmp) / "server.log"
+            cmd = [
+                sys.executable, "-m", "mmsparse", "serve", str(index_dir),
+                "--port", str(port), "--encoder", enc, "--threads", str(threads),
+                "--max-pending", str(max(64, 4 * clients)),
+            ]  # fmt: skip
+            with open(log_path, "wb") as log_fh:
+                proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT)
+            try:
+                if progress:
+                    print(f"starting the server (encoder={enc}) on port {port}", file=sys.stderr)
+                _wait_healthy(proc, port, log_path, startup_timeout)
+                run_load(port, warm, clients, k)
+                mem_before = _rss_mb(proc.pid)
+                load_before = list(os.getloadavg())
+                if progress:
+                    print(f"{requests} requests from {clients} clients", file=sys.stderr)
+                res = run_load(port, queries, clients, k)
+                mem_after = _rss_mb(proc.pid)
+                load_after = list(os.getloadavg())
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                health = json.loads(_get(conn, "/healthz")[1])
+                conn.close()
+            finally:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        n = len(res["latencies"])
+        report["runs"].append(
+            {
+                "encoder": enc,
+                "threads": threads if enc == "threads" else 1,
+                "clients": clients,
+                "requests": n,
+                "errors": len(res["errors"]),
+                "error_examples": sorted(set(res["errors"]))[:5],
+                "wall_s": round(res["wall_s"], 3),
+                "requests_per_s": round(n / res["wall_s"], 2),
+                "latency_ms": _percentiles(res["latencies"]),
+                "memory_mb": {
+                    "before": round(mem_before.get("VmRSS", float("nan")), 1),
+                    "after": round(mem_after.get("VmRSS", float("nan")), 1),
+                    "peak": round(mem_after.get("VmHWM", float("nan")), 1),
+                },
+                "load_average": {"before": load_before, "after": load_after},
+                "server": health,
+            }
+        )
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(out), report)
+    return report

@@ -1,0 +1,57 @@
+"""Fixtures of the serve tests: a tiny index with image files and a deterministic encoder."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmsparse.index import build_index
+from mmsparse.index.manifest import read_docs
+from tests.index.conftest import make_run
+
+
+class HashEncoder:
+    """Stands in for the run's text encoder: features seeded by a CRC of the text."""
+
+    def __init__(self, d: int = 16) -> None:
+        self.d = d
+        self.calls: list[list[str]] = []
+
+    def encode(self, texts):
+        self.calls.append(list(texts))
+        out = np.zeros((len(texts), self.d), dtype=np.float32)
+        for i, t in enumerate(texts):
+            out[i] = np.random.default_rng(zlib.crc32(t.encode())).standard_normal(self.d)
+        return out
+
+
+def write_images(index_dir: Path, images_dir: Path) -> None:
+    """A small real JPEG for every indexed file name (a colour per row)."""
+    from PIL import Image
+
+    images_dir.mkdir(parents=True, exist_ok=True)
+    _, names = read_docs(index_dir, _n(index_dir))
+    for row, name in enumerate(names):
+        colour = ((row * 37) % 256, (row * 91) % 256, (row * 53) % 256)
+        Image.new("RGB", (32, 32), colour).save(images_dir / name, "JPEG")
+
+
+def _n(index_dir: Path) -> int:
+    from mmsparse.index.manifest import IndexManifest
+
+    return IndexManifest.load(index_dir).n_images
+
+
+@pytest.fixture(scope="session")
+def served_index(tmp_path_factory) -> Path:
+    """A tiny inverted index of 40 synthetic images whose data folder has images/."""
+    root = tmp_path_factory.mktemp("serve")
+    run = make_run(root)
+    out = root / "index"
+    build_index(run, out, progress=False)
+    write_images(out, root / "data" / "images")
+    (root / "secret.txt").write_text("not for the web")
+    return out

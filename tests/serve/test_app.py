@@ -1,0 +1,278 @@
+"""The HTTP API of ``mmsparse serve`` through FastAPI's test client: every endpoint, every
+bad input of issue 10 (4xx JSON with a one-line message, never a 500)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from mmsparse.errors import IndexFormatError
+from mmsparse.index import Searcher
+from mmsparse.serve import SearchService, ServeLimits, create_app
+from tests.serve.conftest import HashEncoder
+
+TestClient = pytest.importorskip(
+    "fastapi.testclient", reason="the serve extra (FastAPI) is not installed"
+).TestClient
+
+
+@pytest.fixture(scope="module")
+def client(served_index):
+    app = create_app(served_index, text_encoder=HashEncoder())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def assert_error(resp, status, match):
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error", "status"} and body["status"] == status
+    assert "\n" not in body["error"] and "Traceback" not in body["error"]
+    assert match in body["error"], body["error"]
+    return body["error"]
+
+
+def test_healthz_and_info(client, served_index):
+    assert client.get("/healthz").json()["status"] == "ok"
+    info = client.get("/api/info").json()
+    assert info["engine"] == "inverted" and info["images"] == 40 and info["split"] == "val"
+    assert info["vocab_size"] == 122 and info["modes"] == ["sparse"]
+    assert info["text_search"] is True and info["image_files"] is True
+    assert info["run"].endswith("run") and info["options"]["quantize"] == "none"
+    assert "/api/search" in client.get("/openapi.json").json()["paths"]
+
+
+def test_search_explains_every_hit_and_contributions_sum_to_the_score(client, served_index):
+    resp = client.get("/api/search", params={"q": "a dog runs on the beach", "k": 5})
+    assert resp.status_code == 200
+    data = resp.json()
+    assert data["query"] == "a dog runs on the beach" and data["mode"] == "sparse"
+    assert len(data["hits"]) == 5 and [h["rank"] for h in data["hits"]] == [1, 2, 3, 4, 5]
+    assert data["query_terms"] and all(t["weight"] > 0 for t in data["query_terms"])
+    scores = [h["score"] for h in data["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    for hit in data["hits"]:
+        assert hit["url"] == f"/images/{hit['filename']}"
+        total = sum(t["contribution"] for t in hit["terms"])
+        assert total == pytest.approx(hit["score"], rel=1e-5, abs=1e-6)
+        assert hit["sparse_score"] == pytest.approx(hit["score"], rel=1e-5, abs=1e-6)
+        for t in hit["terms"]:
+            assert t["contribution"] == pytest.approx(t["query_weight"] * t["image_weight"])
+    # The same ranking as the library's Searcher with the same query vector.
+    searcher = Searcher(served_index)
+    searcher._text_encoder = HashEncoder()
+    ref = searcher.search("a dog runs on the beach", k=5)
+    assert [h.image_id for h in ref.hits] == [h["image_id"] for h in data["hits"]]
+    assert client.get("/api/search?q=dog&explain=false").json()["hits"][0].get("terms") is None
+
+
+def test_image_terms_and_more_like_this(client):
+    first = client.get("/api/search?q=a+cat&k=3").json()["hits"][0]
+    terms = client.get(f"/api/images/{first['image_id']}/terms?k=7").json()
+    assert terms["image_id"] == first["image_id"] and len(terms["terms"]) == 7
+    weights = [t["weight"] for t in terms["terms"]]
+    assert weights == sorted(weights, reverse=True) and weights[-1] > 0
+    assert terms["n_terms"] >= 7
+    like = client.get("/api/search", params={"like": first["image_id"], "k": 4}).json()
+    assert like["like"] == first["image_id"] and like["query"] is None
+    # The ranking is the brute-force product of the indexed vectors with the image's own.
+    svc = client.app.state.service
+    docs = svc.searcher.engine.index.to_csr()
+    row = svc.row_of[first["image_id"]]
+    scores = (docs @ docs[row].T).toarray().ravel()
+    expect = np.lexsort((np.arange(scores.size), -scores))[:4]
+    assert [h["image_id"] for h in like["hits"]] == [svc.searcher.image_ids[r] for r in expect]
+    assert like["hits"][0]["score"] == pytest.approx(scores[expect[0]], rel=1e-5)
+    hit = like["hits"][0]
+    assert sum(t["contribution"] for t in hit["terms"]) == pytest.approx(hit["score"], rel=1e-5)
+    assert any("more like image" in n for n in like["notes"])
+
+
+def test_image_files_are_served_and_nothing_else(client):
+    name = client.get("/api/search?q=a+cat&k=1").json()["hits"][0]["filename"]
+    resp = client.get(f"/images/{name}")
+    assert resp.status_code == 200 and resp.content[:2] == b"\xff\xd8"  # a JPEG
+    assert resp.headers["content-type"] == "image/jpeg"
+    for path in (
+        "/images/..%2F..%2Fsecret.txt",
+        "/images/..%2f..%2f..%2fetc%2fpasswd",
+        "/images/%2e%2e/%2e%2e/secret.txt",
+        "/images/%2e%2e%2f%2e%2e%2fsecret.txt",
+        "/images/%252e%252e%252fsecret.txt",
+        "/images/%2Fetc%2Fpasswd",
+        "/images/..%5C..%5Csecret.txt",
+        "/images/synthetic_00000.jpg%00.txt",
+        "/images/nope.jpg",
+    ):
+        resp = client.get(path)
+        assert_error(resp, 404, "no indexed image file named")
+        assert b"not for the web" not in resp.content and b"root:" not in resp.content
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "match"),
+    [
+        ("", 400, "missing query"),
+        ("q=", 400, "missing query"),
+        ("q=%20%20%20", 400, "empty query"),
+        ("q=dog&k=0", 400, "k must be a positive integer"),
+        ("q=dog&k=-3", 400, "k must be a positive integer"),
+        ("q=dog&k=abc", 400, "k must be a positive integer"),
+        ("q=dog&k=1.5", 400, "k must be a positive integer"),
+        ("q=dog&k=101", 400, "k must be at most 100"),
+        ("q=dog&mode=fancy", 400, "unknown mode 'fancy'"),
+        ("q=dog&mode=dense", 400, "build the index with --engine milvus"),
+        ("q=dog&mode=hybrid", 400, "build the index with --engine milvus"),
+        ("q=dog&explain=maybe", 400, "explain must be true or false"),
+        ("q=%FF%FE", 400, "not valid UTF-8"),
+        ("q=caf%E9", 400, "not valid UTF-8"),
+        ("q=dog&like=synthetic", 400, "either q or like"),
+        ("like=no-such-image", 404, "unknown image id 'no-such-image'"),
+        ("q=a%00b", 400, "NUL"),
+    ],
+)
+def test_bad_search_requests_are_one_line_4xx(client, query, status, match):
+    assert_error(client.get(f"/api/search?{query}"), status, match)
+
+
+def test_other_bad_requests(client):
+    assert_error(client.get("/api/images/no-such-image/terms"), 404, "unknown image id")
+    ok_id = client.get("/api/search?q=dog&k=1").json()["hits"][0]["image_id"]
+    assert_error(client.get(f"/api/images/{ok_id}/terms?k=0"), 400, "k must be a positive")
+    assert_error(client.get(f"/api/images/{ok_id}/terms?k=999"), 400, "k must be at most 200")
+    assert_error(client.get("/api/nothing-here"), 404, "not found: /api/nothing-here")
+    assert_error(client.post("/api/search?q=dog"), 405, "Method Not Allowed")
+
+
+def test_long_query_is_cut_with_a_note(client):
+    long = " ".join(["dog"] * 600)  # 2,399 characters
+    data = client.get("/api/search", params={"q": long, "k": 3}).json()
+    assert len(data["query"]) <= 1000 and "dog dog" in data["query"]
+    assert any("cut to its first" in n and "characters" in n for n in data["notes"])
+    pieces = " ".join(["dog"] * 200)  # under the character cap, over 126 word pieces
+    data = client.get("/api/search", params={"q": pieces, "k": 3}).json()
+    assert len(data["query"].split()) == 126
+    assert any("word pieces" in n for n in data["notes"])
+
+
+def test_k_above_the_index_size_is_lowered_with_a_note(client):
+    data = client.get("/api/search?q=dog&k=60").json()
+    assert len(data["hits"]) == 40 and any("larger than the index" in n for n in data["notes"])
+
+
+class EmptyVectorService(SearchService):
+    """A service whose queries encode to an empty sparse vector (no known term)."""
+
+    def _encode_texts(self, texts):
+        v = self.manifest.vocab_size
+        return np.zeros((len(texts), 16), np.float32), sp.csr_matrix(
+            (len(texts), v), dtype=np.float32
+        )
+
+
+def test_query_with_no_known_term_is_an_empty_result_with_a_note(served_index):
+    svc = EmptyVectorService(served_index, text_encoder=HashEncoder())
+    with TestClient(create_app(service=svc)) as c:
+        resp = c.get("/api/search?q=zzzz")
+    assert resp.status_code == 200
+    data = resp.json()
+    assert data["hits"] == [] and data["query_terms"] == []
+    assert any("no indexed image shares a term" in n for n in data["notes"])
+
+
+def test_text_search_without_an_encoder_is_a_clear_400(served_index):
+    app = create_app(served_index)  # the synthetic run records no extraction backend
+    with TestClient(app) as c:
+        assert c.get("/api/info").json()["text_search"] is False
+        assert_error(c.get("/api/search?q=dog"), 400, "text search is not available")
+        image_id = c.app.state.service.searcher.image_ids[0]
+        assert c.get(f"/api/images/{image_id}/terms").status_code == 200
+        assert c.get(f"/api/search?like={image_id}").status_code == 200  # no text needed
+
+
+def test_missing_or_corrupt_index_fails_at_start_like_search(tmp_path, served_index):
+    with pytest.raises(IndexFormatError, match="index directory not found"):
+        create_app(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IndexFormatError, match="not an mmsparse index"):
+        create_app(tmp_path / "empty")
+
+
+class SlowEncoder(HashEncoder):
+    """Blocks until released, so that requests pile up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def encode(self, texts):
+        if texts != ["a photo"]:  # the warm-up query passes
+            self.entered.set()
+            assert self.release.wait(20)
+        return super().encode(texts)
+
+
+@pytest.mark.parametrize("encoder", ["batch", "threads"])
+def test_requests_over_the_limit_get_503_not_a_hang(served_index, encoder):
+    import httpx
+
+    slow = SlowEncoder()
+    svc = SearchService(
+        served_index,
+        text_encoder=slow,
+        encoder=encoder,
+        limits=ServeLimits(max_pending=2, threads=2),
+    )
+    app = create_app(service=svc)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            first = [asyncio.create_task(c.get(f"/api/search?q=dog+{i}")) for i in range(2)]
+            while svc.pending < 2:
+                await asyncio.sleep(0.01)
+            over = await c.get("/api/search?q=one+too+many")
+            health = (await c.get("/healthz")).json()  # never blocked by the encoder
+            slow.release.set()
+            done = await asyncio.gather(*first)
+            after = await c.get("/api/search?q=dog")
+            return over, health, done, after
+
+    over, health, done, after = asyncio.run(scenario())
+    assert_error(over, 503, "the server is busy")
+    assert over.headers["retry-after"] == "1"
+    assert health["in_flight"] == 2 and health["refused"] == 1
+    assert [r.status_code for r in done] == [200, 200] and after.status_code == 200
+    svc.close()
+
+
+def test_batch_encoder_encodes_concurrent_queries_together(served_index):
+    import httpx
+
+    enc = SlowEncoder()
+    svc = SearchService(served_index, text_encoder=enc, encoder="batch")
+    app = create_app(service=svc)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            tasks = [asyncio.create_task(c.get(f"/api/search?q=query+{i}&k=3")) for i in range(6)]
+            while svc.pending < 6:
+                await asyncio.sleep(0.01)
+            enc.release.set()
+            return await asyncio.gather(*tasks)
+
+    results = asyncio.run(scenario())
+    assert all(r.status_code == 200 for r in results)
+    # Queries that arrive while the encoder is busy wait and are encoded as one batch.
+    sizes = [len(c) for c in enc.calls[1:]]
+    assert sum(sizes) == 6 and len(sizes) <= 2 and max(sizes) >= 3, sizes
+    # Each answer belongs to its own query.
+    for i, r in enumerate(results):
+        assert r.json()["query"] == f"query {i}"
+    svc.close()

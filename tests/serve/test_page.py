@@ -1,0 +1,109 @@
+"""The web page in a real headless Chromium (Debian's package, driven by Playwright) against a
+server the test starts on 127.0.0.1; skips, saying why, where no browser is installed."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+from mmsparse.serve import create_app
+from tests.serve.conftest import HashEncoder
+
+uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def server(served_index):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(served_index, text_encoder=HashEncoder())
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_raw_traversal_paths_never_leave_the_images_folder(server):
+    port = int(server.rsplit(":", 1)[1])
+    for raw in (
+        b"/images/../../secret.txt",
+        b"/images/../../../../etc/passwd",
+        b"/api/search?q=%ff",
+    ):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET " + raw + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.split()[1] in (b"400", b"404"), reply[:200]
+        assert b"root:" not in body and b"not for the web" not in body and b'"error"' in body
+
+
+def test_page_search_explain_and_more_like_this(server):
+    if CHROMIUM is None:
+        pytest.skip("no Chromium installed (apt-get install -y chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server + "/")
+        page.wait_for_selector("#info:has-text('images')")
+        page.fill("#q", "a dog runs on the beach")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#grid .card")
+        assert "q=a+dog+runs+on+the+beach" in page.url
+        cards = page.locator("#grid .card")
+        assert cards.count() == 20
+        # every image loaded
+        page.wait_for_function(
+            "[...document.querySelectorAll('#grid img')]"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        )
+        first = cards.nth(0)
+        score = float(first.get_attribute("data-score"))
+        contributions = [
+            float(x)
+            for x in first.locator(".hit-terms li.chip").evaluate_all(
+                "els => els.map(e => e.dataset.contribution)"
+            )
+        ]
+        assert contributions and sum(contributions) == pytest.approx(score, rel=1e-4)
+        assert page.locator("#query-chips li").count() > 0
+        # the mode switch: dense and hybrid are disabled on a sparse-only engine
+        assert page.locator("input[value=dense]").is_disabled()
+        assert page.locator("input[value=sparse]").is_checked()
+        # an error is shown as a message, not a blank page
+        page.goto(server + "/?q=dog&k=999")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "k must be at most 100" in page.inner_text("#error")
+        # the shared URL reproduces the result; open the first image, follow "more like this"
+        page.goto(server + "/?q=a+dog+runs+on+the+beach&k=20")
+        page.wait_for_selector("#grid .card")
+        image_id = page.locator("#grid .card").nth(0).get_attribute("data-image-id")
+        page.locator("#grid .card .open").nth(0).focus()
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#detail[open] #detail-terms li.chip")
+        page.click("#more-like")
+        page.wait_for_url(f"**like={image_id}**")
+        page.wait_for_selector("#grid .card")
+        assert f"images like {image_id}" in page.inner_text("#status")
+        page.set_viewport_size({"width": 380, "height": 800})  # narrow screen: no overflow
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        assert errors == []
+        browser.close()
