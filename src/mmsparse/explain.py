@@ -42,6 +42,7 @@ def explain(
     k: int = 10,
     data: str | Path | None = None,
     device: str = "cpu",
+    bundle: str | Path | None = None,
     text_encoder: Any = None,
 ) -> dict[str, Any]:
     """Top terms of one sparse vector, and the terms behind a (query, image) score.
@@ -57,6 +58,7 @@ def explain(
         with_image: An image id to pair the caption or text query with.
         k: How many terms to list.
         data: Another feature directory of the same backbone (default: the run's data).
+        bundle: The backbone bundle directory to use instead of the run's (a moved run).
         device: Torch device for the text encoder and the model.
         text_encoder: A text encoder to use for ``text`` instead of loading one from the
             run's extraction description (anything with ``encode(list[str])``).
@@ -93,7 +95,7 @@ def explain(
 
     def the_store() -> FeatureStore:
         if not stores:  # loaded only when an image or caption id is involved
-            stores.append(load_run_data(run, data))
+            stores.append(load_run_data(run, data, bundle))
         return stores[0]
 
     def encode(feats: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:

@@ -138,6 +138,7 @@ class Searcher:
         data: Feature directory for ``caption_id`` queries (default: the index's).
         verify: Verify the index checksums on open.
         load_run: Load the run (needed for text and caption queries; not for vectors).
+        bundle: Backbone bundle directory for ``caption_id`` queries (default: the run's).
 
     Raises:
         IndexFormatError: If the index is corrupt, or no longer matches the run.
@@ -150,6 +151,7 @@ class Searcher:
         data: str | Path | None = None,
         verify: bool = True,
         load_run: bool = True,
+        bundle: str | Path | None = None,
     ) -> None:
         self.index_dir = Path(index_dir)
         self.manifest = IndexManifest.load(self.index_dir)
@@ -158,6 +160,7 @@ class Searcher:
         self.notes: list[str] = []
         self.run: Any = None
         self._data = data
+        self._bundle = bundle
         self._store: Any = None
         self._text_encoder: Any = None
         self.vocab: Any = None
@@ -169,6 +172,11 @@ class Searcher:
         from mmsparse.runs import load_run
 
         m = self.manifest
+        if not Path(run_dir).is_dir():
+            raise IndexFormatError(
+                f"{self.index_dir}: the run it was built from, {run_dir}, is not there; give "
+                "the run's directory with --run RUN_DIR"
+            )
         run = load_run(run_dir)
         if vocab_sha256(run.vocab.tokens) != m.vocab_sha256 or len(run.vocab) != m.vocab_size:
             raise IndexFormatError(
@@ -244,7 +252,13 @@ class Searcher:
 
             run = self._require_run()
             data = self._data or self.manifest.data_dir or None
-            self._store = load_run_data(run, data)
+            if not self._data and data and not Path(data).is_dir():
+                raise DataError(
+                    f"{data}: the index's data directory (data_dir in "
+                    f"{self.index_dir / 'index.json'}) is not there; give the features' "
+                    "directory with --data DIR"
+                )
+            self._store = load_run_data(run, data, self._bundle)
         return self._store
 
     def encode_captions(self, caption_ids: list[str]) -> tuple[np.ndarray, sp.csr_matrix]:
@@ -440,6 +454,7 @@ def search(
     explain: bool = False,
     run_dir: str | Path | None = None,
     data: str | Path | None = None,
+    bundle: str | Path | None = None,
     **engine_kwargs: Any,
 ) -> SearchResult:
     """Search an index once (opens the index and its run, then closes them).
@@ -453,12 +468,13 @@ def search(
         explain: Show matching terms and contributions.
         run_dir: Encode with this run instead of the manifest's.
         data: Feature directory for caption ids (default: the index's).
+        bundle: Backbone bundle directory for caption ids (default: the run's).
         **engine_kwargs: Engine search knobs.
 
     Returns:
         The :class:`SearchResult`.
     """
-    searcher = Searcher(index_dir, run_dir=run_dir, data=data)
+    searcher = Searcher(index_dir, run_dir=run_dir, data=data, bundle=bundle)
     try:
         return searcher.search(
             text, caption_id=caption_id, k=k, mode=mode, explain=explain, **engine_kwargs

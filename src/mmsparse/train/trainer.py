@@ -67,6 +67,7 @@ from mmsparse.losses import (
     token_mask,
 )
 from mmsparse.model.model import SparseDenseModel
+from mmsparse.paths import resolve_run_paths
 from mmsparse.runs import build_model, resolve_device
 from mmsparse.sparse.ops import prune
 from mmsparse.train.checkpoint import (
@@ -887,6 +888,7 @@ def train(
         CheckpointError: On a broken checkpoint.
     """
     run_dir = Path(run_dir)
+    cfg = resolve_run_paths(cfg)  # recorded absolute: the run works from any folder
     ctx, created = setup(cfg.train.device)
     try:
         torch.manual_seed(cfg.train.seed)
