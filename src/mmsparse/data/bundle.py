@@ -30,7 +30,14 @@ import numpy as np
 
 from mmsparse.data.vocab import Vocabulary
 from mmsparse.errors import CheckpointError, DataError
-from mmsparse.io_utils import atomic_write_json, load_tensors, read_json, save_tensors
+from mmsparse.io_utils import (
+    atomic_write_json,
+    load_tensors,
+    read_json,
+    save_tensors,
+    verify_checksums,
+    write_checksums,
+)
 
 BUNDLE_FORMAT = "mmsparse-bundle"
 BUNDLE_VERSION = 1
@@ -109,6 +116,7 @@ class BackboneBundle:
                 "extraction": self.extraction,
             },
         )
+        write_checksums(directory, ["bundle.json", "bundle.safetensors", "vocab.txt"])
         self.path = directory
         return directory
 
@@ -127,6 +135,7 @@ class BackboneBundle:
                 f"data.bundle=null for the random fallback)"
             )
         try:
+            verify_checksums(directory)
             meta = read_json(directory / "bundle.json", "bundle description")
         except CheckpointError as exc:
             raise DataError(str(exc)) from exc

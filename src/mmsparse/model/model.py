@@ -25,9 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmsparse.errors import CheckpointError
-from mmsparse.io_utils import atomic_write_json, load_tensors, read_json, save_tensors
+from mmsparse.io_utils import (
+    atomic_write_json,
+    load_tensors,
+    read_json,
+    save_tensors,
+    verify_checksums,
+    write_checksums,
+)
 
 MODEL_FORMAT = "mmsparse-model"
+BLOCKED_LOGIT = -1e4  # finite in fp16 and bf16; relu gives 0 and no gradient
 SCALE_LOG_LIMIT = float(np.log(100.0))
 MODEL_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -353,6 +361,8 @@ class SparseDenseModel(nn.Module):
     ) -> Path:
         """Write ``model.safetensors`` + ``model.json`` (+ ``vocab.txt``) atomically.
 
+        Their sha256 checksums go to ``checksums.json`` (checked by :meth:`from_pretrained`).
+
         Args:
             directory: Destination directory (created).
             vocab_tokens: Term names to store beside the weights (``vocab.txt``).
@@ -378,6 +388,8 @@ class SparseDenseModel(nn.Module):
 
             atomic_write_text(directory / VOCAB_NAME, "\n".join(vocab_tokens) + "\n")
         atomic_write_json(directory / CONFIG_NAME, {**self.config_dict(), **(extra or {})})
+        names = [WEIGHTS_NAME, CONFIG_NAME] + ([VOCAB_NAME] if vocab_tokens is not None else [])
+        write_checksums(directory, names)
         return directory
 
     @classmethod
@@ -386,10 +398,15 @@ class SparseDenseModel(nn.Module):
     ) -> SparseDenseModel:
         """Load a model written by :meth:`save_pretrained` (never unpickles).
 
+        The files are checked against their recorded ``checksums.json`` first (unless
+        verification is switched off, see :func:`mmsparse.io_utils.set_verify`).
+
         Raises:
-            CheckpointError: If a file is missing, truncated, foreign or inconsistent.
+            CheckpointError: If a file is missing, truncated, damaged, foreign or
+                inconsistent.
         """
         directory = Path(directory)
+        verify_checksums(directory)
         cfg = read_json(directory / CONFIG_NAME, "model config")
         if not isinstance(cfg, dict) or cfg.get("format") != MODEL_FORMAT:
             raise CheckpointError(f"{directory / CONFIG_NAME}: not an mmsparse model config")

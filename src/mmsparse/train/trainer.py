@@ -53,7 +53,7 @@ from mmsparse.config import RunConfig, config_from_dict, save_config
 from mmsparse.data.store import FeatureStore, load_feature_store
 from mmsparse.errors import CheckpointError, ConfigError
 from mmsparse.evaluate.retrieval import EvalResult, encode_split, evaluate_encoded
-from mmsparse.io_utils import atomic_write_json
+from mmsparse.io_utils import atomic_write_json, make_public_dir
 from mmsparse.losses import (
     ExpansionControl,
     SparsityRegularizer,
@@ -359,7 +359,7 @@ class Trainer:
         save_checkpoint(self.run_dir / "checkpoints", self.state, self.model, self.optimizer)
 
     def _save_best(self, result: EvalResult) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix=".best.tmp-", dir=self.run_dir))
+        tmp = make_public_dir(tempfile.mkdtemp(prefix=".best.tmp-", dir=self.run_dir))
         self.model.save_pretrained(
             tmp,
             vocab_tokens=self.vocab.tokens if self.vocab.named else None,
