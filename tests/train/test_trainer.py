@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmsparse.config import RunConfig, apply_overrides
-from mmsparse.errors import ConfigError
+from mmsparse.errors import ConfigError, DataError
 from mmsparse.model import SparseDenseModel
 from mmsparse.train import Trainer, lr_factor, set_trainable, train
 from tests.helpers import TINY_OVERRIDES
@@ -111,6 +111,25 @@ def test_existing_run_is_not_overwritten(tmp_path, tiny_store):
             _cfg("train.epochs=1", "train.lr=1e-2"), tmp_path / "r", store=tiny_store, resume=True
         )
     assert (tmp_path / "r" / "best" / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_failed_start_does_not_block_the_corrected_command(tmp_path, tiny_release, resume):
+    """A start that fails in set-up leaves only config.json: the fix is not refused."""
+    run = tmp_path / "r"
+    bundle = f"data.bundle={tiny_release / 'bundle'}"
+    bad = _cfg("train.epochs=1", f"data.path={tmp_path / 'no-such-data'}", bundle)
+    with pytest.raises(DataError, match="dataset directory not found"):
+        train(bad, run)
+    assert [p.name for p in run.iterdir()] == ["config.json"]
+    good = _cfg("train.epochs=1", f"data.path={tiny_release}", bundle)
+    result = train(good, run, resume=resume)
+    assert result.epochs_run == 1 and (run / "best" / "model.safetensors").is_file()
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["data"]["path"] == str(tiny_release)
+    # real progress stays protected, as before
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(bad, run)
 
 
 class _Killed(Exception):

@@ -819,6 +819,13 @@ def _flatten_val(result: EvalResult, epoch: int, step: int, improved: bool) -> d
 def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
     """Create the run directory or check it for resuming; returns the config to use."""
     saved = run_dir / "config.json"
+    if saved.is_file() and not has_progress(run_dir):
+        # A start that failed before its first checkpoint (bad data, a typo in the
+        # config): nothing to protect, so the corrected command starts afresh.
+        logger.info("%s holds no completed checkpoint; starting the run afresh", run_dir)
+        save_config(cfg, saved)
+        truncate_log(run_dir / "metrics.jsonl", 0)
+        return cfg
     if saved.is_file():
         if not resume:
             raise ConfigError(
@@ -838,6 +845,20 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)
     return cfg
+
+
+def has_progress(run_dir: str | Path) -> bool:
+    """Whether a run directory holds a completed checkpoint or a selected model."""
+    run_dir = Path(run_dir)
+    return any(
+        p.exists()
+        for p in (
+            run_dir / "checkpoints" / "latest.json",
+            run_dir / "best",
+            run_dir / "best.old",
+            run_dir / "final.json",
+        )
+    )
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
