@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmsparse.cli.main import main
+from mmsparse.data import write_release
 from mmsparse.errors import CheckpointError, DataError
 from mmsparse.io_utils import (
     CHECKSUMS_NAME,
@@ -19,7 +20,6 @@ from mmsparse.io_utils import (
     write_checksums,
 )
 from mmsparse.model import SparseDenseModel
-from mmsparse.data import write_release
 from mmsparse.train import train
 from mmsparse.train.trainer import resume_config
 from tests.train.test_trainer import _cfg

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -289,7 +289,7 @@ class _LockedFileFilter(logging.Filter):
     turns the pair into one clear line.
     """
 
-    locked: set[str] = set()
+    locked: ClassVar[set[str]] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
