@@ -107,9 +107,9 @@ def test_moved_run_and_data_with_data_and_bundle_options(relative_run, tmp_path,
     assert _run(capsys, "evaluate", run, *args, "--json")[0] == 0
     assert _run(capsys, "explain", run, "--caption", "0", *args, "--json")[0] == 0
     assert _run(capsys, "index", "build", run, "--out", tmp_path / "idx", *args)[0] == 0
-    assert _run(capsys, "export", run, "--format", "anserini", "--out", tmp_path / "ex", *args)[
-        0
-    ] == 0
+    assert (
+        _run(capsys, "export", run, "--format", "anserini", "--out", tmp_path / "ex", *args)[0] == 0
+    )
     code, _, err = _run(capsys, "search", tmp_path / "idx", "--caption-id", "0", *args)
     assert code == 0, err
 

@@ -222,7 +222,7 @@ def format_explain(result: dict[str, Any]) -> str:
         "caption": f"caption {q['id']}: {q['text']!r}",
         "text": f"text {q['text']!r}",
     }[q["kind"]]
-    lines = [f"{head}: {q['nnz']} non-zero terms; top {len(q['terms'])} (term  weight):"]
+    lines = [f"{head}: top {len(q['terms'])} of {q['nnz']} non-zero terms (term  weight):"]
     lines += [f"  {t['term']:<20} {t['weight']:.4f}" for t in q["terms"]]
     pair = result["pair"]
     if pair is not None:
@@ -232,7 +232,11 @@ def format_explain(result: dict[str, Any]) -> str:
             f"{pair['sparse_score']:.4f} over {pair['shared_terms']} shared terms, dense "
             f"cosine {pair['dense_score']:.4f}, hybrid {pair['hybrid_score']:.4f}"
         )
-        lines.append("top contributions (term  query x image = product):")
+        listed = sum(c["product"] for c in pair["contributions"])
+        lines.append(
+            f"top {len(pair['contributions'])} of {pair['shared_terms']} shared terms, summing "
+            f"to {listed:.4f} of the sparse score (term  query x image = product):"
+        )
         lines += [
             f"  {c['term']:<20} {c['query_weight']:.4f} x {c['image_weight']:.4f} = "
             f"{c['product']:.4f}"

@@ -132,6 +132,16 @@ def test_failed_start_does_not_block_the_corrected_command(tmp_path, tiny_releas
         train(bad, run)
 
 
+def test_progress_bar_inside_the_epoch_named_like_the_log(tmp_path, tiny_store, capsys):
+    train(_cfg("train.progress=true", "train.epochs=2"), tmp_path / "r", store=tiny_store)
+    err = capsys.readouterr().err
+    assert "epoch 1:" in err and "step" in err  # a bar over the steps of each epoch
+    assert "total=" in err and "loss=" not in err  # "total" as in metrics.jsonl
+    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    train_rec = [r for r in records if r["type"] == "train"][-1]
+    assert f"total={train_rec['total']:.3f}" in err
+
+
 class _Killed(Exception):
     pass
 

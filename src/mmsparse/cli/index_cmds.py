@@ -305,11 +305,16 @@ def _print_result(result: Any) -> None:
     for hit in result.hits:
         name = f"  {hit.filename}" if hit.filename else ""
         print(f"{hit.rank:>4}  {hit.score:9.4f}  {hit.image_id}{name}")
+        if hit.terms is not None and result.mode == "sparse":
+            listed = sum(t[3] for t in hit.terms)
+            print(
+                f"        top {len(hit.terms)} of {hit.shared_terms} shared terms "
+                f"(they sum to {listed:.4f} of the score {hit.score:.4f})"
+            )
         for term, qw, dw, prod in hit.terms or []:
             print(f"        {term:<16} {qw:.3f} x {dw:.3f} = {prod:.4f}")
     if not result.hits:
         print("no result")
-    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

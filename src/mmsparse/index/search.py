@@ -48,7 +48,9 @@ class Hit:
         filename: Image file name ('' if unknown).
         score: Score of the search mode (sparse ``q · d``, dense, or hybrid).
         terms: With ``explain``: ``(term, query weight, image weight, product)`` of the
-            shared terms, largest product first.
+            shared terms, largest product first (at most ``explain_terms`` of them).
+        shared_terms: With ``explain``: how many terms the query and image share (the
+            listed ones are the top of these).
     """
 
     rank: int
@@ -57,6 +59,7 @@ class Hit:
     filename: str
     score: float
     terms: list[tuple[str, float, float, float]] | None = None
+    shared_terms: int | None = None
 
 
 @dataclass
@@ -225,6 +228,11 @@ class Searcher:
         run = self._require_run()
         if self._text_encoder is None:
             extraction = self._extraction(run)
+            if extraction:
+                log.info(
+                    "loading the run's text encoder (10-25 s on a CPU, once per process; "
+                    "for many queries: mmsparse search --queries FILE, or mmsparse serve)"
+                )
             self._text_encoder = load_text_encoder(extraction)
         feats = np.asarray(self._text_encoder.encode(list(texts)), dtype=np.float32)
         if feats.ndim != 2 or feats.shape[1] != run.model.d_txt:
@@ -366,9 +374,11 @@ class Searcher:
                 )
                 if explain:
                     hit.terms = []
+                    hit.shared_terms = 0
                     if terms_w is not None:
                         prod = q.data * terms_w[r]
                         nz = np.flatnonzero(prod)
+                        hit.shared_terms = int(nz.size)
                         top = nz[np.lexsort((q.indices[nz], -prod[nz]))][:explain_terms]
                         hit.terms = [
                             (

@@ -698,9 +698,12 @@ class Trainer:
             sums = torch.zeros(len(self.term_names), device=self.device)
             window = torch.zeros_like(sums) if log_every else None
             window_steps = 0
+            step_bar = self._step_bar(epoch) if bar is not None else None
             for step in range(self.steps_per_epoch):
                 terms = self.train_step(self.batch_rows(perm, step), gen).vector
                 sums += terms
+                if step_bar is not None:
+                    self._advance_step_bar(step_bar, step, sums)
                 if window is not None:
                     window += terms
                     window_steps += 1
@@ -710,6 +713,8 @@ class Trainer:
                         step_log.push(window / window_steps, meta)
                         window, window_steps = torch.zeros_like(sums), 0
             step_log.flush()
+            if step_bar is not None:
+                step_bar.close()
             seconds = time.perf_counter() - t0
             self.state.train_seconds += seconds
             self.state.epoch = epoch
@@ -736,7 +741,8 @@ class Trainer:
             if main:
                 self._checkpoint()
             if bar is not None:
-                post = {"loss": f"{train_rec['total']:.3f}"}
+                # Named as in metrics.jsonl: "total" is the epoch's mean of the loss minimised.
+                post = {"total": f"{train_rec['total']:.3f}"}
                 if last_val is not None:
                     post[self.metric_name] = f"{last_val.get(self.metric_name):.2f}"
                     post["best"] = f"{self.state.best_metric:.2f}@{self.state.best_epoch}"
@@ -745,6 +751,29 @@ class Trainer:
         if bar is not None:
             bar.close()
         return self.dist.run_on_main(self._finish)
+
+    def _step_bar(self, epoch: int) -> Any:
+        """The progress bar of one epoch's steps (under the epochs' bar; removed after)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch}",
+            unit="step",
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def _advance_step_bar(self, step_bar: Any, step: int, sums: torch.Tensor) -> None:
+        """Advance the step bar; about 20 times an epoch it shows the running mean ``total``.
+
+        Reading the mean waits for the device, so it is done rarely.
+        """
+        step_bar.update(1)
+        every = max(1, self.steps_per_epoch // 20)
+        if (step + 1) % every == 0 and "total" in self.term_names:
+            mean = float(sums[self.term_names.index("total")]) / (step + 1)
+            step_bar.set_postfix(total=f"{mean:.3f}")
 
     def _validate_and_select(self, epoch: int) -> EvalResult:
         """Validate, keep the best model, and update early stopping (rank 0)."""
