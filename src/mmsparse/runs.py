@@ -158,6 +158,8 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
         model.load_tensors(tensors, where=str(src / "model.safetensors"))
     if cfg.model.sparse_init == "token-lstsq":
         align_sparse_head(model, store, store.split(cfg.data.train_splits, allow_missing=True))
+    # Special tokens ([CLS], [SEP], [PAD], [unused80] ...) are never sparse terms.
+    model.block_terms(store.vocabulary(model.vocab_size).special_ids)
     return model
 
 

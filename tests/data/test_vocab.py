@@ -51,6 +51,13 @@ def test_special_tokens_are_not_terms():
     assert indices.tolist() == [4, 5, 6, 7, 9, 10]
 
 
+def test_special_tokens_of_other_backbones():
+    v = Vocabulary(
+        ["<s>", "</s>", "<pad>", "<|endoftext|>", "<|startoftext|>", "dog", "[unused80]"]
+    )
+    assert set(v.special_ids.tolist()) == {0, 1, 2, 3, 4, 6}
+
+
 def test_fallback_names_terms_by_index():
     v = Vocabulary.fallback(5)
     assert v.term(3) == "#3" and not v.named and v.encode("a dog") == []
