@@ -88,10 +88,16 @@ def test_broken_checkpoints_are_refused(tmp_path):
     weights = tmp_path / "ck" / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors: checksum mismatch"):
+        SparseDenseModel.from_pretrained(tmp_path / "ck")
+    # Without the checksum record (a checkpoint written before it existed), the loader's
+    # own checks still catch what they did.
+    (tmp_path / "ck" / "checksums.json").unlink()
     with pytest.raises(CheckpointError, match="unreadable or truncated safetensors"):
         SparseDenseModel.from_pretrained(tmp_path / "ck")
     other = SparseDenseModel(d_img=6, d_txt=5, dense_dim=4, d_word=3, vocab_size=12)
     other.save_pretrained(tmp_path / "v12")
+    (tmp_path / "v12" / "checksums.json").unlink()
     (tmp_path / "v12" / "model.json").write_text((tmp_path / "ck" / "model.json").read_text())
     with pytest.raises(CheckpointError, match="vocabulary size differs"):
         SparseDenseModel.from_pretrained(tmp_path / "v12")

@@ -142,6 +142,25 @@ def test_progress_bar_inside_the_epoch_named_like_the_log(tmp_path, tiny_store, 
     assert f"total={train_rec['total']:.3f}" in err
 
 
+@pytest.mark.parametrize("method", ["dense", "joint"])
+def test_feature_sizes_are_checked_against_the_bundle(tmp_path, tiny_store, method):
+    """Stage 0 (dense) refuses features of another backbone, as the sparse runs do."""
+    import dataclasses
+
+    from mmsparse.data import write_release
+
+    write_release(tiny_store, tmp_path / "data", "synth")
+    extraction = {"backend": "other", "d_img": 30, "d_txt": 16}
+    dataclasses.replace(tiny_store.bundle, extraction=extraction).save(tmp_path / "bundle")
+    cfg = _cfg(
+        f"objective.method={method}",
+        f"data.path={tmp_path / 'data'}",
+        f"data.bundle={tmp_path / 'bundle'}",
+    )
+    with pytest.raises(DataError, match=r"makes image features of size 30 but the data has 24"):
+        train(cfg, tmp_path / "r")
+
+
 class _Killed(Exception):
     pass
 

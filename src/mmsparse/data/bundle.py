@@ -75,11 +75,25 @@ class BackboneBundle:
         return None if self.word_embeddings is None else int(self.word_embeddings.shape[1])
 
     def check_dims(self, d_img: int, d_txt: int) -> None:
-        """Check the projection shapes against the feature sizes of the data.
+        """Check the bundle against the feature sizes of the data.
+
+        Both the projections' input sizes and the feature sizes the bundle's extraction
+        backend produces (``extraction.d_img`` / ``d_txt``) must match: features of another
+        backbone are refused for every method, the dense stage 0 included.
 
         Raises:
-            DataError: Naming the bundle file and both shapes.
+            DataError: Naming the bundle file and both sizes.
         """
+        meta = self.path / "bundle.json" if self.path else "bundle"
+        extraction = self.extraction if isinstance(self.extraction, dict) else {}
+        for key, what, got in (("d_img", "image", d_img), ("d_txt", "caption", d_txt)):
+            want = extraction.get(key)
+            if isinstance(want, int) and want != got:
+                raise DataError(
+                    f"{meta}: the bundle's extraction ({extraction.get('backend', '?')}) "
+                    f"makes {what} features of size {want} but the data has {got} (features "
+                    "of another backbone? use its bundle, or data.bundle=null)"
+                )
         where = self.path / "bundle.safetensors" if self.path else "bundle"
         for key, d_in in (("text_proj.weight", d_txt), ("vision_proj.weight", d_img)):
             if key in self.projections and self.projections[key].shape[1] != d_in:
