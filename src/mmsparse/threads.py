@@ -29,6 +29,8 @@ from mmsparse.errors import ConfigError
 ENV_THREADS = "MMSPARSE_THREADS"
 # Thread-pool sizes of the libraries mmsparse uses (torch/OpenMP, OpenBLAS, MKL, numba).
 POOL_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+# The last choice of configure_threads: [threads, reason] (logged by the CLI with -v).
+LAST_DECISION: list = []
 
 
 def available_cpus() -> int:
@@ -158,5 +160,6 @@ def configure_threads(argv: Sequence[str] = ()) -> int:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(n)
+    LAST_DECISION[:] = [n, reason]
     logging.getLogger(__name__).debug("%d threads (%s)", n, reason)
     return n
