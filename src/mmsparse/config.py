@@ -272,6 +272,22 @@ class RunConfig:
         """Return a copy with whole groups or top-level fields replaced."""
         return dataclasses.replace(self, **groups)
 
+    @property
+    def serving(self) -> EvalConfig:
+        """The evaluation options vectors are served with.
+
+        ``eval`` with an unset ``text_topk`` / ``image_topk`` taken from the training cap
+        ``objective.train_text_topk`` / ``train_image_topk`` (train as you serve: a model
+        trained to score with its k heaviest terms is served with them). Evaluation,
+        explanations, indexes and exports all encode with these options.
+        """
+        ev, obj = self.eval, self.objective
+        return dataclasses.replace(
+            ev,
+            text_topk=ev.text_topk if ev.text_topk is not None else obj.train_text_topk,
+            image_topk=ev.image_topk if ev.image_topk is not None else obj.train_image_topk,
+        )
+
 
 def _to_plain(obj: Any) -> Any:
     if isinstance(obj, dict):

@@ -88,7 +88,7 @@ def explain(
     model = run.model.eval()
     cfg = run.config
     vocab = run.vocab
-    ev = cfg.eval
+    ev = cfg.serving
     stores: list[FeatureStore] = []
 
     def the_store() -> FeatureStore:

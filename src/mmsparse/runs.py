@@ -150,6 +150,7 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
         if model.term_ids is not None and init.term_ids is None:
             # A full-vocabulary start (e.g. a stage-0 dense fit): keep the kept terms' rows.
             tensors["sparse_head.V.weight"] = tensors["sparse_head.V.weight"][model.term_ids]
+            tensors["term_ids"] = model.term_ids.clone()
         for key, value in model.state_dict().items():
             if key == "log_sparse_scale" and key not in tensors:
                 tensors[key] = value  # a start without the scale keeps sparse_scale_init

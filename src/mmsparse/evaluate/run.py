@@ -45,7 +45,7 @@ def evaluate_run(
     run = load_run(run_dir, device=dev)
     store = load_run_data(run, data)
     cfg = run.config
-    eval_cfg = eval_cfg or cfg.eval
+    eval_cfg = eval_cfg or cfg.serving
     with torch.no_grad():
         result = evaluate_model(
             run.model,

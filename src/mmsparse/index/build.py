@@ -204,7 +204,7 @@ def build_index(
     store = load_run_data(run, data)
     sp_ = store.split(split)
     cfg = run.config
-    topk = cfg.eval.image_topk if image_topk is None else image_topk
+    topk = cfg.serving.image_topk if image_topk is None else image_topk
     thr = cfg.eval.threshold if threshold is None else float(threshold)
     dense, sparse = encode_vectors(
         run.model,

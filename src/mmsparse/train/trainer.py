@@ -655,7 +655,7 @@ class Trainer:
             self.model,
             self.store,
             self.val_split,
-            self.cfg.eval,
+            self.cfg.serving,
             self.device,
             image_feats=self.image_feats,
             caption_feats=self.caption_feats,
@@ -666,7 +666,7 @@ class Trainer:
             enc,
             w1=self.cfg.objective.w1,
             w2=self.cfg.objective.w2,
-            eval_cfg=self.cfg.eval,
+            eval_cfg=self.cfg.serving,
             split_name=self.val_split.name,
             score_types=score_types,
         )
