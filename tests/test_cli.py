@@ -190,3 +190,16 @@ def test_demo_json(tmp_path, capsys):
     code, out, _ = _run(capsys, "evaluate", str(tmp_path / "joint"), "--split", "test", "--json")
     assert code == 0
     assert json.loads(out)["t2i"] == joint["t2i"]
+
+
+def test_ctrl_c_during_train_names_resume(tmp_path, monkeypatch, capsys):
+    import mmsparse.cli.core_cmds as core_cmds
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core_cmds, "cmd_train", interrupted)
+    out = tmp_path / "run"
+    code, _, err = _run(capsys, "train", "--config", "x.json", "--out", str(out))
+    assert code == 130
+    assert f"mmsparse train --resume --out {out}" in err and len(err.strip().splitlines()) == 1

@@ -90,7 +90,10 @@ def test_caption_paired_with_its_image(run_dir):
     assert total == pytest.approx(full["pair"]["sparse_score"], rel=1e-5)
     assert -1.0 <= pair["dense_score"] <= 1.0
     text = format_explain(out)
-    assert "top contributions" in text and pair["contributions"][0]["term"] in text
+    assert pair["contributions"][0]["term"] in text
+    # the listed terms are said to be the top few of more, with their share of the score
+    assert f"top 5 of {pair['shared_terms']} shared terms, summing to" in text
+    assert f"top 5 of {out['query']['nnz']} non-zero terms" in text
 
 
 def test_image_and_with_image(run_dir):

@@ -165,6 +165,7 @@ def build_index(
     image_topk: int | None = None,
     threshold: float | None = None,
     quantize: str = "none",
+    bundle: str | Path | None = None,
     engine_params: dict[str, Any] | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -184,6 +185,7 @@ def build_index(
         engine_params: Engine parameters (see :mod:`mmsparse.index.engines`).
         device: Device to encode on.
         progress: Show progress bars.
+        bundle: The backbone bundle directory to use instead of the run's (a moved run).
 
     Returns:
         The :class:`IndexManifest` written to ``out/index.json``.
@@ -201,7 +203,7 @@ def build_index(
         raise MMSparseError(f"--threshold must be >= 0, got {threshold}")
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)
-    store = load_run_data(run, data)
+    store = load_run_data(run, data, bundle)
     sp_ = store.split(split)
     cfg = run.config
     topk = cfg.serving.image_topk if image_topk is None else image_topk

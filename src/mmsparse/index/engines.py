@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -281,10 +281,32 @@ class _UnimplementedRpcFilter(logging.Filter):
         return not isinstance(exc, NotImplementedError)
 
 
+class _LockedFileFilter(logging.Filter):
+    """Keeps milvus-lite's traceback of a locked ``.db`` file off stderr, and remembers it.
+
+    milvus-lite logs ``DataDirLockedError`` (another process holds the file) as an ERROR
+    with a traceback, then pymilvus raises a vague connection error; :func:`_milvus_client`
+    turns the pair into one clear line.
+    """
+
+    locked: ClassVar[set[str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "DataDirLockedError":
+            _LockedFileFilter.locked.add(str(exc))
+            return False
+        return True
+
+
 def _quiet_grpc_server() -> None:
-    logger = logging.getLogger("grpc._server")
-    if not any(isinstance(f, _UnimplementedRpcFilter) for f in logger.filters):
-        logger.addFilter(_UnimplementedRpcFilter())
+    for name, cls in (
+        ("grpc._server", _UnimplementedRpcFilter),
+        ("milvus_lite.server_manager", _LockedFileFilter),
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
 
 
 def _milvus_client(uri: str):
@@ -292,9 +314,16 @@ def _milvus_client(uri: str):
     _quiet_grpc_server()
     if not uri.startswith(("http://", "https://", "tcp://", "unix:")):
         require_extra("milvus_lite", "index", "An embedded Milvus (.db file) (milvus-lite)")
+    _LockedFileFilter.locked.clear()
     try:
         return pymilvus.MilvusClient(uri=uri)
     except Exception as exc:  # connection and start-up failures
+        if _LockedFileFilter.locked or type(exc).__name__ == "DataDirLockedError":
+            raise MMSparseError(
+                f"{uri}: in use by another process: a milvus-lite file serves one process "
+                "at a time; wait for the other one, or share the index through a Milvus "
+                "server ('mmsparse index build --engine milvus --uri http://HOST:19530')"
+            ) from exc
         raise MMSparseError(f"cannot open Milvus at {uri} ({type(exc).__name__}: {exc})") from exc
 
 
