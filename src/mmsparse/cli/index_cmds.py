@@ -42,6 +42,18 @@ def _settings(text: str) -> list[tuple[int, float]]:
     return out
 
 
+def add_index_args(p: argparse.ArgumentParser, data_help: str) -> None:
+    """The arguments of every command that opens an index: ``INDEX``, ``--run``, ``--data``.
+
+    Args:
+        p: The command's parser (``search``, ``serve``).
+        data_help: What ``--data`` is for in this command.
+    """
+    p.add_argument("index", help="index directory written by 'mmsparse index build'")
+    p.add_argument("--run", help="encode queries with this run (default: the index's)")
+    p.add_argument("--data", help=data_help)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``index``, ``search`` and ``export`` to ``sub``."""
     p = sub.add_parser(
@@ -80,6 +92,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="engine parameter, e.g. --param n_postings=4000 (seismic), "
         "--param dense_index=HNSW (milvus); repeatable",
     )
+    b.add_argument(
+        "--dense",
+        action="store_true",
+        help="inverted: also store the dense vectors, for --mode dense/hybrid search",
+    )
     b.add_argument("--device", default="cpu", help="device to encode on")
     b.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     b.set_defaults(func=cmd_index_build)
@@ -90,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Rank the indexed images for a text query (encoded through the run's "
         "extraction backend) or a caption of the data (--caption-id).",
     )
-    p.add_argument("index", help="index directory written by 'mmsparse index build'")
+    add_index_args(p, "feature directory for --caption-id")
     p.add_argument("query", nargs="?", help="query text")
     p.add_argument("--caption-id", help="use this caption of the data as the query")
     p.add_argument("--k", type=int, default=10, help="number of images (default 10)")
@@ -98,11 +115,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--mode",
         choices=("sparse", "dense", "hybrid"),
         default="sparse",
-        help="score (dense/hybrid need a milvus index)",
+        help="score (dense/hybrid need a milvus index or an inverted one built with --dense)",
     )
     p.add_argument("--explain", action="store_true", help="show matching terms")
-    p.add_argument("--run", help="encode queries with this run (default: the index's)")
-    p.add_argument("--data", help="feature directory for --caption-id")
     p.add_argument(
         "--param",
         action="append",
@@ -208,6 +223,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         quantize=args.quantize,
         engine_params=params or None,
+        store_dense=args.dense,
         device=args.device,
         progress=not args.json,
     )

@@ -388,9 +388,11 @@ class SearchService:
         return out
 
     def _doc_dense(self, row: int) -> np.ndarray | None:
+        engine = self.searcher.engine
+        if getattr(engine, "dense", None) is not None:  # inverted, built with --dense
+            return np.asarray(engine.dense[row], dtype=np.float32).reshape(1, -1)
         if self.manifest.engine != "milvus":
             return None
-        engine = self.searcher.engine
         got = engine.client.get(engine.collection, ids=[int(row)], output_fields=["row", "dense"])
         return np.asarray(got[0]["dense"], dtype=np.float32).reshape(1, -1) if got else None
 
@@ -407,15 +409,17 @@ class SearchService:
             raise BadRequest(f"unknown mode {mode[:40]!r} (sparse, dense or hybrid)")
         if mode != "sparse" and "dense" not in self.modes:
             raise BadRequest(
-                f"mode={mode} needs dense vectors, which the {self.manifest.engine} engine does "
-                "not hold; build the index with --engine milvus"
+                f"mode={mode} needs dense vectors, which this {self.manifest.engine} index does "
+                "not hold; build the index with --engine milvus, or --engine inverted --dense"
             )
         return mode
 
     @property
     def modes(self) -> list[str]:
-        """Search modes this index supports."""
-        return list(SEARCH_MODES) if self.manifest.engine == "milvus" else ["sparse"]
+        """Search modes this index supports (dense and hybrid where it holds dense vectors)."""
+        return (
+            list(SEARCH_MODES) if getattr(self.searcher.engine, "has_dense", False) else ["sparse"]
+        )
 
     async def search(
         self,
