@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mmsparse.errors import IndexFormatError
+from mmsparse.errors import IndexFormatError, MMSparseError
 from mmsparse.index import Searcher
 from mmsparse.serve import SearchService, ServeLimits, create_app
+from mmsparse.serve.service import BadRequest, Overloaded, http_error
 from tests.serve.conftest import HashEncoder
 
 TestClient = pytest.importorskip(
@@ -333,3 +334,20 @@ def test_batch_encoder_encodes_concurrent_queries_together(served_index):
     for i, r in enumerate(results):
         assert r.json()["query"] == f"query {i}"
     svc.close()
+
+
+class BrokenService(SearchService):
+    """A service whose engine fails with an unexpected exception (a bug)."""
+
+    def _search_vectors(self, *args, **kwargs):
+        raise RuntimeError("boom\nwith a second line")
+
+
+def test_a_bug_is_a_one_line_500_and_library_errors_are_400(served_index):
+    svc = BrokenService(served_index, text_encoder=HashEncoder())
+    with TestClient(create_app(service=svc), raise_server_exceptions=False) as c:
+        assert_error(c.get("/api/search?q=dog"), 500, "internal error (RuntimeError: boom with")
+    status, body, headers = http_error(MMSparseError("bad\nrun"))
+    assert (status, body, headers) == (400, {"error": "bad run", "status": 400}, {})
+    assert http_error(Overloaded("busy"))[0::2] == (503, {"Retry-After": "1"})
+    assert http_error(BadRequest("nope", 404))[1] == {"error": "nope", "status": 404}

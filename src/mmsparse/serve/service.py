@@ -62,6 +62,34 @@ class Overloaded(MMSparseError):
     """More requests are in flight than the service admits (answered with 503)."""
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line (whitespace collapsed), at most ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def http_error(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The HTTP answer to an error raised while serving a request (the one mapping).
+
+    :class:`BadRequest` keeps its status (400, 404), :class:`Overloaded` is 503 with
+    ``Retry-After: 1``, any other :class:`~mmsparse.errors.MMSparseError` is 400, anything
+    else a one-line 500 (a bug; never a traceback).
+
+    Returns:
+        ``(status, {"error": one line, "status": status}, headers)``.
+    """
+    headers: dict[str, str] = {}
+    if isinstance(exc, BadRequest):
+        status, message = exc.status, str(exc)
+    elif isinstance(exc, Overloaded):
+        status, message, headers = 503, str(exc), {"Retry-After": "1"}
+    elif isinstance(exc, MMSparseError):
+        status, message = 400, str(exc)
+    else:
+        status, message = 500, f"internal error ({type(exc).__name__}: {exc})"
+    return status, {"error": one_line(message), "status": status}, headers
+
+
 @dataclass(frozen=True)
 class ServeLimits:
     """Caps on what one request may ask for and on the requests in flight.
