@@ -42,6 +42,19 @@ def _settings(text: str) -> list[tuple[int, float]]:
     return out
 
 
+def add_index_args(p: argparse.ArgumentParser, data_help: str) -> None:
+    """The arguments of every command that opens an index: ``INDEX``, ``--run``, ``--data``.
+
+    Args:
+        p: The command's parser (``search``, ``serve``).
+        data_help: What ``--data`` is for in this command.
+    """
+    p.add_argument("index", help="index directory written by 'mmsparse index build'")
+    p.add_argument("--run", help="encode queries with this run (default: the index's)")
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``index``, ``search`` and ``export`` to ``sub``."""
     p = sub.add_parser(
@@ -81,6 +94,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="engine parameter, e.g. --param n_postings=4000 (seismic), "
         "--param dense_index=HNSW (milvus); repeatable",
     )
+    b.add_argument(
+        "--dense",
+        action="store_true",
+        help="inverted: also store the dense vectors, for --mode dense/hybrid search",
+    )
     b.add_argument("--device", default="cpu", help="device to encode on")
     b.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     b.set_defaults(func=cmd_index_build)
@@ -93,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run's text encoder first (10-25 s on a CPU): for many queries use --queries FILE "
         "(one process, the encoder loaded once) or 'mmsparse serve'.",
     )
-    p.add_argument("index", help="index directory written by 'mmsparse index build'")
+    add_index_args(p, "feature directory for --caption-id")
     p.add_argument("query", nargs="?", help="query text")
     p.add_argument("--caption-id", help="use this caption of the data as the query")
     p.add_argument(
@@ -107,12 +125,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--mode",
         choices=("sparse", "dense", "hybrid"),
         default="sparse",
-        help="score (dense/hybrid need a milvus index)",
+        help="score (dense/hybrid need a milvus index or an inverted one built with --dense)",
     )
     p.add_argument("--explain", action="store_true", help="show matching terms")
-    p.add_argument("--run", help="encode queries with this run (default: the index's)")
-    p.add_argument("--data", help="feature directory for --caption-id")
-    p.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
     p.add_argument(
         "--param",
         action="append",
@@ -220,6 +235,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         bundle=args.bundle,
         engine_params=params or None,
+        store_dense=args.dense,
         device=args.device,
         progress=not args.json,
     )

@@ -60,6 +60,7 @@ def index_vectors(
     manifest_fields: dict[str, Any],
     options: IndexOptions | None = None,
     engine_params: dict[str, Any] | None = None,
+    store_dense: bool = False,
     progress: bool = False,
 ) -> IndexManifest:
     """Index already encoded (and pruned) image vectors with one engine.
@@ -79,6 +80,8 @@ def index_vectors(
             ``data_dir``, ``w1``, ``w2`` for the manifest.
         options: Pruning/quantisation options to record (``scale`` is filled in here).
         engine_params: Engine parameters (Seismic knobs; Milvus ``uri``, ``collection``...).
+        store_dense: ``inverted``: also store the dense vectors (``dense.npy``), so the
+            index serves dense and hybrid search (milvus always holds them).
         progress: Show progress bars.
 
     Returns:
@@ -94,17 +97,21 @@ def index_vectors(
         raise MMSparseError(
             f"unknown quantisation {options.quantize!r} (one of {', '.join(QUANTIZE_MODES)})"
         )
+    if store_dense and engine == "seismic":
+        raise MMSparseError(
+            "--dense applies to --engine inverted (milvus always holds dense vectors)"
+        )
     n = sparse.shape[0]
     if dense.shape[0] != n or len(image_ids) != n or len(filenames) != n:
         raise MMSparseError("sparse vectors, dense vectors and image ids differ in length")
     out = Path(out)
     _prepare_out(out)
     t0 = time.perf_counter()
-    for stale in ("postings.mmsi", "seismic.index.seismic"):
+    for stale in ("postings.mmsi", "seismic.index.seismic", "dense.npy"):
         if (out / stale).exists():
             (out / stale).unlink()
     if engine == "inverted":
-        params = build_inverted(out, sparse, options.quantize)
+        params = build_inverted(out, sparse, options.quantize, dense if store_dense else None)
         header = read_header(out / "postings.mmsi")[0]
         scale, nnz = float(header["scale"]), int(header["nnz"])
     else:
@@ -167,6 +174,7 @@ def build_index(
     quantize: str = "none",
     bundle: str | Path | None = None,
     engine_params: dict[str, Any] | None = None,
+    store_dense: bool = False,
     device: str = "cpu",
     progress: bool = True,
 ) -> IndexManifest:
@@ -183,6 +191,8 @@ def build_index(
             ``eval.threshold``).
         quantize: ``none``, ``uint8`` or ``uint16`` integer impacts.
         engine_params: Engine parameters (see :mod:`mmsparse.index.engines`).
+        store_dense: ``inverted``: also store the images' dense vectors, for dense and
+            hybrid search (see :mod:`mmsparse.index.dense`).
         device: Device to encode on.
         progress: Show progress bars.
         bundle: The backbone bundle directory to use instead of the run's (a moved run).
@@ -240,5 +250,6 @@ def build_index(
         },
         options=IndexOptions(image_topk=topk, threshold=thr, quantize=quantize),
         engine_params=engine_params,
+        store_dense=store_dense,
         progress=progress,
     )
