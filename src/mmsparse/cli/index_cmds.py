@@ -285,7 +285,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_bench_retrieval(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench retrieval``."""
-    from mmsparse.index.bench import DEFAULT_SEISMIC_BUILD, bench_retrieval, format_bench_table
+    from mmsparse.bench.retrieval import DEFAULT_SEISMIC_BUILD, bench_retrieval, format_bench_table
 
     report = bench_retrieval(
         args.run,

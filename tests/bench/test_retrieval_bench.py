@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from mmsparse.cli.main import main
-from mmsparse.index.bench import exact_sparse_topk, recall_at_k, synthesize_corpus
+from mmsparse.bench.retrieval import exact_sparse_topk, recall_at_k, synthesize_corpus
 
 
 def test_synthesized_corpus_keeps_the_real_term_distribution():

@@ -286,7 +286,7 @@ def bench_retrieval(
             "how": "real image vectors first, then z = z_s*exp(0.2 eps)*Bernoulli(0.7) + "
             "0.8*z_s'*exp(0.2 eps')*Bernoulli(0.3), "
             "e = normalize(0.75 e_s + 0.25 e_s' + 0.1 xi/sqrt(d)) "
-            "(see mmsparse.index.bench)",
+            "(see mmsparse.bench.retrieval)",
             "mean_terms_per_image": round(sparse.nnz / n_images, 2),
             "mean_terms_per_real_image": round(img_sparse.nnz / img_sparse.shape[0], 2),
             "mean_terms_per_query": round(q_sparse.nnz / n_queries, 2),
