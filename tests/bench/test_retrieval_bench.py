@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mmsparse.cli.main import main
 from mmsparse.bench.retrieval import exact_sparse_topk, recall_at_k, synthesize_corpus
+from mmsparse.cli.main import main
 
 
 def test_synthesized_corpus_keeps_the_real_term_distribution():
