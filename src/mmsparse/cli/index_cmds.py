@@ -59,7 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("run_dir", help="run directory written by 'mmsparse train'")
     b.add_argument("--split", default="val", help="split whose images are indexed")
-    b.add_argument("--engine", choices=("inverted", "seismic", "milvus"), default="inverted")
+    b.add_argument(
+        "--engine",
+        choices=("inverted", "seismic", "milvus", "bmp", "kannolo"),
+        default="inverted",
+    )
     b.add_argument("--out", required=True, help="index directory to write")
     b.add_argument("--data", help="another feature directory of the same backbone")
     b.add_argument("--image-topk", type=int, help="keep the top-k terms of each image")
