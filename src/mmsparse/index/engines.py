@@ -1,4 +1,4 @@
-"""The engines behind one interface: ``inverted`` (ours), ``seismic``, ``milvus``, ``bmp``, ``kannolo``.
+"""The engines behind one interface: ``inverted`` (ours), ``seismic``, ``milvus``, and more.
 
 ``bmp`` (exact block-max pruning at 8-bit impacts) and ``kannolo`` (sparse HNSW) live in
 :mod:`mmsparse.index.bmp_engine` and :mod:`mmsparse.index.kannolo_engine`.
