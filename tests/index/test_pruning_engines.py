@@ -221,3 +221,26 @@ def test_index_build_and_search_with_bmp_and_kannolo(tiny_run, tmp_path, capsys)
         assert found >= 13
         assert main(["search", str(out), "--caption-id", "80", "--k", "3", "--json"]) == 0
         assert '"hits"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("n", "bsize"), [(1, 64), (63, 64), (2000, 16), (5000, 64)])
+def test_own_blockmax_equals_the_inverted_engine(tmp_path, n, bsize):
+    pytest.importorskip("numba")
+    from mmsparse.index.blockmax import BlockMaxIndex
+    from mmsparse.index.inverted import InvertedIndex, write_postings
+
+    docs = _random(n, 300, 0.05, seed=n)
+    # Integer-valued weights make ties common: the tie rule (lower row first) is checked too.
+    ties = docs.copy()
+    ties.data = np.ceil(ties.data * 4)
+    queries = _random(50, 300, 0.06, seed=n + 2)
+    for matrix in (docs, ties):
+        write_postings(tmp_path / "p.mmsi", matrix)
+        want = InvertedIndex(tmp_path / "p.mmsi").search_batch(queries, 10, threads=1)
+        index = BlockMaxIndex(matrix, bsize=bsize)
+        got = index.search_batch(queries, 10)
+        np.testing.assert_array_equal(got.rows, want.rows)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        assert (index.last_read > 0).sum() >= 1 and index.last_blocks.max() <= index.n_blocks
+    with pytest.raises(ValueError, match="k must be"):
+        index.search_batch(queries, 0)
