@@ -72,7 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("run_dir", help="run directory written by 'mmsparse train'")
     b.add_argument("--split", default="val", help="split whose images are indexed")
-    b.add_argument("--engine", choices=("inverted", "seismic", "milvus"), default="inverted")
+    b.add_argument(
+        "--engine",
+        choices=("inverted", "seismic", "milvus", "bmp", "kannolo"),
+        default="inverted",
+    )
     b.add_argument("--out", required=True, help="index directory to write")
     b.add_argument("--data", help="another feature directory of the same backbone")
     b.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
@@ -170,7 +174,8 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         "retrieval",
         help="engines at scale: build time, size, latency, QPS, recall@10",
         description="Build a synthetic-but-realistic corpus from a run's real image "
-        "vectors and compare inverted, seismic, milvus-lite and faiss dense search "
+        "vectors and compare exact sparse (inverted, inverted-blockmax, bmp), approximate "
+        "sparse (seismic, kannolo, swept to equal recall), milvus-lite and faiss dense search "
         "(see docs/serving.md).",
     )
     p.add_argument("--run", required=True, help="trained run directory")
@@ -179,8 +184,8 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-queries", type=int, default=10_000)
     p.add_argument(
         "--engines",
-        default="inverted,seismic,milvus,faiss-flat,faiss-hnsw",
-        help="comma-separated subset to run",
+        default="inverted,inverted-blockmax,bmp,seismic,kannolo,faiss-flat,faiss-hnsw",
+        help="comma-separated subset to run (also: milvus)",
     )
     p.add_argument(
         "--latency-queries", type=int, default=1000, help="queries timed one by one on one thread"
@@ -202,9 +207,35 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--seismic-search",
-        default="10:0.9,20:0.9,30:0.8",
-        help="seismic query_cut:heap_factor settings to measure",
+        default="3:0.7,5:0.8,10:0.9,20:0.9,30:1.0,50:1.0",
+        help="seismic query_cut:heap_factor sweep, in increasing recall order",
     )
+    p.add_argument("--hnsw-ef", default="16,32,64,128,256,512,1024", help="faiss efSearch sweep")
+    p.add_argument(
+        "--hnsw", action="append", default=[], metavar="KEY=VALUE", help="faiss M, efConstruction"
+    )
+    p.add_argument("--kannolo-ef", default="10,20,40,80,160,320,640", help="ef_search sweep")
+    p.add_argument(
+        "--kannolo", action="append", default=[], metavar="KEY=VALUE", help="m, ef_construction"
+    )
+    p.add_argument(
+        "--kannolo-images", type=int, default=100_000, help="kannolo graph on at most this many"
+    )
+    p.add_argument("--bmp-bsize", type=int, default=32, help="bmp images per block")
+    p.add_argument("--blockmax-bsize", type=int, default=64, help="own block-max block size")
+    p.add_argument(
+        "--sweep-queries", type=int, default=2000, help="queries of every sweep point's recall"
+    )
+    p.add_argument(
+        "--latency-budget", type=float, default=20.0, help="seconds of timing per engine/setting"
+    )
+    p.add_argument(
+        "--serial-budget",
+        type=float,
+        default=60.0,
+        help="seconds for the one-query-at-a-time exact engines (bmp, inverted-blockmax)",
+    )
+    p.add_argument("--plot", help="write the latency-against-recall PNG here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="directory for the built indexes (default: temporary)")
     p.add_argument("--out", default="benchmarks/retrieval.json", help="results JSON")
@@ -362,7 +393,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_bench_retrieval(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench retrieval``."""
-    from mmsparse.index.bench import DEFAULT_SEISMIC_BUILD, bench_retrieval, format_bench_table
+    from mmsparse.bench.retrieval import DEFAULT_SEISMIC_BUILD, bench_retrieval, format_bench_table
+
+    def ints(text: str) -> list[int]:
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError as exc:
+            raise MMSparseError(f"expected comma-separated integers, got {text!r}") from exc
 
     report = bench_retrieval(
         args.run,
@@ -378,6 +415,17 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> int:
         table=args.table,
         seismic_build={**DEFAULT_SEISMIC_BUILD, **_params(args.seismic)},
         seismic_search=_settings(args.seismic_search),
+        hnsw=_params(args.hnsw),
+        hnsw_ef=ints(args.hnsw_ef),
+        kannolo=_params(args.kannolo),
+        kannolo_ef=ints(args.kannolo_ef),
+        kannolo_images=args.kannolo_images,
+        bmp_bsize=args.bmp_bsize,
+        blockmax_bsize=args.blockmax_bsize,
+        sweep_queries=args.sweep_queries,
+        latency_budget=args.latency_budget,
+        serial_budget=args.serial_budget,
+        plot=args.plot,
         image_topk=args.image_topk,
         text_topk=args.text_topk,
         progress=not args.json,

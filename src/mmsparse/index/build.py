@@ -107,7 +107,15 @@ def index_vectors(
     out = Path(out)
     _prepare_out(out)
     t0 = time.perf_counter()
-    for stale in ("postings.mmsi", "seismic.index.seismic", "dense.npy"):
+    for stale in (
+        "postings.mmsi",
+        "seismic.index.seismic",
+        "dense.npy",
+        "index.bmp",
+        "bmp_meta.npz",
+        "kannolo.hnsw",
+        "kannolo_meta.npz",
+    ):
         if (out / stale).exists():
             (out / stale).unlink()
     if engine == "inverted":
@@ -121,6 +129,14 @@ def index_vectors(
         nnz = int(served.nnz)
         if engine == "seismic":
             params = build_seismic(out, served, engine_params)
+        elif engine == "bmp":  # stores 8-bit impacts of the served weights
+            from mmsparse.index.bmp_engine import build_bmp
+
+            params = build_bmp(out, served, engine_params)
+        elif engine == "kannolo":
+            from mmsparse.index.kannolo_engine import build_kannolo
+
+            params = build_kannolo(out, served, engine_params)
         else:
             stale_db = out / "milvus.db"  # a previous milvus-lite database of this index
             if stale_db.is_dir():

@@ -1,4 +1,7 @@
-"""The three engines behind one interface: ``inverted`` (ours), ``seismic`` and ``milvus``.
+"""The engines behind one interface: ``inverted`` (ours), ``seismic``, ``milvus``, and more.
+
+``bmp`` (exact block-max pruning at 8-bit impacts) and ``kannolo`` (sparse HNSW) live in
+:mod:`mmsparse.index.bmp_engine` and :mod:`mmsparse.index.kannolo_engine`.
 
 Each engine has a ``build_*`` function (vectors in, files or a collection out, returning its
 parameters and sizes for the manifest) and an opened form with the same methods:
@@ -602,6 +605,14 @@ def open_engine(directory: Path, manifest: Any, verify: bool = True) -> Any:
         )
     elif manifest.engine == "seismic":
         engine = SeismicEngine(directory, manifest.n_images, manifest.engine_params)
+    elif manifest.engine == "bmp":
+        from mmsparse.index.bmp_engine import BmpEngine
+
+        engine = BmpEngine(directory, manifest.n_images)
+    elif manifest.engine == "kannolo":
+        from mmsparse.index.kannolo_engine import KannoloEngine
+
+        engine = KannoloEngine(directory, manifest.engine_params)
     else:
         engine = MilvusEngine(
             directory, manifest.n_images, manifest.engine_params, manifest.w1, manifest.w2
