@@ -231,6 +231,11 @@ class EvalConfig:
         threshold: Zero sparse weights at or below this value.
         batch_size: Queries scored per batched matrix product.
         trec_depth: Documents written per query in TREC run files.
+        hybrid: The hybrid score: ``published`` (METHOD.md: ``w1 · dense + w2 · sparse``,
+            dense scores without the temperature) or ``integrated`` (an extension: the
+            integrated score ``S_i`` the model was trained with,
+            ``w1 · dense / tau + w2 · s · sparse``, with the run's temperature and sparse
+            scale ``s``).
     """
 
     text_topk: int | None = None
@@ -238,6 +243,7 @@ class EvalConfig:
     threshold: float = 0.0
     batch_size: int = 1024
     trec_depth: int = 100
+    hybrid: Literal["published", "integrated"] = "published"
 
 
 @dataclass(frozen=True)

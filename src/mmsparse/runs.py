@@ -208,6 +208,19 @@ def align_sparse_head(
     U.bias.copy_(torch.from_numpy(sol[-1]).to(U.bias))
 
 
+def hybrid_weights(cfg: RunConfig, model: SparseDenseModel) -> tuple[float, float]:
+    """``(w1, w2)`` of the hybrid score ``w1 · dense + w2 · sparse`` (``eval.hybrid``).
+
+    ``published``: the objective's ``w1``, ``w2``. ``integrated``: ``w1 / tau`` and
+    ``w2 · s``, so that the hybrid ranks as the integrated score ``S_i`` of training.
+    """
+    w1, w2 = float(cfg.objective.w1), float(cfg.objective.w2)
+    if cfg.eval.hybrid == "integrated":
+        w1 /= float(model.tau.detach())
+        w2 *= float(torch.as_tensor(model.sparse_scale()).detach())
+    return w1, w2
+
+
 def checkpoint_dir(path: str | Path) -> Path:
     """A run directory's ``best/`` checkpoint, or ``path`` itself if it is a checkpoint."""
     from mmsparse.paths import expand_path

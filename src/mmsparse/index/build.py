@@ -221,7 +221,7 @@ def build_index(
         DataError: If the data is unreadable or the split is empty.
         MMSparseError: On a bad option or engine failure.
     """
-    from mmsparse.runs import load_run, load_run_data, resolve_device
+    from mmsparse.runs import hybrid_weights, load_run, load_run_data, resolve_device
 
     if image_topk is not None and image_topk < 1:
         raise MMSparseError(f"--image-topk must be >= 1, got {image_topk}")
@@ -261,8 +261,8 @@ def build_index(
             "vocab_sha256": vocab_sha256(run.vocab.tokens),
             "split": sp_.name,
             "data_dir": str(store.root) if store.root else "",
-            "w1": float(cfg.objective.w1),
-            "w2": float(cfg.objective.w2),
+            "w1": hybrid_weights(cfg, run.model)[0],
+            "w2": hybrid_weights(cfg, run.model)[1],
         },
         options=IndexOptions(image_topk=topk, threshold=thr, quantize=quantize),
         engine_params=engine_params,
