@@ -10,7 +10,13 @@ import torch
 
 from mmsparse.cli.main import main
 from mmsparse.config import RunConfig, apply_overrides
-from mmsparse.data import SyntheticSpec, load_feature_store, make_synthetic, write_release
+from mmsparse.data import (
+    BackboneBundle,
+    SyntheticSpec,
+    load_feature_store,
+    make_synthetic,
+    write_release,
+)
 from mmsparse.errors import ConfigError, DataError, MMSparseError
 from mmsparse.explain import explain, format_explain, run_extraction
 from mmsparse.runs import load_run
@@ -136,18 +142,15 @@ def test_text_through_extraction_backend(run_dir, monkeypatch):
     import mmsparse.extract
 
     run = load_run(run_dir)
-    bundle_json = run.config.data.bundle + "/bundle.json"
-    meta = json.loads(open(bundle_json).read())
-    meta["extraction"] = {"backend": "effnet-minilm", "d_txt": store.d_txt}
+    bundle = BackboneBundle.load(run.config.data.bundle)  # rewritten with its checksums
+    bundle.extraction = {"backend": "effnet-minilm", "d_txt": store.d_txt}
     monkeypatch.setattr(mmsparse.extract, "load_text_encoder", fake_loader)
-    with open(bundle_json, "w") as fh:
-        json.dump(meta, fh)
+    bundle.save(bundle.path)
     try:
         out = explain(run_dir, text=raw)
     finally:
-        meta["extraction"] = None
-        with open(bundle_json, "w") as fh:
-            json.dump(meta, fh)
+        bundle.extraction = None
+        bundle.save(bundle.path)
     assert seen["extraction"]["backend"] == "effnet-minilm"
     assert out["query"]["terms"] == by_caption["query"]["terms"] and out["pair"] is None
 

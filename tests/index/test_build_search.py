@@ -14,6 +14,7 @@ from mmsparse.index.encode import encode_vectors
 from mmsparse.index.manifest import IndexManifest
 from mmsparse.index.quantize import quantize
 from mmsparse.index.search import MAX_QUERY_PIECES, Searcher
+from mmsparse.io_utils import write_checksums
 from mmsparse.runs import load_run, load_run_data
 from tests.index.conftest import make_run
 
@@ -178,6 +179,8 @@ def test_stale_index_and_other_vocabulary_refused(tmp_path):
     tokens = (run / "best" / "vocab.txt").read_text().split("\n")
     tokens[5] = "zebra-x"
     (other / "best" / "vocab.txt").write_text("\n".join(tokens))
+    # a consistent run of another vocabulary (its checksums match its files)
+    write_checksums(other / "best", ["model.safetensors", "model.json", "vocab.txt"])
     with pytest.raises(IndexFormatError, match="another vocabulary"):
         Searcher(out, run_dir=other)
 

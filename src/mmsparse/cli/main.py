@@ -44,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     _add_common_options(parser, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    bench = sub.add_parser("bench", help="benchmarks (long-running; see docs/benchmarks.md)")
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks (long-running; see docs/benchmarks.md)",
+        description="Benchmarks (long-running). What each one measures, how to run it and "
+        "the recorded results: docs/benchmarks.md.",
+    )
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     for name in COMMAND_MODULES:
         module = importlib.import_module(name)
