@@ -440,12 +440,6 @@ def bench_retrieval(
             report, work_dir, sparse, q_sparse, budgets, "inverted" in engines, progress
         )
         save()
-        if "inverted-blockmax" in engines:
-            _bench_blockmax(report, sparse, q_sparse, truth_sparse, budgets, blockmax_bsize)
-            save()
-        if "bmp" in engines:
-            _bench_bmp(report, work_dir, sparse, q_sparse, truth_sparse, budgets, bmp_bsize)
-            save()
         if "faiss-flat" in engines or "faiss-hnsw" in engines:
             _bench_faiss(
                 report,
@@ -472,6 +466,12 @@ def bench_retrieval(
                 seismic_search,
                 progress,
             )
+            save()
+        if "inverted-blockmax" in engines:
+            _bench_blockmax(report, sparse, q_sparse, truth_sparse, budgets, blockmax_bsize)
+            save()
+        if "bmp" in engines:
+            _bench_bmp(report, work_dir, sparse, q_sparse, truth_sparse, budgets, bmp_bsize)
             save()
         if "kannolo" in engines:
             m = min(kannolo_images, n_images)
