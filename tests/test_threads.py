@@ -72,7 +72,9 @@ def test_decide_threads_order(clean_env):
 def test_configure_threads_sets_passive_waiting_and_the_pools(clean_env):
     assert configure_threads(["--threads", "2"]) == 2
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert all(os.environ[key] == "2" for key in POOL_ENV)
+    # NUMBA_NUM_THREADS is left alone once numba is imported (its pool size is read once)
+    pools = [k for k in POOL_ENV if k != "NUMBA_NUM_THREADS" or "numba" not in sys.modules]
+    assert all(os.environ[key] == "2" for key in pools)
     assert torch.get_num_threads() == 2
     clean_env.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a user's own setting is kept
     configure_threads(["--threads", "1"])
@@ -128,3 +130,23 @@ def test_noisy_library_loggers_are_quiet(capsys):
     capsys.readouterr()
     assert logging.getLogger("faiss").level == logging.WARNING
     assert logging.getLogger("milvus_lite").level == logging.WARNING
+
+
+def test_configure_threads_after_numba_started_its_pool(clean_env):
+    numba = pytest.importorskip("numba")
+
+    @numba.njit(parallel=True)
+    def _sum(x):
+        total = 0.0
+        for i in numba.prange(x.shape[0]):
+            total += x[i]
+        return total
+
+    import numpy as np
+
+    _sum(np.ones(10))  # the pool is launched
+    before = os.environ.get("NUMBA_NUM_THREADS")
+    configure_threads(["--threads", "1"])
+    configure_threads(["--threads", "2"])  # used to make numba raise on its next use
+    assert _sum(np.ones(10)) == 10.0
+    assert os.environ.get("NUMBA_NUM_THREADS") == before

@@ -28,7 +28,14 @@ from mmsparse.data.store import FeatureStore
 from mmsparse.errors import CheckpointError, ConfigError, DataError, MMSparseError
 from mmsparse.evaluate.retrieval import encode_features
 from mmsparse.io_utils import read_json
-from mmsparse.runs import LoadedRun, checkpoint_dir, load_run, load_run_data, resolve_device
+from mmsparse.runs import (
+    LoadedRun,
+    checkpoint_dir,
+    hybrid_weights,
+    load_run,
+    load_run_data,
+    resolve_device,
+)
 from mmsparse.sparse.ops import contributions, top_terms
 
 
@@ -90,7 +97,7 @@ def explain(
     model = run.model.eval()
     cfg = run.config
     vocab = run.vocab
-    ev = cfg.eval
+    ev = cfg.serving
     stores: list[FeatureStore] = []
 
     def the_store() -> FeatureStore:
@@ -141,13 +148,13 @@ def explain(
         dense_d, sparse_d = encode(store.image_feats[row : row + 1], "image")
         sparse_score = float(sparse_q @ sparse_d)
         dense_score = float(dense_q @ dense_d)
-        obj = cfg.objective
+        w1, w2 = hybrid_weights(cfg, model)
         pair = {
             "image_id": str(pair_image),
             "filename": store.image_filenames[row],
             "sparse_score": sparse_score,
             "dense_score": dense_score,
-            "hybrid_score": float(obj.w1 * dense_score + obj.w2 * sparse_score),
+            "hybrid_score": float(w1 * dense_score + w2 * sparse_score),
             "shared_terms": int(np.count_nonzero(sparse_q * sparse_d)),
             "image_nnz": int(np.count_nonzero(sparse_d)),
             "image_terms": [{"term": t, "weight": w} for t, w in top_terms(sparse_d, vocab, k)],

@@ -150,6 +150,7 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
         if model.term_ids is not None and init.term_ids is None:
             # A full-vocabulary start (e.g. a stage-0 dense fit): keep the kept terms' rows.
             tensors["sparse_head.V.weight"] = tensors["sparse_head.V.weight"][model.term_ids]
+            tensors["term_ids"] = model.term_ids.clone()
         for key, value in model.state_dict().items():
             if key == "log_sparse_scale" and key not in tensors:
                 tensors[key] = value  # a start without the scale keeps sparse_scale_init
@@ -205,6 +206,19 @@ def align_sparse_head(
     U = model.sparse_head.U
     U.weight.copy_(torch.from_numpy(sol[:-1].T).to(U.weight))
     U.bias.copy_(torch.from_numpy(sol[-1]).to(U.bias))
+
+
+def hybrid_weights(cfg: RunConfig, model: SparseDenseModel) -> tuple[float, float]:
+    """``(w1, w2)`` of the hybrid score ``w1 · dense + w2 · sparse`` (``eval.hybrid``).
+
+    ``published``: the objective's ``w1``, ``w2``. ``integrated``: ``w1 / tau`` and
+    ``w2 · s``, so that the hybrid ranks as the integrated score ``S_i`` of training.
+    """
+    w1, w2 = float(cfg.objective.w1), float(cfg.objective.w2)
+    if cfg.eval.hybrid == "integrated":
+        w1 /= float(model.tau.detach())
+        w2 *= float(torch.as_tensor(model.sparse_scale()).detach())
+    return w1, w2
 
 
 def checkpoint_dir(path: str | Path) -> Path:

@@ -154,12 +154,22 @@ def configure_threads(argv: Sequence[str] = ()) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     n, reason = decide_threads(argv)
     explicit = reason in ("--threads", ENV_THREADS)
+    numba = sys.modules.get("numba")
     for key in POOL_ENV:
+        if key == "NUMBA_NUM_THREADS" and numba is not None:
+            # numba reads its pool size once; changing the variable after its import makes
+            # its next config reload raise. Its thread count is set below instead.
+            continue
         if explicit or key not in os.environ:
             os.environ[key] = str(n)
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(n)
+    if numba is not None:
+        try:
+            numba.set_num_threads(max(1, min(n, int(numba.config.NUMBA_NUM_THREADS))))
+        except (AttributeError, ValueError):  # pragma: no cover - numba without a pool
+            pass
     LAST_DECISION[:] = [n, reason]
     logging.getLogger(__name__).debug("%d threads (%s)", n, reason)
     return n

@@ -47,11 +47,20 @@ def _n(index_dir: Path) -> int:
 
 @pytest.fixture(scope="session")
 def served_index(tmp_path_factory) -> Path:
-    """A tiny inverted index of 40 synthetic images whose data folder has images/."""
+    """A tiny inverted index of 40 synthetic images with their dense vectors (so every
+    mode is served), whose data folder has images/."""
     root = tmp_path_factory.mktemp("serve")
     run = make_run(root)
     out = root / "index"
-    build_index(run, out, progress=False)
+    build_index(run, out, store_dense=True, progress=False)
     write_images(out, root / "data" / "images")
     (root / "secret.txt").write_text("not for the web")
+    return out
+
+
+@pytest.fixture(scope="session")
+def sparse_only_index(served_index) -> Path:
+    """The same images and run, indexed without dense vectors (sparse search only)."""
+    out = served_index.parent / "index-sparse"
+    build_index(served_index.parent / "run", out, progress=False)
     return out

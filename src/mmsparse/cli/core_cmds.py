@@ -127,7 +127,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         base = load_run(args.run_dir).config
         cfg = dataclasses.replace(base, eval=dataclasses.replace(base.eval, **changes))
         validate_config(cfg, "command line")
-        eval_cfg = cfg.eval
+        eval_cfg = cfg.serving
     result = evaluate_run(
         args.run_dir,
         args.split,

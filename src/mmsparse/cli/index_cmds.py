@@ -42,6 +42,19 @@ def _settings(text: str) -> list[tuple[int, float]]:
     return out
 
 
+def add_index_args(p: argparse.ArgumentParser, data_help: str) -> None:
+    """The arguments of every command that opens an index: ``INDEX``, ``--run``, ``--data``.
+
+    Args:
+        p: The command's parser (``search``, ``serve``).
+        data_help: What ``--data`` is for in this command.
+    """
+    p.add_argument("index", help="index directory written by 'mmsparse index build'")
+    p.add_argument("--run", help="encode queries with this run (default: the index's)")
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``index``, ``search`` and ``export`` to ``sub``."""
     p = sub.add_parser(
@@ -59,7 +72,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("run_dir", help="run directory written by 'mmsparse train'")
     b.add_argument("--split", default="val", help="split whose images are indexed")
-    b.add_argument("--engine", choices=("inverted", "seismic", "milvus"), default="inverted")
+    b.add_argument(
+        "--engine",
+        choices=("inverted", "seismic", "milvus", "bmp", "kannolo"),
+        default="inverted",
+    )
     b.add_argument("--out", required=True, help="index directory to write")
     b.add_argument("--data", help="another feature directory of the same backbone")
     b.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
@@ -81,6 +98,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="engine parameter, e.g. --param n_postings=4000 (seismic), "
         "--param dense_index=HNSW (milvus); repeatable",
     )
+    b.add_argument(
+        "--dense",
+        action="store_true",
+        help="inverted: also store the dense vectors, for --mode dense/hybrid search",
+    )
     b.add_argument("--device", default="cpu", help="device to encode on")
     b.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     b.set_defaults(func=cmd_index_build)
@@ -93,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run's text encoder first (10-25 s on a CPU): for many queries use --queries FILE "
         "(one process, the encoder loaded once) or 'mmsparse serve'.",
     )
-    p.add_argument("index", help="index directory written by 'mmsparse index build'")
+    add_index_args(p, "feature directory for --caption-id")
     p.add_argument("query", nargs="?", help="query text")
     p.add_argument("--caption-id", help="use this caption of the data as the query")
     p.add_argument(
@@ -107,12 +129,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--mode",
         choices=("sparse", "dense", "hybrid"),
         default="sparse",
-        help="score (dense/hybrid need a milvus index)",
+        help="score (dense/hybrid need a milvus index or an inverted one built with --dense)",
     )
     p.add_argument("--explain", action="store_true", help="show matching terms")
-    p.add_argument("--run", help="encode queries with this run (default: the index's)")
-    p.add_argument("--data", help="feature directory for --caption-id")
-    p.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
     p.add_argument(
         "--param",
         action="append",
@@ -155,7 +174,8 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         "retrieval",
         help="engines at scale: build time, size, latency, QPS, recall@10",
         description="Build a synthetic-but-realistic corpus from a run's real image "
-        "vectors and compare inverted, seismic, milvus-lite and faiss dense search "
+        "vectors and compare exact sparse (inverted, inverted-blockmax, bmp), approximate "
+        "sparse (seismic, kannolo, swept to equal recall), milvus-lite and faiss dense search "
         "(see docs/serving.md).",
     )
     p.add_argument("--run", required=True, help="trained run directory")
@@ -164,8 +184,8 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-queries", type=int, default=10_000)
     p.add_argument(
         "--engines",
-        default="inverted,seismic,milvus,faiss-flat,faiss-hnsw",
-        help="comma-separated subset to run",
+        default="inverted,inverted-blockmax,bmp,seismic,kannolo,faiss-flat,faiss-hnsw",
+        help="comma-separated subset to run (also: milvus)",
     )
     p.add_argument(
         "--latency-queries", type=int, default=1000, help="queries timed one by one on one thread"
@@ -187,9 +207,35 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--seismic-search",
-        default="10:0.9,20:0.9,30:0.8",
-        help="seismic query_cut:heap_factor settings to measure",
+        default="3:0.7,5:0.8,10:0.9,20:0.9,30:1.0,50:1.0",
+        help="seismic query_cut:heap_factor sweep, in increasing recall order",
     )
+    p.add_argument("--hnsw-ef", default="16,32,64,128,256,512,1024", help="faiss efSearch sweep")
+    p.add_argument(
+        "--hnsw", action="append", default=[], metavar="KEY=VALUE", help="faiss M, efConstruction"
+    )
+    p.add_argument("--kannolo-ef", default="10,20,40,80,160,320,640", help="ef_search sweep")
+    p.add_argument(
+        "--kannolo", action="append", default=[], metavar="KEY=VALUE", help="m, ef_construction"
+    )
+    p.add_argument(
+        "--kannolo-images", type=int, default=100_000, help="kannolo graph on at most this many"
+    )
+    p.add_argument("--bmp-bsize", type=int, default=32, help="bmp images per block")
+    p.add_argument("--blockmax-bsize", type=int, default=64, help="own block-max block size")
+    p.add_argument(
+        "--sweep-queries", type=int, default=2000, help="queries of every sweep point's recall"
+    )
+    p.add_argument(
+        "--latency-budget", type=float, default=20.0, help="seconds of timing per engine/setting"
+    )
+    p.add_argument(
+        "--serial-budget",
+        type=float,
+        default=60.0,
+        help="seconds for the one-query-at-a-time exact engines (bmp, inverted-blockmax)",
+    )
+    p.add_argument("--plot", help="write the latency-against-recall PNG here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="directory for the built indexes (default: temporary)")
     p.add_argument("--out", default="benchmarks/retrieval.json", help="results JSON")
@@ -220,6 +266,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         bundle=args.bundle,
         engine_params=params or None,
+        store_dense=args.dense,
         device=args.device,
         progress=not args.json,
     )
@@ -346,7 +393,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_bench_retrieval(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench retrieval``."""
-    from mmsparse.index.bench import DEFAULT_SEISMIC_BUILD, bench_retrieval, format_bench_table
+    from mmsparse.bench.retrieval import DEFAULT_SEISMIC_BUILD, bench_retrieval, format_bench_table
+
+    def ints(text: str) -> list[int]:
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError as exc:
+            raise MMSparseError(f"expected comma-separated integers, got {text!r}") from exc
 
     report = bench_retrieval(
         args.run,
@@ -362,6 +415,17 @@ def cmd_bench_retrieval(args: argparse.Namespace) -> int:
         table=args.table,
         seismic_build={**DEFAULT_SEISMIC_BUILD, **_params(args.seismic)},
         seismic_search=_settings(args.seismic_search),
+        hnsw=_params(args.hnsw),
+        hnsw_ef=ints(args.hnsw_ef),
+        kannolo=_params(args.kannolo),
+        kannolo_ef=ints(args.kannolo_ef),
+        kannolo_images=args.kannolo_images,
+        bmp_bsize=args.bmp_bsize,
+        blockmax_bsize=args.blockmax_bsize,
+        sweep_queries=args.sweep_queries,
+        latency_budget=args.latency_budget,
+        serial_budget=args.serial_budget,
+        plot=args.plot,
         image_topk=args.image_topk,
         text_topk=args.text_topk,
         progress=not args.json,

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "mmsparse.cli.index_cmds",
     "mmsparse.cli.serve_cmds",
     "mmsparse.cli.flickr8k_cmds",
+    "mmsparse.cli.frontier_cmds",
     "mmsparse.cli.bench_cmds",
 )
 

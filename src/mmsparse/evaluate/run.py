@@ -10,7 +10,7 @@ import torch
 from mmsparse.config import EvalConfig
 from mmsparse.evaluate.retrieval import SCORE_TYPES, EvalResult, evaluate_model
 from mmsparse.io_utils import atomic_write_json
-from mmsparse.runs import load_run, load_run_data, resolve_device
+from mmsparse.runs import hybrid_weights, load_run, load_run_data, resolve_device
 
 
 def evaluate_run(
@@ -47,14 +47,15 @@ def evaluate_run(
     run = load_run(run_dir, device=dev)
     store = load_run_data(run, data, bundle)
     cfg = run.config
-    eval_cfg = eval_cfg or cfg.eval
+    eval_cfg = eval_cfg or cfg.serving
+    w1, w2 = hybrid_weights(cfg, run.model)
     with torch.no_grad():
         result = evaluate_model(
             run.model,
             store,
             split,
-            w1=cfg.objective.w1,
-            w2=cfg.objective.w2,
+            w1=w1,
+            w2=w2,
             eval_cfg=eval_cfg,
             device=dev,
             trec_dir=trec_dir,

@@ -1,4 +1,7 @@
-"""The three engines behind one interface: ``inverted`` (ours), ``seismic`` and ``milvus``.
+"""The engines behind one interface: ``inverted`` (ours), ``seismic``, ``milvus``, and more.
+
+``bmp`` (exact block-max pruning at 8-bit impacts) and ``kannolo`` (sparse HNSW) live in
+:mod:`mmsparse.index.bmp_engine` and :mod:`mmsparse.index.kannolo_engine`.
 
 Each engine has a ``build_*`` function (vectors in, files or a collection out, returning its
 parameters and sizes for the manifest) and an opened form with the same methods:
@@ -28,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError, MMSparseError, require_extra
+from mmsparse.index.dense import load_dense, search_dense, write_dense
 from mmsparse.index.inverted import POSTINGS_NAME, InvertedIndex, SearchHits, write_postings
 
 log = logging.getLogger(__name__)
@@ -65,18 +69,23 @@ def _only_sparse(engine: str, mode: str) -> None:
         raise MMSparseError(f"unknown search mode {mode!r} (sparse, dense or hybrid)")
     if mode != "sparse":
         raise MMSparseError(
-            f"the {engine} engine holds sparse vectors only; --mode {mode} needs an index "
-            "built with --engine milvus"
+            f"the {engine} index holds sparse vectors only; --mode {mode} needs an index "
+            "built with --engine milvus, or --engine inverted --dense"
         )
 
 
 # -- inverted -----------------------------------------------------------------------------
 
 
-def build_inverted(directory: Path, sparse: sp.csr_matrix, quantize: str) -> dict[str, Any]:
-    """Write ``postings.mmsi``; returns the engine parameters."""
+def build_inverted(
+    directory: Path, sparse: sp.csr_matrix, quantize: str, dense: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Write ``postings.mmsi`` (and ``dense.npy`` if ``dense`` is given); returns the params."""
     header = write_postings(directory / POSTINGS_NAME, sparse, quantize_mode=quantize)
-    return {"file": POSTINGS_NAME, "payload_sha256": header["payload_sha256"]}
+    params = {"file": POSTINGS_NAME, "payload_sha256": header["payload_sha256"]}
+    if dense is not None:
+        params.update(write_dense(directory, dense))
+    return params
 
 
 class InvertedEngine:
@@ -84,10 +93,23 @@ class InvertedEngine:
 
     name = "inverted"
 
-    def __init__(self, directory: Path, verify: bool = True, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        verify: bool = True,
+        backend: str = "auto",
+        params: dict[str, Any] | None = None,
+        w1: float = 1.0,
+        w2: float = 1.0,
+    ) -> None:
         self.index = InvertedIndex(directory / POSTINGS_NAME, verify=verify, backend=backend)
         self.n_docs = self.index.n_docs
         self.vocab_size = self.index.vocab_size
+        self.dense = load_dense(directory, params or {}, verify=verify)
+        if self.dense is not None and self.dense.shape[0] != self.n_docs:
+            raise IndexFormatError(f"{directory}: dense vectors and postings differ in length")
+        self.has_dense = self.dense is not None
+        self.w1, self.w2 = float(w1), float(w2)
 
     @property
     def nbytes(self) -> int:
@@ -102,7 +124,14 @@ class InvertedEngine:
         mode: str = "sparse",
         threads: int | None = None,
     ) -> SearchHits:
-        """Exact sparse top-``k`` (``mode`` must be ``sparse``)."""
+        """Exact top-``k``: sparse; dense and hybrid when the index holds dense vectors."""
+        if mode != "sparse" and self.dense is not None and mode in SEARCH_MODES:
+            if dense is None:
+                raise MMSparseError(f"--mode {mode} needs the queries' dense vectors")
+            q = self.index._check_query(sparse) if mode == "hybrid" else None
+            return search_dense(
+                self.dense, dense, k, mode=mode, index=self.index, sparse=q, w1=self.w1, w2=self.w2
+            )
         _only_sparse(self.name, mode)
         return self.index.search_batch(sparse, k, threads=threads)
 
@@ -174,6 +203,7 @@ class SeismicEngine:
     """The ``seismic`` engine of an index directory (approximate)."""
 
     name = "seismic"
+    has_dense = False
 
     def __init__(self, directory: Path, n_docs: int, params: dict[str, Any]) -> None:
         seismic = _seismic()
@@ -430,6 +460,7 @@ class MilvusEngine:
     """The ``milvus`` engine: one collection with dense and sparse vectors."""
 
     name = "milvus"
+    has_dense = True
 
     def __init__(self, directory: Path, n_docs: int, params: dict[str, Any], w1: float, w2: float):
         self.pymilvus = _pymilvus()
@@ -569,9 +600,19 @@ class MilvusEngine:
 def open_engine(directory: Path, manifest: Any, verify: bool = True) -> Any:
     """Open the engine of an index directory described by ``manifest``."""
     if manifest.engine == "inverted":
-        engine: Any = InvertedEngine(directory, verify=verify)
+        engine: Any = InvertedEngine(
+            directory, verify=verify, params=manifest.engine_params, w1=manifest.w1, w2=manifest.w2
+        )
     elif manifest.engine == "seismic":
         engine = SeismicEngine(directory, manifest.n_images, manifest.engine_params)
+    elif manifest.engine == "bmp":
+        from mmsparse.index.bmp_engine import BmpEngine
+
+        engine = BmpEngine(directory, manifest.n_images)
+    elif manifest.engine == "kannolo":
+        from mmsparse.index.kannolo_engine import KannoloEngine
+
+        engine = KannoloEngine(directory, manifest.engine_params)
     else:
         engine = MilvusEngine(
             directory, manifest.n_images, manifest.engine_params, manifest.w1, manifest.w2

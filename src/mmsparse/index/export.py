@@ -273,7 +273,7 @@ def export_run(
     run = load_run(run_dir)
     store = load_run_data(run, data, bundle)
     sp_ = store.split(split)
-    ev = run.config.eval
+    ev = run.config.serving
     topk = ev.image_topk if image_topk is None else image_topk
     thr = ev.threshold if threshold is None else float(threshold)
     dense, sparse = encode_vectors(

@@ -28,7 +28,7 @@ INDEX_FORMAT = "mmsparse-index"
 INDEX_VERSION = 1
 MANIFEST_NAME = "index.json"
 DOCS_NAME = "docs.json"
-ENGINES = ("inverted", "seismic", "milvus")
+ENGINES = ("inverted", "seismic", "milvus", "bmp", "kannolo")
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,7 @@ class Searcher:
                 f"{m.checkpoint_sha256[:12]} but {run_dir} now holds {fingerprint[:12]}; "
                 "rebuild the index with 'mmsparse index build'"
             )
-        ev = run.config.eval
+        ev = run.config.serving
         if (ev.image_topk, float(ev.threshold)) != (
             m.options.image_topk,
             float(m.options.threshold),
@@ -218,7 +218,7 @@ class Searcher:
         from mmsparse.index.encode import encode_vectors
 
         run = self._require_run()
-        ev = run.config.eval
+        ev = run.config.serving
         return encode_vectors(
             run.model, feats, "text", topk=ev.text_topk, threshold=ev.threshold, batch_size=256
         )

@@ -68,7 +68,7 @@ from mmsparse.losses import (
 )
 from mmsparse.model.model import SparseDenseModel
 from mmsparse.paths import resolve_run_paths
-from mmsparse.runs import build_model, resolve_device
+from mmsparse.runs import build_model, hybrid_weights, resolve_device
 from mmsparse.sparse.ops import prune
 from mmsparse.train.checkpoint import (
     TrainerState,
@@ -656,18 +656,19 @@ class Trainer:
             self.model,
             self.store,
             self.val_split,
-            self.cfg.eval,
+            self.cfg.serving,
             self.device,
             image_feats=self.image_feats,
             caption_feats=self.caption_feats,
             with_sparse=self.method != "dense",
         )
         score_types = ("dense",) if self.method == "dense" else ("dense", "sparse", "hybrid")
+        hybrid = hybrid_weights(self.cfg, self.model)
         return evaluate_encoded(
             enc,
-            w1=self.cfg.objective.w1,
-            w2=self.cfg.objective.w2,
-            eval_cfg=self.cfg.eval,
+            w1=hybrid[0],
+            w2=hybrid[1],
+            eval_cfg=self.cfg.serving,
             split_name=self.val_split.name,
             score_types=score_types,
         )

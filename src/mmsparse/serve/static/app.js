@@ -117,7 +117,15 @@ function renderHit(hit) {
   });
   const card = el(
     "li",
-    { class: "card", dataset: { imageId: hit.image_id, score: String(hit.score), rank: String(hit.rank) } },
+    {
+      class: "card",
+      dataset: {
+        imageId: hit.image_id,
+        score: String(hit.score),
+        sparseScore: String(hit.sparse_score ?? ""),
+        rank: String(hit.rank),
+      },
+    },
     open
   );
   if (terms.length > CHIPS_SHOWN) {
@@ -272,7 +280,7 @@ async function init() {
     for (const r of document.querySelectorAll("input[name=mode]")) {
       const ok = info.modes.includes(r.value);
       r.disabled = !ok;
-      r.parentElement.title = ok ? `${r.value} score` : `the ${info.engine} engine holds sparse vectors only`;
+      r.parentElement.title = ok ? `${r.value} score` : `this ${info.engine} index holds sparse vectors only (build it with --dense)`;
     }
     $("k").max = String(info.limits.max_k);
     if (!info.text_search) showError(`text search is not available: ${info.text_search_error}`);

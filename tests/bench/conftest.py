@@ -1,0 +1,5 @@
+"""Fixtures of the benchmark tests: the index tests' tiny run (made without training)."""
+
+from __future__ import annotations
+
+from tests.index.conftest import tiny_run  # noqa: F401 - re-exported fixture
