@@ -29,6 +29,8 @@ from mmsparse.errors import ConfigError
 ENV_THREADS = "MMSPARSE_THREADS"
 # Thread-pool sizes of the libraries mmsparse uses (torch/OpenMP, OpenBLAS, MKL, numba).
 POOL_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+# The last choice of configure_threads: [threads, reason] (logged by the CLI with -v).
+LAST_DECISION: list = []
 
 
 def available_cpus() -> int:
@@ -168,5 +170,6 @@ def configure_threads(argv: Sequence[str] = ()) -> int:
             numba.set_num_threads(max(1, min(n, int(numba.config.NUMBA_NUM_THREADS))))
         except (AttributeError, ValueError):  # pragma: no cover - numba without a pool
             pass
+    LAST_DECISION[:] = [n, reason]
     logging.getLogger(__name__).debug("%d threads (%s)", n, reason)
     return n

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from mmsparse import __version__
 from mmsparse.errors import MMSparseError
-from mmsparse.threads import configure_threads
+from mmsparse.threads import LAST_DECISION, configure_threads
 
 # Libraries whose INFO lines are noise on a command's stderr (shown with --verbose).
 QUIET_LOGGERS = ("faiss", "milvus_lite")
@@ -111,6 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if LAST_DECISION:
+        logging.getLogger("mmsparse.threads").debug(
+            "%d CPU threads (%s), OMP_WAIT_POLICY=%s",
+            LAST_DECISION[0],
+            LAST_DECISION[1],
+            os.environ.get("OMP_WAIT_POLICY"),
+        )
     if not args.verbose:
         # faiss logs its optional-import attempts (ModuleNotFoundError ...) at INFO, and
         # milvus-lite every start and stop of its in-process server.
@@ -126,8 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         # stdout closed early (e.g. piped into `head`): not an error of the command.
-        import os
-
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
