@@ -203,3 +203,15 @@ def test_ctrl_c_during_train_names_resume(tmp_path, monkeypatch, capsys):
     code, _, err = _run(capsys, "train", "--config", "x.json", "--out", str(out))
     assert code == 130
     assert f"mmsparse train --resume --out {out}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_integrated_hybrid(trained, capsys):
+    code, out, _ = _run(capsys, "evaluate", str(trained), "--json")
+    published = json.loads(out)
+    code, out, _ = _run(capsys, "evaluate", str(trained), "--hybrid", "integrated", "--json")
+    assert code == 0
+    integrated = json.loads(out)
+    assert published["w1"] == pytest.approx(0.1)
+    assert integrated["w1"] >= 0.1 / 0.5  # w1 / tau, tau <= tau_max = 0.5
+    assert integrated["w2"] == pytest.approx(published["w2"])  # no learned scale: s = 1
+    assert integrated["t2i"]["sparse"] == published["t2i"]["sparse"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mmsparse.config import RunConfig, config_from_dict
+from mmsparse.config import EvalConfig, RunConfig, config_from_dict
 from mmsparse.data.store import FeatureStore, Split, load_feature_store
 from mmsparse.data.terms import restricted_term_ids
 from mmsparse.data.vocab import Vocabulary
@@ -208,14 +208,17 @@ def align_sparse_head(
     U.bias.copy_(torch.from_numpy(sol[-1]).to(U.bias))
 
 
-def hybrid_weights(cfg: RunConfig, model: SparseDenseModel) -> tuple[float, float]:
+def hybrid_weights(
+    cfg: RunConfig, model: SparseDenseModel, eval_cfg: EvalConfig | None = None
+) -> tuple[float, float]:
     """``(w1, w2)`` of the hybrid score ``w1 · dense + w2 · sparse`` (``eval.hybrid``).
 
     ``published``: the objective's ``w1``, ``w2``. ``integrated``: ``w1 / tau`` and
     ``w2 · s``, so that the hybrid ranks as the integrated score ``S_i`` of training.
+    ``eval_cfg`` replaces the run's ``eval`` options.
     """
     w1, w2 = float(cfg.objective.w1), float(cfg.objective.w2)
-    if cfg.eval.hybrid == "integrated":
+    if (eval_cfg or cfg.eval).hybrid == "integrated":
         w1 /= float(model.tau.detach())
         w2 *= float(torch.as_tensor(model.sparse_scale()).detach())
     return w1, w2

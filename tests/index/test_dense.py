@@ -90,6 +90,7 @@ def test_cli_build_dense_and_search_hybrid(tiny_run, tmp_path, capsys):
     assert main(["search", str(out), "--caption-id", cid, "--mode", "hybrid", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["mode"] == "hybrid" and len(res["hits"]) == 10
-    args = ["index", "build", str(tiny_run), "--out", str(tmp_path / "s"), "--engine", "seismic"]
-    assert main([*args, "--dense"]) == 2
-    assert "--dense applies to --engine inverted" in capsys.readouterr().err
+    for engine in ("seismic", "bmp", "kannolo"):  # refused before any engine is needed
+        args = ["index", "build", str(tiny_run), "--out", str(tmp_path / engine)]
+        assert main([*args, "--engine", engine, "--dense"]) == 2
+        assert f"--dense applies to --engine inverted, not {engine}" in capsys.readouterr().err

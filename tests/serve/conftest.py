@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -64,3 +67,25 @@ def sparse_only_index(served_index) -> Path:
     out = served_index.parent / "index-sparse"
     build_index(served_index.parent / "run", out, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def server(served_index):
+    """A uvicorn server of the served index on a free 127.0.0.1 port (in a thread)."""
+    uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+    from mmsparse.serve import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(served_index, text_encoder=HashEncoder())
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)

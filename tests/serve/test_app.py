@@ -351,3 +351,17 @@ def test_a_bug_is_a_one_line_500_and_library_errors_are_400(served_index):
     assert (status, body, headers) == (400, {"error": "bad run", "status": 400}, {})
     assert http_error(Overloaded("busy"))[0::2] == (503, {"Retry-After": "1"})
     assert http_error(BadRequest("nope", 404))[1] == {"error": "nope", "status": 404}
+
+
+def test_image_vectors_of_other_engines_come_from_their_stored_weights(served_index):
+    """Engines without a vector accessor of their own (bmp, kannolo) answer image terms and
+    "more like this" through ``doc_weights`` over the vocabulary: the same vector."""
+    svc = SearchService(served_index, text_encoder=HashEncoder())
+    want = [svc.doc_vector(r) for r in range(5)]
+    svc._doc_vectors.clear()
+    svc.manifest.engine = "kannolo"  # the opened engine stays the inverted one
+    for r in range(5):
+        terms, weights = svc.doc_vector(r)
+        np.testing.assert_array_equal(terms, want[r][0])
+        np.testing.assert_allclose(weights, want[r][1], rtol=1e-6)
+    svc.close()

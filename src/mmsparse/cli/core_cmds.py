@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-topk", type=int, help="keep the top-k terms of each caption vector")
     p.add_argument("--image-topk", type=int, help="keep the top-k terms of each image vector")
     p.add_argument("--threshold", type=float, help="zero sparse weights at or below this")
+    p.add_argument(
+        "--hybrid",
+        choices=("published", "integrated"),
+        help="hybrid score: published (w1 dense + w2 sparse) or integrated (the training's "
+        "S_i: w1 dense / tau + w2 s sparse); default: the run's eval.hybrid",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_evaluate)
@@ -118,6 +124,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             ("text_topk", args.text_topk),
             ("image_topk", args.image_topk),
             ("threshold", args.threshold),
+            ("hybrid", args.hybrid),
         )
         if v is not None
     }

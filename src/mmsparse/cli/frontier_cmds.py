@@ -33,6 +33,12 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--image-topk", type=int, default=256)
     p.add_argument("--no-ablation", action="store_true", help="skip the per-option rows")
     p.add_argument(
+        "--no-paper",
+        action="store_true",
+        help="skip the paper configuration's rows (unless the ablation or a paper curve needs "
+        "them)",
+    )
+    p.add_argument(
         "--curves",
         nargs="*",
         choices=["recipe", "paper"],
@@ -81,6 +87,7 @@ def cmd_bench_frontier(args: argparse.Namespace) -> int:
         image_topk=args.image_topk,
         reg_scales=tuple(args.reg_scales),
         ablation=not args.no_ablation,
+        paper=not args.no_paper,
         curves=tuple(args.curves),
         overrides=tuple(args.overrides),
         stage0_overrides=tuple(args.stage0_overrides),

@@ -71,6 +71,12 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         help="encoder modes to measure, one server each (default batch,threads)",
     )
     p.add_argument("--threads", type=int, default=2, help="threads of --encoder threads")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="blocks of queries, each sent to every encoder mode in turn (default 4)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the caption sample")
     p.add_argument("--out", default="benchmarks/serve.json", help="results JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -144,6 +150,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         k=args.k,
         encoders=encoders,
         threads=args.threads,
+        rounds=args.rounds,
         seed=args.seed,
         out=args.out,
         progress=not args.json,

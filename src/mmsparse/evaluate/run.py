@@ -48,7 +48,7 @@ def evaluate_run(
     store = load_run_data(run, data, bundle)
     cfg = run.config
     eval_cfg = eval_cfg or cfg.serving
-    w1, w2 = hybrid_weights(cfg, run.model)
+    w1, w2 = hybrid_weights(cfg, run.model, eval_cfg)
     with torch.no_grad():
         result = evaluate_model(
             run.model,

@@ -97,9 +97,10 @@ def index_vectors(
         raise MMSparseError(
             f"unknown quantisation {options.quantize!r} (one of {', '.join(QUANTIZE_MODES)})"
         )
-    if store_dense and engine == "seismic":
+    if store_dense and engine not in ("inverted", "milvus"):
         raise MMSparseError(
-            "--dense applies to --engine inverted (milvus always holds dense vectors)"
+            f"--dense applies to --engine inverted, not {engine} (milvus always holds dense "
+            "vectors)"
         )
     n = sparse.shape[0]
     if dense.shape[0] != n or len(image_ids) != n or len(filenames) != n:

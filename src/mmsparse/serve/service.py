@@ -404,13 +404,18 @@ class SearchService:
             comps, vals = engine.index.get(int(row))
             terms = np.asarray(comps, dtype=np.int64)
             weights = np.asarray(vals, dtype=np.float32)
-        else:
+        elif name == "milvus":
             got = engine.client.get(
                 engine.collection, ids=[int(row)], output_fields=["row", "sparse"]
             )
             vec = got[0]["sparse"] if got else {}
             terms = np.fromiter((int(t) for t in vec), dtype=np.int64, count=len(vec))
             weights = np.fromiter((float(w) for w in vec.values()), np.float32, len(vec))
+        else:  # any other engine (bmp, kannolo): its stored weights over the whole vocabulary
+            every = np.arange(self.manifest.vocab_size, dtype=np.int64)
+            row_w = np.asarray(engine.doc_weights(np.array([row], dtype=np.int64), every))[0]
+            terms = np.flatnonzero(row_w).astype(np.int64)
+            weights = row_w[terms].astype(np.float32)
         order = np.argsort(terms, kind="stable")
         out = (terms[order].astype(np.int64), weights[order].astype(np.float32))
         if len(self._doc_vectors) < 4096:

@@ -142,14 +142,15 @@ function renderHit(hit) {
     });
     chips.append(el("li", {}, more));
   }
-  const scoreLabel = hit.sparse_score !== undefined && Math.abs(hit.sparse_score - hit.score) > 1e-6
+  // In sparse mode the score is the sparse score (up to float rounding): show it once.
+  const scoreLabel = hit.sparse_score !== undefined && Math.abs(hit.sparse_score - hit.score) > 1e-4 * Math.max(1, Math.abs(hit.score))
     ? `${fmt(hit.score, 4)} (sparse ${fmt(hit.sparse_score, 4)})`
     : fmt(hit.score, 4);
   card.append(
     el(
       "div",
       { class: "meta" },
-      el("div", { class: "line" }, el("span", {}, hit.filename || hit.image_id), el("span", { class: "score" }, scoreLabel)),
+      el("div", { class: "line" }, el("span", { title: hit.filename || hit.image_id }, hit.filename || hit.image_id), el("span", { class: "score" }, scoreLabel)),
       terms.length ? chips : el("p", { class: "muted" }, "no shared sparse term")
     )
   );
