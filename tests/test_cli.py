@@ -81,6 +81,62 @@ def test_evaluate_table_and_pruning(trained, capsys):
     assert "t2i R@1" in out and "sparse" in out and "hybrid" in out
     saved = json.loads((trained / "eval_val.json").read_text())
     assert saved["sparsity"]["text_nnz"] <= 4 and saved["sparsity"]["image_topk"] == 6
+    assert "img words %" in out and "cap words %" in out
+    readable = saved["readability"]
+    assert readable["k"] == 10
+    assert 0 <= readable["image_terms_in_captions"] <= readable["image_content_terms"] <= 100
+
+
+def test_restricted_vocabulary_run_end_to_end(tmp_path, tiny_release, capsys):
+    cfg = _config(tmp_path, tiny_release)
+    run = tmp_path / "restricted"
+    code, out, err = _run(
+        capsys,
+        "train",
+        "--config",
+        str(cfg),
+        "--out",
+        str(run),
+        "--set",
+        "model.vocab_restrict=train-captions-content",
+        "--set",
+        "objective.train_text_topk=5",
+        "--set",
+        "objective.reg=flops",
+        "--set",
+        "objective.sparse_scale=learned",
+        "--set",
+        "objective.lexical_weight=0.1",
+        "--json",
+    )
+    assert code == 0, err
+    model = json.loads((run / "best" / "model.json").read_text())
+    assert model["vocab_restricted"] and model["n_terms"] < 122
+    code, out, _ = _run(capsys, "evaluate", str(run), "--split", "val", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["sparsity"]["text_nnz"] <= 5  # the training cap holds at serving
+    code, out, err = _run(capsys, "explain", str(run), "--caption", "0", "--json")
+    assert code == 0, err
+    terms = json.loads(out)
+    assert terms
+
+
+def test_training_cap_above_the_vocabulary_is_refused(tmp_path, tiny_release, capsys):
+    cfg = _config(tmp_path, tiny_release)
+    for k, msg in (("500", "exceeds the sparse head's 122 terms"), ("0", "at least 1")):
+        code, _out, err = _run(
+            capsys,
+            "train",
+            "--config",
+            str(cfg),
+            "--out",
+            str(tmp_path / f"r{k}"),
+            "--set",
+            f"objective.train_image_topk={k}",
+        )
+        assert code == 2 and "objective.train_image_topk" in err and msg in err
+        assert len(err.strip().splitlines()) == 1
 
 
 def test_evaluate_on_other_data_of_another_vocabulary(trained, tiny_release, tmp_path, capsys):
@@ -134,3 +190,16 @@ def test_demo_json(tmp_path, capsys):
     code, out, _ = _run(capsys, "evaluate", str(tmp_path / "joint"), "--split", "test", "--json")
     assert code == 0
     assert json.loads(out)["t2i"] == joint["t2i"]
+
+
+def test_ctrl_c_during_train_names_resume(tmp_path, monkeypatch, capsys):
+    import mmsparse.cli.core_cmds as core_cmds
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core_cmds, "cmd_train", interrupted)
+    out = tmp_path / "run"
+    code, _, err = _run(capsys, "train", "--config", "x.json", "--out", str(out))
+    assert code == 130
+    assert f"mmsparse train --resume --out {out}" in err and len(err.strip().splitlines()) == 1

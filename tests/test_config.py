@@ -122,3 +122,27 @@ def test_published_configs(name):
 def test_every_shipped_config_loads():
     for path in sorted((REPO / "configs").glob("*.json")):
         load_config(path)
+
+
+def test_flickr8k_config_readme_and_evaluate_agree_on_pruning():
+    """The README's Flickr8k numbers are at 64 terms per caption and 256 per image."""
+    from mmsparse.config import load_config
+    from tests.helpers import REPO
+
+    cfg = load_config(REPO / "configs" / "flickr8k.json")
+    assert (cfg.eval.text_topk, cfg.eval.image_topk) == (64, 256)
+    readme = (REPO / "README.md").read_text()
+    assert "at 64 terms per caption and 256 per image" in readme
+    assert "`text_topk: 64`" in readme and "`image_topk: 256`" in readme
+
+
+def test_bench_help_points_at_an_existing_benchmarks_doc(capsys):
+    from mmsparse.cli.main import main
+    from tests.helpers import REPO
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "docs/benchmarks.md" in capsys.readouterr().out
+    doc = (REPO / "docs" / "benchmarks.md").read_text()
+    for name in ("bench flickr8k", "bench train", "bench retrieval", "bench serve", "--threads"):
+        assert name in doc

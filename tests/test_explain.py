@@ -10,7 +10,13 @@ import torch
 
 from mmsparse.cli.main import main
 from mmsparse.config import RunConfig, apply_overrides
-from mmsparse.data import SyntheticSpec, load_feature_store, make_synthetic, write_release
+from mmsparse.data import (
+    BackboneBundle,
+    SyntheticSpec,
+    load_feature_store,
+    make_synthetic,
+    write_release,
+)
 from mmsparse.errors import ConfigError, DataError, MMSparseError
 from mmsparse.explain import explain, format_explain, run_extraction
 from mmsparse.runs import load_run
@@ -90,7 +96,10 @@ def test_caption_paired_with_its_image(run_dir):
     assert total == pytest.approx(full["pair"]["sparse_score"], rel=1e-5)
     assert -1.0 <= pair["dense_score"] <= 1.0
     text = format_explain(out)
-    assert "top contributions" in text and pair["contributions"][0]["term"] in text
+    assert pair["contributions"][0]["term"] in text
+    # the listed terms are said to be the top few of more, with their share of the score
+    assert f"top 5 of {pair['shared_terms']} shared terms, summing to" in text
+    assert f"top 5 of {out['query']['nnz']} non-zero terms" in text
 
 
 def test_image_and_with_image(run_dir):
@@ -133,18 +142,15 @@ def test_text_through_extraction_backend(run_dir, monkeypatch):
     import mmsparse.extract
 
     run = load_run(run_dir)
-    bundle_json = run.config.data.bundle + "/bundle.json"
-    meta = json.loads(open(bundle_json).read())
-    meta["extraction"] = {"backend": "effnet-minilm", "d_txt": store.d_txt}
+    bundle = BackboneBundle.load(run.config.data.bundle)  # rewritten with its checksums
+    bundle.extraction = {"backend": "effnet-minilm", "d_txt": store.d_txt}
     monkeypatch.setattr(mmsparse.extract, "load_text_encoder", fake_loader)
-    with open(bundle_json, "w") as fh:
-        json.dump(meta, fh)
+    bundle.save(bundle.path)
     try:
         out = explain(run_dir, text=raw)
     finally:
-        meta["extraction"] = None
-        with open(bundle_json, "w") as fh:
-            json.dump(meta, fh)
+        bundle.extraction = None
+        bundle.save(bundle.path)
     assert seen["extraction"]["backend"] == "effnet-minilm"
     assert out["query"]["terms"] == by_caption["query"]["terms"] and out["pair"] is None
 

@@ -47,3 +47,22 @@ def test_token_lstsq_init_needs_a_vocabulary(tiny_store):
     )
     with pytest.raises(ConfigError, match="needs a bundle with a vocabulary"):
         build_model(cfg, store)
+
+
+def test_hybrid_weights_published_and_integrated():
+    import torch
+
+    from mmsparse.config import RunConfig, apply_overrides
+    from mmsparse.model import SparseDenseModel
+    from mmsparse.runs import hybrid_weights
+
+    model = SparseDenseModel(
+        d_img=6, d_txt=5, dense_dim=4, d_word=3, vocab_size=9, sparse_scale=True
+    )
+    with torch.no_grad():
+        model.tau.fill_(0.05)
+        model.log_sparse_scale.fill_(float(torch.log(torch.tensor(2.0))))
+    cfg = apply_overrides(RunConfig(), ["objective.w1=0.1", "objective.w2=0.2"])
+    assert hybrid_weights(cfg, model) == (0.1, 0.2)  # METHOD.md: no temperature at evaluation
+    w1, w2 = hybrid_weights(apply_overrides(cfg, ["eval.hybrid=integrated"]), model)
+    assert abs(w1 - 0.1 / 0.05) < 1e-5 and abs(w2 - 0.2 * 2.0) < 1e-5

@@ -231,6 +231,11 @@ class EvalConfig:
         threshold: Zero sparse weights at or below this value.
         batch_size: Queries scored per batched matrix product.
         trec_depth: Documents written per query in TREC run files.
+        hybrid: The hybrid score: ``published`` (METHOD.md: ``w1 · dense + w2 · sparse``,
+            dense scores without the temperature) or ``integrated`` (an extension: the
+            integrated score ``S_i`` the model was trained with,
+            ``w1 · dense / tau + w2 · s · sparse``, with the run's temperature and sparse
+            scale ``s``).
     """
 
     text_topk: int | None = None
@@ -238,6 +243,7 @@ class EvalConfig:
     threshold: float = 0.0
     batch_size: int = 1024
     trec_depth: int = 100
+    hybrid: Literal["published", "integrated"] = "published"
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,22 @@ class RunConfig:
     def replace(self, **groups: Any) -> RunConfig:
         """Return a copy with whole groups or top-level fields replaced."""
         return dataclasses.replace(self, **groups)
+
+    @property
+    def serving(self) -> EvalConfig:
+        """The evaluation options vectors are served with.
+
+        ``eval`` with an unset ``text_topk`` / ``image_topk`` taken from the training cap
+        ``objective.train_text_topk`` / ``train_image_topk`` (train as you serve: a model
+        trained to score with its k heaviest terms is served with them). Evaluation,
+        explanations, indexes and exports all encode with these options.
+        """
+        ev, obj = self.eval, self.objective
+        return dataclasses.replace(
+            ev,
+            text_topk=ev.text_topk if ev.text_topk is not None else obj.train_text_topk,
+            image_topk=ev.image_topk if ev.image_topk is not None else obj.train_image_topk,
+        )
 
 
 def _to_plain(obj: Any) -> Any:

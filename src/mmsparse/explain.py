@@ -28,7 +28,14 @@ from mmsparse.data.store import FeatureStore
 from mmsparse.errors import CheckpointError, ConfigError, DataError, MMSparseError
 from mmsparse.evaluate.retrieval import encode_features
 from mmsparse.io_utils import read_json
-from mmsparse.runs import LoadedRun, checkpoint_dir, load_run, load_run_data, resolve_device
+from mmsparse.runs import (
+    LoadedRun,
+    checkpoint_dir,
+    hybrid_weights,
+    load_run,
+    load_run_data,
+    resolve_device,
+)
 from mmsparse.sparse.ops import contributions, top_terms
 
 
@@ -42,6 +49,7 @@ def explain(
     k: int = 10,
     data: str | Path | None = None,
     device: str = "cpu",
+    bundle: str | Path | None = None,
     text_encoder: Any = None,
 ) -> dict[str, Any]:
     """Top terms of one sparse vector, and the terms behind a (query, image) score.
@@ -57,6 +65,7 @@ def explain(
         with_image: An image id to pair the caption or text query with.
         k: How many terms to list.
         data: Another feature directory of the same backbone (default: the run's data).
+        bundle: The backbone bundle directory to use instead of the run's (a moved run).
         device: Torch device for the text encoder and the model.
         text_encoder: A text encoder to use for ``text`` instead of loading one from the
             run's extraction description (anything with ``encode(list[str])``).
@@ -88,12 +97,12 @@ def explain(
     model = run.model.eval()
     cfg = run.config
     vocab = run.vocab
-    ev = cfg.eval
+    ev = cfg.serving
     stores: list[FeatureStore] = []
 
     def the_store() -> FeatureStore:
         if not stores:  # loaded only when an image or caption id is involved
-            stores.append(load_run_data(run, data))
+            stores.append(load_run_data(run, data, bundle))
         return stores[0]
 
     def encode(feats: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:
@@ -139,13 +148,13 @@ def explain(
         dense_d, sparse_d = encode(store.image_feats[row : row + 1], "image")
         sparse_score = float(sparse_q @ sparse_d)
         dense_score = float(dense_q @ dense_d)
-        obj = cfg.objective
+        w1, w2 = hybrid_weights(cfg, model)
         pair = {
             "image_id": str(pair_image),
             "filename": store.image_filenames[row],
             "sparse_score": sparse_score,
             "dense_score": dense_score,
-            "hybrid_score": float(obj.w1 * dense_score + obj.w2 * sparse_score),
+            "hybrid_score": float(w1 * dense_score + w2 * sparse_score),
             "shared_terms": int(np.count_nonzero(sparse_q * sparse_d)),
             "image_nnz": int(np.count_nonzero(sparse_d)),
             "image_terms": [{"term": t, "weight": w} for t, w in top_terms(sparse_d, vocab, k)],
@@ -220,7 +229,7 @@ def format_explain(result: dict[str, Any]) -> str:
         "caption": f"caption {q['id']}: {q['text']!r}",
         "text": f"text {q['text']!r}",
     }[q["kind"]]
-    lines = [f"{head}: {q['nnz']} non-zero terms; top {len(q['terms'])} (term  weight):"]
+    lines = [f"{head}: top {len(q['terms'])} of {q['nnz']} non-zero terms (term  weight):"]
     lines += [f"  {t['term']:<20} {t['weight']:.4f}" for t in q["terms"]]
     pair = result["pair"]
     if pair is not None:
@@ -230,7 +239,11 @@ def format_explain(result: dict[str, Any]) -> str:
             f"{pair['sparse_score']:.4f} over {pair['shared_terms']} shared terms, dense "
             f"cosine {pair['dense_score']:.4f}, hybrid {pair['hybrid_score']:.4f}"
         )
-        lines.append("top contributions (term  query x image = product):")
+        listed = sum(c["product"] for c in pair["contributions"])
+        lines.append(
+            f"top {len(pair['contributions'])} of {pair['shared_terms']} shared terms, summing "
+            f"to {listed:.4f} of the sparse score (term  query x image = product):"
+        )
         lines += [
             f"  {c['term']:<20} {c['query_weight']:.4f} x {c['image_weight']:.4f} = "
             f"{c['product']:.4f}"

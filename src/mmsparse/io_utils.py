@@ -19,6 +19,26 @@ import numpy as np
 
 from mmsparse.errors import CheckpointError
 
+FILE_MODE = 0o666  # files: rw-rw-rw- minus the umask (0644 under the usual umask 022)
+DIR_MODE = 0o777  # directories: rwxrwxrwx minus the umask (0755)
+CHECKSUMS_NAME = "checksums.json"
+ENV_NO_VERIFY = "MMSPARSE_NO_VERIFY"
+_VERIFY = [True]
+
+
+def current_umask() -> int:
+    """The process's umask (read without changing it for good)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def make_public_dir(path: str | Path) -> Path:
+    """Give a directory the usual permissions (``tempfile.mkdtemp`` makes it 0700)."""
+    path = Path(path)
+    os.chmod(path, DIR_MODE & ~current_umask())
+    return path
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -34,14 +54,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp makes 0600 files, and a writer may have replaced the file (safetensors
+        # does): give the finished file the usual permissions (0644 under umask 022).
+        os.chmod(tmp_path, FILE_MODE & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -128,3 +148,72 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise CheckpointError(f"{path}: {what} not found") from exc
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable {what} ({exc})") from exc
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def set_verify(enabled: bool) -> None:
+    """Switch the checksum check of :func:`verify_checksums` on or off for this process.
+
+    The command line's ``--no-verify`` switches it off; so does ``MMSPARSE_NO_VERIFY=1``.
+    """
+    _VERIFY[0] = bool(enabled)
+
+
+def verify_enabled() -> bool:
+    """Whether checkpoints are verified on load (see :func:`set_verify`)."""
+    return _VERIFY[0] and os.environ.get(ENV_NO_VERIFY, "").strip() in ("", "0")
+
+
+def write_checksums(directory: str | Path, names: list[str]) -> None:
+    """Record the sha256 of ``names`` (files in ``directory``) in ``checksums.json``.
+
+    Written atomically after the files themselves, so a complete ``checksums.json``
+    always describes complete files.
+    """
+    directory = Path(directory)
+    sums = {name: file_sha256(directory / name) for name in sorted(names)}
+    atomic_write_json(directory / CHECKSUMS_NAME, {"algorithm": "sha256", "files": sums})
+
+
+def verify_checksums(directory: str | Path, names: list[str] | None = None) -> None:
+    """Check files of ``directory`` against its ``checksums.json``.
+
+    A directory without ``checksums.json`` (written before checksums were recorded) is
+    accepted as it is; so is everything when verification is switched off
+    (:func:`set_verify`).
+
+    Args:
+        directory: A checkpoint directory.
+        names: The files to check (default: every file recorded).
+
+    Raises:
+        CheckpointError: Naming the damaged or missing file and how to skip the check.
+    """
+    directory = Path(directory)
+    record = directory / CHECKSUMS_NAME
+    if not verify_enabled() or not record.is_file():
+        return
+    data = read_json(record, "checksum record")
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{record}: not a checksum record (no 'files' mapping)")
+    for name in sorted(files if names is None else [n for n in names if n in files]):
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: file not found (listed in {CHECKSUMS_NAME})")
+        if file_sha256(path) != files[name]:
+            raise CheckpointError(
+                f"{path}: checksum mismatch: the file changed since it was written (sha256 "
+                f"in {CHECKSUMS_NAME}); restore or retrain it, or pass --no-verify to load "
+                "it anyway"
+            )

@@ -150,6 +150,7 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
         if model.term_ids is not None and init.term_ids is None:
             # A full-vocabulary start (e.g. a stage-0 dense fit): keep the kept terms' rows.
             tensors["sparse_head.V.weight"] = tensors["sparse_head.V.weight"][model.term_ids]
+            tensors["term_ids"] = model.term_ids.clone()
         for key, value in model.state_dict().items():
             if key == "log_sparse_scale" and key not in tensors:
                 tensors[key] = value  # a start without the scale keeps sparse_scale_init
@@ -158,6 +159,8 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
         model.load_tensors(tensors, where=str(src / "model.safetensors"))
     if cfg.model.sparse_init == "token-lstsq":
         align_sparse_head(model, store, store.split(cfg.data.train_splits, allow_missing=True))
+    # Special tokens ([CLS], [SEP], [PAD], [unused80] ...) are never sparse terms.
+    model.block_terms(store.vocabulary(model.vocab_size).special_ids)
     return model
 
 
@@ -205,9 +208,24 @@ def align_sparse_head(
     U.bias.copy_(torch.from_numpy(sol[-1]).to(U.bias))
 
 
+def hybrid_weights(cfg: RunConfig, model: SparseDenseModel) -> tuple[float, float]:
+    """``(w1, w2)`` of the hybrid score ``w1 · dense + w2 · sparse`` (``eval.hybrid``).
+
+    ``published``: the objective's ``w1``, ``w2``. ``integrated``: ``w1 / tau`` and
+    ``w2 · s``, so that the hybrid ranks as the integrated score ``S_i`` of training.
+    """
+    w1, w2 = float(cfg.objective.w1), float(cfg.objective.w2)
+    if cfg.eval.hybrid == "integrated":
+        w1 /= float(model.tau.detach())
+        w2 *= float(torch.as_tensor(model.sparse_scale()).detach())
+    return w1, w2
+
+
 def checkpoint_dir(path: str | Path) -> Path:
     """A run directory's ``best/`` checkpoint, or ``path`` itself if it is a checkpoint."""
-    path = Path(path)
+    from mmsparse.paths import expand_path
+
+    path = Path(expand_path(str(path)))
     if (path / CONFIG_NAME).is_file():
         return path
     if (path / "best" / CONFIG_NAME).is_file():
@@ -254,25 +272,46 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     return LoadedRun(config=cfg, model=model, vocab=vocab, run_dir=run_dir)
 
 
-def load_run_data(run: LoadedRun, data: str | Path | None = None) -> FeatureStore:
+def load_run_data(
+    run: LoadedRun, data: str | Path | None = None, bundle: str | Path | None = None
+) -> FeatureStore:
     """The feature store a run was trained on, or another one of the same backbone.
 
     Args:
         run: The loaded run.
-        data: Another dataset directory (same backbone) to use instead.
+        data: Another dataset directory (same backbone) to use instead (for a run moved to
+            another machine: where its data is there). Its ``bundle/`` subdirectory, if
+            any, is the bundle unless ``bundle`` is given.
+        bundle: The backbone bundle directory to use instead of the run's.
 
     Raises:
-        DataError: If the data is unreadable.
+        DataError: If the data is unreadable, or the run's data or bundle directory is
+            missing (the message names ``--data`` / ``--bundle``).
         CheckpointError: If the data does not fit the checkpoint.
     """
     import dataclasses
+
+    from mmsparse.paths import expand_path
 
     data_cfg = run.config.data
     if data is not None:
         data_cfg = dataclasses.replace(data_cfg, path=str(data), image_file=None, text_file=None)
         bundle_in_data = Path(data) / "bundle"
-        if (bundle_in_data / "bundle.json").is_file():
+        if bundle is None and (bundle_in_data / "bundle.json").is_file():
             data_cfg = dataclasses.replace(data_cfg, bundle=str(bundle_in_data))
+    if bundle is not None:
+        data_cfg = dataclasses.replace(data_cfg, bundle=str(bundle))
+    config_json = run.run_dir / "config.json"
+    if data is None and data_cfg.path and not Path(expand_path(data_cfg.path)).is_dir():
+        raise DataError(
+            f"{data_cfg.path}: the run's data directory (data.path in {config_json}) is not "
+            "there; give the features' directory with --data DIR"
+        )
+    if bundle is None and data_cfg.bundle and not Path(expand_path(data_cfg.bundle)).is_dir():
+        raise DataError(
+            f"{data_cfg.bundle}: the run's backbone bundle (data.bundle in {config_json}) is "
+            "not there; give the bundle's directory with --bundle DIR"
+        )
     store = load_feature_store(data_cfg)
     check_model_data(run.model, store, str(checkpoint_dir(run.run_dir)))
     return store

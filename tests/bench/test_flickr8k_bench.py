@@ -36,7 +36,16 @@ def test_bench_pipeline_on_tiny_data(tmp_path, tiny_release):
     stage0 = tmp_path / "s0.json"
     stage0.write_text(json.dumps({**common, "objective": {"method": "dense"}}))
     joint = tmp_path / "j.json"
-    joint.write_text(json.dumps({**common, "objective": {"q_reg": 1e-3, "d_reg": 1e-3}}))
+    # an eval block as configs/flickr8k.json has: the runs still select on unpruned vectors
+    joint.write_text(
+        json.dumps(
+            {
+                **common,
+                "objective": {"q_reg": 1e-3, "d_reg": 1e-3},
+                "eval": {"text_topk": 4, "image_topk": 4},
+            }
+        )
+    )
     spec = Flickr8kBench(
         data=str(tiny_release),
         bundle=str(tiny_release / "bundle"),
@@ -68,6 +77,8 @@ def test_bench_pipeline_on_tiny_data(tmp_path, tiny_release):
         "joint-reg0.5",
     } == set(rows)
     assert rows["joint"]["seeds"] == [1, 2]
+    saved = json.loads((tmp_path / "runs" / "joint-s1" / "config.json").read_text())
+    assert (saved["eval"]["text_topk"], saved["eval"]["image_topk"]) == (None, None)
     assert rows["joint"]["sparsity"]["text_nnz"] <= 8
     assert rows["joint"]["sparsity"]["image_nnz"] <= 16
     assert 0 < res["significance"]["t2i_R@1"]["p_value"] <= 1

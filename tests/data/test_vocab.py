@@ -51,6 +51,13 @@ def test_special_tokens_are_not_terms():
     assert indices.tolist() == [4, 5, 6, 7, 9, 10]
 
 
+def test_special_tokens_of_other_backbones():
+    v = Vocabulary(
+        ["<s>", "</s>", "<pad>", "<|endoftext|>", "<|startoftext|>", "dog", "[unused80]"]
+    )
+    assert set(v.special_ids.tolist()) == {0, 1, 2, 3, 4, 6}
+
+
 def test_fallback_names_terms_by_index():
     v = Vocabulary.fallback(5)
     assert v.term(3) == "#3" and not v.named and v.encode("a dog") == []
@@ -78,6 +85,13 @@ def test_bundle_round_trip_and_checks(tmp_path):
     c.check_dims(d_img=6, d_txt=5)
     with pytest.raises(DataError, match="vision_proj.weight expects features of size 6"):
         c.check_dims(d_img=7, d_txt=5)
+    c.extraction = {"backend": "x", "d_img": 6, "d_txt": 5}
+    c.check_dims(d_img=6, d_txt=5)
+    with pytest.raises(DataError, match=r"bundle.json: .*\(x\) makes caption features of size 5"):
+        c.check_dims(d_img=6, d_txt=4)
     (tmp_path / "b" / "vocab.txt").write_text("\n".join(VOCAB[:-1]) + "\n")
+    with pytest.raises(DataError, match="vocab.txt: checksum mismatch"):
+        BackboneBundle.load(tmp_path / "b")
+    (tmp_path / "b" / "checksums.json").unlink()  # a bundle from before checksums
     with pytest.raises(DataError, match="word_embeddings has 13 rows but vocab.txt has 12"):
         BackboneBundle.load(tmp_path / "b")

@@ -14,6 +14,7 @@ from mmsparse.index.encode import encode_vectors
 from mmsparse.index.manifest import IndexManifest
 from mmsparse.index.quantize import quantize
 from mmsparse.index.search import MAX_QUERY_PIECES, Searcher
+from mmsparse.io_utils import write_checksums
 from mmsparse.runs import load_run, load_run_data
 from tests.index.conftest import make_run
 
@@ -178,6 +179,8 @@ def test_stale_index_and_other_vocabulary_refused(tmp_path):
     tokens = (run / "best" / "vocab.txt").read_text().split("\n")
     tokens[5] = "zebra-x"
     (other / "best" / "vocab.txt").write_text("\n".join(tokens))
+    # a consistent run of another vocabulary (its checksums match its files)
+    write_checksums(other / "best", ["model.safetensors", "model.json", "vocab.txt"])
     with pytest.raises(IndexFormatError, match="another vocabulary"):
         Searcher(out, run_dir=other)
 
@@ -233,3 +236,49 @@ def test_cli_build_and_search(tiny_run, tmp_path, capsys):
     assert "k must be at least 1" in capsys.readouterr().err
     assert main(["search", str(out), "a dog"]) == 2
     assert "--caption-id" in capsys.readouterr().err
+
+
+def test_search_queries_file_loads_the_encoder_once(
+    tiny_run, inverted_index, tmp_path, monkeypatch, capsys
+):
+    loads = []
+
+    def load(extraction):
+        loads.append(extraction)
+        return FakeEncoder(16)
+
+    monkeypatch.setattr(search_mod, "load_text_encoder", load)
+    monkeypatch.setattr(Searcher, "_extraction", staticmethod(lambda run: {"backend": "fake"}))
+    queries = tmp_path / "queries.txt"
+    queries.write_text("a dog runs on the beach\n\n  two children play  \nred car\n")
+    argv = ["search", str(inverted_index), "--queries", str(queries), "--k", "3"]
+    assert main([*argv, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["query"] for r in results] == [
+        "a dog runs on the beach",
+        "two children play",
+        "red car",
+    ]
+    assert all(len(r["hits"]) == 3 for r in results) and len(loads) == 1
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "'two children play'" in text and "'red car'" in text
+    assert main([*argv, "--caption-id", "60"]) == 2
+    assert "not several" in capsys.readouterr().err
+    queries.write_text("\n \n")
+    assert main(argv) == 2
+    assert "holds no query" in capsys.readouterr().err
+
+
+def test_search_explain_says_top_n_of_m(tiny_run, inverted_index, capsys):
+    store = Searcher(inverted_index).store()
+    cid = store.caption_ids[store.split("val").caption_rows[0]]
+    res = Searcher(inverted_index).search(caption_id=cid, k=2, explain=True)
+    hit = res.hits[0]
+    assert hit.shared_terms is not None and hit.shared_terms >= len(hit.terms)
+    argv = ["search", str(inverted_index), "--caption-id", cid, "--k", "2", "--explain"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    listed = sum(t[3] for t in hit.terms)
+    assert f"top {len(hit.terms)} of {hit.shared_terms} shared terms" in text
+    assert f"sum to {listed:.4f} of the score {hit.score:.4f}" in text

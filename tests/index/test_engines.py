@@ -204,3 +204,44 @@ def test_milvus_unreachable_server_is_a_clear_error(tiny_run, tmp_path):
             progress=False,
             engine_params={"uri": f"http://127.0.0.1:{port}"},
         )
+
+
+@needs_milvus
+def test_second_process_on_a_milvus_lite_file_gets_one_clear_line(tiny_run, tmp_path, capsys):
+    """A milvus-lite file serves one process: the second gets one line naming the way out."""
+    from pathlib import Path
+
+    import mmsparse
+    from mmsparse.cli.main import main
+
+    out = tmp_path / "milvus"
+    env = {"PYTHONPATH": str(Path(mmsparse.__file__).resolve().parents[1])}
+    # Another process builds the index and keeps it open (milvus-lite keeps its in-process
+    # server, and the file's lock, for the life of the process).
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from mmsparse.index.build import build_index\n"
+            "from mmsparse.index.search import Searcher\n"
+            f"build_index({str(tiny_run)!r}, {str(out)!r}, engine='milvus', progress=False)\n"
+            f"s = Searcher({str(out)!r})\n"
+            "print('open', flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, **env},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        code = main(["search", str(out), "--caption-id", "60"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "milvus.db: in use by another process" in err
+        assert "one process at a time" in err and "--uri" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

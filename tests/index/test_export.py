@@ -166,3 +166,16 @@ def test_export_cli_and_errors(tiny_run, tmp_path, capsys):
     assert info["format"] == "opensearch" and (tmp_path / "os" / "bulk.ndjson").is_file()
     with pytest.raises(MMSparseError, match="unknown export format"):
         export_run(tiny_run, tmp_path / "x", fmt="solr")
+
+
+def test_exports_never_contain_special_tokens(tiny_run, tmp_path):
+    """[PAD], [CLS], [SEP], [UNK], [MASK]: masked at encoding, whatever the weights say."""
+    from mmsparse.runs import load_run
+
+    specials = [t for t in load_run(tiny_run).vocab.tokens if t.startswith("[")]
+    assert specials  # the tiny vocabulary has BERT's special tokens
+    for fmt in ("anserini", "opensearch"):
+        out = tmp_path / fmt
+        export_run(tiny_run, out, split="val", fmt=fmt)
+        text = "".join(p.read_text() for p in out.rglob("*") if p.is_file())
+        assert not [t for t in specials if t in text], fmt

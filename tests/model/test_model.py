@@ -88,10 +88,16 @@ def test_broken_checkpoints_are_refused(tmp_path):
     weights = tmp_path / "ck" / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors: checksum mismatch"):
+        SparseDenseModel.from_pretrained(tmp_path / "ck")
+    # Without the checksum record (a checkpoint written before it existed), the loader's
+    # own checks still catch what they did.
+    (tmp_path / "ck" / "checksums.json").unlink()
     with pytest.raises(CheckpointError, match="unreadable or truncated safetensors"):
         SparseDenseModel.from_pretrained(tmp_path / "ck")
     other = SparseDenseModel(d_img=6, d_txt=5, dense_dim=4, d_word=3, vocab_size=12)
     other.save_pretrained(tmp_path / "v12")
+    (tmp_path / "v12" / "checksums.json").unlink()
     (tmp_path / "v12" / "model.json").write_text((tmp_path / "ck" / "model.json").read_text())
     with pytest.raises(CheckpointError, match="vocabulary size differs"):
         SparseDenseModel.from_pretrained(tmp_path / "v12")
@@ -100,3 +106,47 @@ def test_broken_checkpoints_are_refused(tmp_path):
         SparseDenseModel.from_pretrained(tmp_path / "ck")
     with pytest.raises(CheckpointError, match="not found"):
         SparseDenseModel.from_pretrained(tmp_path / "nothing")
+
+
+SPECIAL_VOCAB = ["[PAD]", "[CLS]", "[SEP]", "dog", "beach", "run", "[unused80]", "<s>", "sea"]
+
+
+def _favour_specials(m: SparseDenseModel, ids: list[int]) -> None:
+    """Make the given terms the strongest outputs of every input."""
+    with torch.no_grad():
+        m.sparse_head.norm.weight.fill_(1.0)
+        m.sparse_head.norm.bias.fill_(1.0)
+        m.sparse_head.V.weight[ids] = 5.0
+
+
+def test_blocked_terms_never_activate_in_training_or_encoding():
+    m = _model()
+    _favour_specials(m, [0, 1, 6])
+    assert (m.encode_text(torch.randn(4, 5)).sparse[:, [0, 1, 6]] > 0).all()
+    m.block_terms([0, 1, 6])
+    z = m.encode_text(torch.randn(4, 5)).sparse
+    assert (z[:, [0, 1, 6]] == 0).all() and (z[:, [3, 4]] > 0).any()
+    assert (m.encode_image(torch.randn(4, 6)).sparse[:, [0, 1, 6]] == 0).all()
+    out = m(torch.randn(4, 6), torch.randn(4, 5))
+    out.txt_sparse.sum().backward()
+    assert (m.sparse_head.V.weight.grad[[0, 1, 6]] == 0).all()
+    assert "sparse_head.blocked" not in m.state_dict()  # not saved: set from the vocabulary
+
+
+def test_blocked_terms_follow_a_restricted_vocabulary():
+    m = _model()
+    m.block_terms([0, 1, 6])
+    m.restrict_vocabulary(np.array([1, 3, 4, 6, 8]))
+    assert m.sparse_head.blocked.tolist() == [True, False, False, True, False]
+    _favour_specials(m, [0, 3])
+    z = m.encode_text(torch.randn(3, 5)).sparse
+    assert z.shape[1] == 9 and (z[:, [0, 1, 6]] == 0).all()
+
+
+def test_loaded_checkpoint_masks_its_vocabularys_special_tokens(tmp_path):
+    m = _model()
+    _favour_specials(m, [0, 1, 2, 6, 7])
+    m.save_pretrained(tmp_path / "ck", vocab_tokens=SPECIAL_VOCAB)
+    n = SparseDenseModel.from_pretrained(tmp_path / "ck")
+    z = n.encode_text(torch.randn(8, 5)).sparse
+    assert (z[:, [0, 1, 2, 6, 7]] == 0).all() and (z[:, [3, 4, 5, 8]] > 0).any()

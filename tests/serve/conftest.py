@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -47,11 +50,42 @@ def _n(index_dir: Path) -> int:
 
 @pytest.fixture(scope="session")
 def served_index(tmp_path_factory) -> Path:
-    """A tiny inverted index of 40 synthetic images whose data folder has images/."""
+    """A tiny inverted index of 40 synthetic images with their dense vectors (so every
+    mode is served), whose data folder has images/."""
     root = tmp_path_factory.mktemp("serve")
     run = make_run(root)
     out = root / "index"
-    build_index(run, out, progress=False)
+    build_index(run, out, store_dense=True, progress=False)
     write_images(out, root / "data" / "images")
     (root / "secret.txt").write_text("not for the web")
     return out
+
+
+@pytest.fixture(scope="session")
+def sparse_only_index(served_index) -> Path:
+    """The same images and run, indexed without dense vectors (sparse search only)."""
+    out = served_index.parent / "index-sparse"
+    build_index(served_index.parent / "run", out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(served_index):
+    """A uvicorn server of the served index on a free 127.0.0.1 port (in a thread)."""
+    uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+    from mmsparse.serve import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(served_index, text_encoder=HashEncoder())
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)

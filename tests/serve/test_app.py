@@ -4,15 +4,17 @@ bad input of issue 10 (4xx JSON with a one-line message, never a 500)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mmsparse.errors import IndexFormatError
+from mmsparse.errors import IndexFormatError, MMSparseError
 from mmsparse.index import Searcher
 from mmsparse.serve import SearchService, ServeLimits, create_app
+from mmsparse.serve.service import BadRequest, Overloaded, http_error
 from tests.serve.conftest import HashEncoder
 
 TestClient = pytest.importorskip(
@@ -40,7 +42,7 @@ def test_healthz_and_info(client, served_index):
     assert client.get("/healthz").json()["status"] == "ok"
     info = client.get("/api/info").json()
     assert info["engine"] == "inverted" and info["images"] == 40 and info["split"] == "val"
-    assert info["vocab_size"] == 122 and info["modes"] == ["sparse"]
+    assert info["vocab_size"] == 122 and info["modes"] == ["sparse", "dense", "hybrid"]
     assert info["text_search"] is True and info["image_files"] is True
     assert info["run"].endswith("run") and info["options"]["quantize"] == "none"
     assert "/api/search" in client.get("/openapi.json").json()["paths"]
@@ -125,8 +127,6 @@ def test_image_files_are_served_and_nothing_else(client):
         ("q=dog&k=1.5", 400, "k must be a positive integer"),
         ("q=dog&k=101", 400, "k must be at most 100"),
         ("q=dog&mode=fancy", 400, "unknown mode 'fancy'"),
-        ("q=dog&mode=dense", 400, "build the index with --engine milvus"),
-        ("q=dog&mode=hybrid", 400, "build the index with --engine milvus"),
         ("q=dog&explain=maybe", 400, "explain must be true or false"),
         ("q=%FF%FE", 400, "not valid UTF-8"),
         ("q=caf%E9", 400, "not valid UTF-8"),
@@ -137,6 +137,64 @@ def test_image_files_are_served_and_nothing_else(client):
 )
 def test_bad_search_requests_are_one_line_4xx(client, query, status, match):
     assert_error(client.get(f"/api/search?{query}"), status, match)
+
+
+def test_dense_and_hybrid_on_a_sparse_only_index_are_400(sparse_only_index):
+    app = create_app(sparse_only_index, text_encoder=HashEncoder())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.get("/api/info").json()["modes"] == ["sparse"]
+        for mode in ("dense", "hybrid"):
+            assert_error(c.get(f"/api/search?q=dog&mode={mode}"), 400, "--engine inverted --dense")
+            image_id = c.app.state.service.searcher.image_ids[0]
+            assert_error(c.get(f"/api/search?like={image_id}&mode={mode}"), 400, "needs dense")
+        assert c.get("/api/search?q=dog&mode=sparse").status_code == 200
+
+
+def _brute_force(svc, q_dense, q_sparse, mode):
+    """Scores of every indexed image for one query, computed from the stored vectors."""
+    engine = svc.searcher.engine
+    dense = np.asarray(engine.dense) @ np.asarray(q_dense, np.float32).ravel()
+    sparse = (engine.index.to_csr() @ sp.csr_matrix(q_sparse).T).toarray().ravel()
+    m = svc.manifest
+    return {"dense": dense, "sparse": sparse, "hybrid": m.w1 * dense + m.w2 * sparse}[mode]
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_dense_and_hybrid_rank_exactly_by_the_stored_vectors(client, mode):
+    svc = client.app.state.service
+    q = "a dog runs on the beach"
+    data = client.get("/api/search", params={"q": q, "k": 8, "mode": mode}).json()
+    assert data["mode"] == mode and len(data["hits"]) == 8
+    q_dense, q_sparse = svc._encode_texts([q])
+    scores = _brute_force(svc, q_dense, q_sparse, mode)
+    expect = np.lexsort((np.arange(scores.size), -scores))[:8]
+    assert [h["image_id"] for h in data["hits"]] == [svc.searcher.image_ids[r] for r in expect]
+    got = [h["score"] for h in data["hits"]]
+    assert got == pytest.approx(scores[expect].tolist(), rel=1e-4, abs=1e-5)
+    # The explanation still shows the sparse part of the score.
+    for hit in data["hits"]:
+        assert hit["sparse_score"] == pytest.approx(
+            sum(t["contribution"] for t in hit["terms"]), rel=1e-5, abs=1e-6
+        )
+    # The ranking differs from the sparse one (the mode is not ignored).
+    sparse_ids = [h["image_id"] for h in client.get("/api/search?q=a+dog&k=8").json()["hits"]]
+    mode_ids = [
+        h["image_id"] for h in client.get(f"/api/search?q=a+dog&k=8&mode={mode}").json()["hits"]
+    ]
+    assert sparse_ids != mode_ids
+
+
+def test_more_like_this_in_hybrid_mode_uses_the_images_own_vectors(client):
+    svc = client.app.state.service
+    image_id = svc.searcher.image_ids[7]
+    data = client.get("/api/search", params={"like": image_id, "k": 5, "mode": "hybrid"}).json()
+    row = svc.row_of[image_id]
+    terms, weights = svc.doc_vector(row)
+    q_sparse = sp.csr_matrix((weights, terms, [0, terms.size]), shape=(1, svc.manifest.vocab_size))
+    scores = _brute_force(svc, svc.searcher.engine.dense[row], q_sparse, "hybrid")
+    expect = np.lexsort((np.arange(scores.size), -scores))[:5]
+    assert [h["image_id"] for h in data["hits"]] == [svc.searcher.image_ids[r] for r in expect]
+    assert data["hits"][0]["image_id"] == image_id  # an image is most like itself
 
 
 def test_other_bad_requests(client):
@@ -217,10 +275,22 @@ class SlowEncoder(HashEncoder):
         return super().encode(texts)
 
 
-@pytest.mark.parametrize("encoder", ["batch", "threads"])
-def test_requests_over_the_limit_get_503_not_a_hang(served_index, encoder):
+@contextlib.asynccontextmanager
+async def piled_up(svc: SearchService, paths: list[str]):
+    """An HTTP client of ``svc``'s application, with ``paths`` sent at once and all of them
+    in flight (held by a :class:`SlowEncoder`); yields the client and the pending tasks."""
     import httpx
 
+    transport = httpx.ASGITransport(app=create_app(service=svc))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        tasks = [asyncio.create_task(c.get(path)) for path in paths]
+        while svc.pending < len(paths):
+            await asyncio.sleep(0.01)
+        yield c, tasks
+
+
+@pytest.mark.parametrize("encoder", ["batch", "threads"])
+def test_requests_over_the_limit_get_503_not_a_hang(served_index, encoder):
     slow = SlowEncoder()
     svc = SearchService(
         served_index,
@@ -228,14 +298,9 @@ def test_requests_over_the_limit_get_503_not_a_hang(served_index, encoder):
         encoder=encoder,
         limits=ServeLimits(max_pending=2, threads=2),
     )
-    app = create_app(service=svc)
 
     async def scenario():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            first = [asyncio.create_task(c.get(f"/api/search?q=dog+{i}")) for i in range(2)]
-            while svc.pending < 2:
-                await asyncio.sleep(0.01)
+        async with piled_up(svc, [f"/api/search?q=dog+{i}" for i in range(2)]) as (c, first):
             over = await c.get("/api/search?q=one+too+many")
             health = (await c.get("/healthz")).json()  # never blocked by the encoder
             slow.release.set()
@@ -252,18 +317,11 @@ def test_requests_over_the_limit_get_503_not_a_hang(served_index, encoder):
 
 
 def test_batch_encoder_encodes_concurrent_queries_together(served_index):
-    import httpx
-
     enc = SlowEncoder()
     svc = SearchService(served_index, text_encoder=enc, encoder="batch")
-    app = create_app(service=svc)
 
     async def scenario():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            tasks = [asyncio.create_task(c.get(f"/api/search?q=query+{i}&k=3")) for i in range(6)]
-            while svc.pending < 6:
-                await asyncio.sleep(0.01)
+        async with piled_up(svc, [f"/api/search?q=query+{i}&k=3" for i in range(6)]) as (_, tasks):
             enc.release.set()
             return await asyncio.gather(*tasks)
 
@@ -276,3 +334,20 @@ def test_batch_encoder_encodes_concurrent_queries_together(served_index):
     for i, r in enumerate(results):
         assert r.json()["query"] == f"query {i}"
     svc.close()
+
+
+class BrokenService(SearchService):
+    """A service whose engine fails with an unexpected exception (a bug)."""
+
+    def _search_vectors(self, *args, **kwargs):
+        raise RuntimeError("boom\nwith a second line")
+
+
+def test_a_bug_is_a_one_line_500_and_library_errors_are_400(served_index):
+    svc = BrokenService(served_index, text_encoder=HashEncoder())
+    with TestClient(create_app(service=svc), raise_server_exceptions=False) as c:
+        assert_error(c.get("/api/search?q=dog"), 500, "internal error (RuntimeError: boom with")
+    status, body, headers = http_error(MMSparseError("bad\nrun"))
+    assert (status, body, headers) == (400, {"error": "bad run", "status": 400}, {})
+    assert http_error(Overloaded("busy"))[0::2] == (503, {"Retry-After": "1"})
+    assert http_error(BadRequest("nope", 404))[1] == {"error": "nope", "status": 404}

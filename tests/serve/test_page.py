@@ -3,38 +3,30 @@ server the test starts on 127.0.0.1; skips, saying why, where no browser is inst
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
-import threading
-import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
-from mmsparse.serve import create_app
-from tests.serve.conftest import HashEncoder
-
-uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="module")
-def server(served_index):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(served_index, text_encoder=HashEncoder())
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+def card_ids(page) -> list[str]:
+    """Image ids of the result grid, in rank order."""
+    return page.locator("#grid .card").evaluate_all("els => els.map(e => e.dataset.imageId)")
+
+
+def api_ids(server: str, q: str | None, mode: str, like: str | None = None) -> list[str]:
+    """Image ids of the same search through the JSON API."""
+    params = {"like": like} if like else {"q": q}
+    url = f"{server}/api/search?" + urllib.parse.urlencode({**params, "mode": mode, "k": 20})
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return [h["image_id"] for h in json.loads(resp.read())["hits"]]
 
 
 def test_raw_traversal_paths_never_leave_the_images_folder(server):
@@ -85,9 +77,25 @@ def test_page_search_explain_and_more_like_this(server):
         ]
         assert contributions and sum(contributions) == pytest.approx(score, rel=1e-4)
         assert page.locator("#query-chips li").count() > 0
-        # the mode switch: dense and hybrid are disabled on a sparse-only engine
-        assert page.locator("input[value=dense]").is_disabled()
+        # the mode switch: the index holds dense vectors, so every mode is offered
         assert page.locator("input[value=sparse]").is_checked()
+        sparse_ids = card_ids(page)
+        for mode in ("hybrid", "dense"):
+            assert page.locator(f"input[value={mode}]").is_enabled()
+            page.check(f"input[value={mode}]")
+            page.wait_for_url(f"**mode={mode}**")
+            page.wait_for_selector(f"#status:has-text('{mode} score')")
+            assert cards.count() == 20
+            hit = cards.nth(0)
+            # chips still explain the sparse part of the hit's score
+            sparse_part = float(hit.get_attribute("data-sparse-score"))
+            chips = hit.locator(".hit-terms li.chip").evaluate_all(
+                "els => els.map(e => Number(e.dataset.contribution))"
+            )
+            assert sum(chips) == pytest.approx(sparse_part, rel=1e-4, abs=1e-6)
+            ids = card_ids(page)
+            assert ids == api_ids(server, "a dog runs on the beach", mode)
+        assert ids != sparse_ids  # the dense ranking is another one
         # an error is shown as a message, not a blank page
         page.goto(server + "/?q=dog&k=999")
         page.wait_for_selector("#error:not([hidden])")
@@ -101,8 +109,11 @@ def test_page_search_explain_and_more_like_this(server):
         page.wait_for_selector("#detail[open] #detail-terms li.chip")
         page.click("#more-like")
         page.wait_for_url(f"**like={image_id}**")
-        page.wait_for_selector("#grid .card")
-        assert f"images like {image_id}" in page.inner_text("#status")
+        page.wait_for_selector(f"#status:has-text('images like {image_id}')")
+        # the image itself comes first: its own vector is the query
+        assert card_ids(page)[0] == image_id
+        like_ids = api_ids(server, None, "sparse", like=image_id)
+        assert card_ids(page) == like_ids
         page.set_viewport_size({"width": 380, "height": 800})  # narrow screen: no overflow
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
         assert errors == []

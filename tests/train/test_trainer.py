@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmsparse.config import RunConfig, apply_overrides
-from mmsparse.errors import ConfigError
+from mmsparse.errors import ConfigError, DataError
 from mmsparse.model import SparseDenseModel
 from mmsparse.train import Trainer, lr_factor, set_trainable, train
 from tests.helpers import TINY_OVERRIDES
@@ -111,6 +111,54 @@ def test_existing_run_is_not_overwritten(tmp_path, tiny_store):
             _cfg("train.epochs=1", "train.lr=1e-2"), tmp_path / "r", store=tiny_store, resume=True
         )
     assert (tmp_path / "r" / "best" / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_failed_start_does_not_block_the_corrected_command(tmp_path, tiny_release, resume):
+    """A start that fails in set-up leaves only config.json: the fix is not refused."""
+    run = tmp_path / "r"
+    bundle = f"data.bundle={tiny_release / 'bundle'}"
+    bad = _cfg("train.epochs=1", f"data.path={tmp_path / 'no-such-data'}", bundle)
+    with pytest.raises(DataError, match="dataset directory not found"):
+        train(bad, run)
+    assert [p.name for p in run.iterdir()] == ["config.json"]
+    good = _cfg("train.epochs=1", f"data.path={tiny_release}", bundle)
+    result = train(good, run, resume=resume)
+    assert result.epochs_run == 1 and (run / "best" / "model.safetensors").is_file()
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["data"]["path"] == str(tiny_release)
+    # real progress stays protected, as before
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(bad, run)
+
+
+def test_progress_bar_inside_the_epoch_named_like_the_log(tmp_path, tiny_store, capsys):
+    train(_cfg("train.progress=true", "train.epochs=2"), tmp_path / "r", store=tiny_store)
+    err = capsys.readouterr().err
+    assert "epoch 1:" in err and "step" in err  # a bar over the steps of each epoch
+    assert "total=" in err and "loss=" not in err  # "total" as in metrics.jsonl
+    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    train_rec = [r for r in records if r["type"] == "train"][-1]
+    assert f"total={train_rec['total']:.3f}" in err
+
+
+@pytest.mark.parametrize("method", ["dense", "joint"])
+def test_feature_sizes_are_checked_against_the_bundle(tmp_path, tiny_store, method):
+    """Stage 0 (dense) refuses features of another backbone, as the sparse runs do."""
+    import dataclasses
+
+    from mmsparse.data import write_release
+
+    write_release(tiny_store, tmp_path / "data", "synth")
+    extraction = {"backend": "other", "d_img": 30, "d_txt": 16}
+    dataclasses.replace(tiny_store.bundle, extraction=extraction).save(tmp_path / "bundle")
+    cfg = _cfg(
+        f"objective.method={method}",
+        f"data.path={tmp_path / 'data'}",
+        f"data.bundle={tmp_path / 'bundle'}",
+    )
+    with pytest.raises(DataError, match=r"makes image features of size 30 but the data has 24"):
+        train(cfg, tmp_path / "r")
 
 
 class _Killed(Exception):

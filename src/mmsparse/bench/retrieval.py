@@ -359,7 +359,7 @@ def bench_retrieval(
     rng = np.random.default_rng(seed)
     run = load_run(run_dir)
     store = load_run_data(run, data)
-    ev = run.config.eval
+    ev = run.config.serving
     image_topk = ev.image_topk if image_topk is None else image_topk
     text_topk = ev.text_topk if text_topk is None else text_topk
     img_dense, img_sparse = encode_vectors(

@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="run directory written by 'mmsparse train'")
     p.add_argument("--split", default="val", help="split to evaluate (val or test)")
     p.add_argument("--data", help="another feature directory of the same backbone")
+    p.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
     p.add_argument("--trec", metavar="DIR", help="write TREC run files and qrels to DIR")
     p.add_argument("--text-topk", type=int, help="keep the top-k terms of each caption vector")
     p.add_argument("--image-topk", type=int, help="keep the top-k terms of each image vector")
@@ -126,11 +127,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         base = load_run(args.run_dir).config
         cfg = dataclasses.replace(base, eval=dataclasses.replace(base.eval, **changes))
         validate_config(cfg, "command line")
-        eval_cfg = cfg.eval
+        eval_cfg = cfg.serving
     result = evaluate_run(
         args.run_dir,
         args.split,
         data=args.data,
+        bundle=args.bundle,
         trec_dir=args.trec,
         eval_cfg=eval_cfg,
         device=args.device,

@@ -63,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--with-image", metavar="ID", help="pair the caption/text with this image")
     p.add_argument("--k", type=int, default=10, help="terms to list (default 10)")
     p.add_argument("--data", help="another feature directory of the same backbone")
+    p.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_explain)
@@ -81,6 +82,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         k=args.k,
         data=args.data,
         device=args.device,
+        bundle=args.bundle,
     )
     if args.json:
         _print_json(result)

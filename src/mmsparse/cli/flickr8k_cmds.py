@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from mmsparse.paths import ENV_FLICKR8K
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +22,11 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
         description="Reproduce the Flickr8k table (val split). Finished runs in --out are "
         "reused, so an interrupted benchmark continues where it stopped.",
     )
-    p.add_argument("--data", default="../shared/flickr8k", help="Flickr8k feature directory")
+    p.add_argument(
+        "--data",
+        default=os.environ.get(ENV_FLICKR8K) or "../shared/flickr8k",
+        help=f"Flickr8k feature directory (default: ${ENV_FLICKR8K}, else ../shared/flickr8k)",
+    )
     p.add_argument(
         "--bundle",
         default=".cache/effnet-minilm-bundle",

@@ -42,6 +42,19 @@ def _settings(text: str) -> list[tuple[int, float]]:
     return out
 
 
+def add_index_args(p: argparse.ArgumentParser, data_help: str) -> None:
+    """The arguments of every command that opens an index: ``INDEX``, ``--run``, ``--data``.
+
+    Args:
+        p: The command's parser (``search``, ``serve``).
+        data_help: What ``--data`` is for in this command.
+    """
+    p.add_argument("index", help="index directory written by 'mmsparse index build'")
+    p.add_argument("--run", help="encode queries with this run (default: the index's)")
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``index``, ``search`` and ``export`` to ``sub``."""
     p = sub.add_parser(
@@ -66,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--out", required=True, help="index directory to write")
     b.add_argument("--data", help="another feature directory of the same backbone")
+    b.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
     b.add_argument("--image-topk", type=int, help="keep the top-k terms of each image")
     b.add_argument("--threshold", type=float, help="drop weights at or below this")
     b.add_argument(
@@ -84,6 +98,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="engine parameter, e.g. --param n_postings=4000 (seismic), "
         "--param dense_index=HNSW (milvus); repeatable",
     )
+    b.add_argument(
+        "--dense",
+        action="store_true",
+        help="inverted: also store the dense vectors, for --mode dense/hybrid search",
+    )
     b.add_argument("--device", default="cpu", help="device to encode on")
     b.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     b.set_defaults(func=cmd_index_build)
@@ -92,21 +111,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "search",
         help="search an index with text or a caption id",
         description="Rank the indexed images for a text query (encoded through the run's "
-        "extraction backend) or a caption of the data (--caption-id).",
+        "extraction backend) or a caption of the data (--caption-id). Raw text loads the "
+        "run's text encoder first (10-25 s on a CPU): for many queries use --queries FILE "
+        "(one process, the encoder loaded once) or 'mmsparse serve'.",
     )
-    p.add_argument("index", help="index directory written by 'mmsparse index build'")
+    add_index_args(p, "feature directory for --caption-id")
     p.add_argument("query", nargs="?", help="query text")
     p.add_argument("--caption-id", help="use this caption of the data as the query")
+    p.add_argument(
+        "--queries",
+        metavar="FILE",
+        help="search every line of FILE (UTF-8, one query text per line, blank lines skipped)"
+        ' with the encoder loaded once; --json prints {"results": [...]}',
+    )
     p.add_argument("--k", type=int, default=10, help="number of images (default 10)")
     p.add_argument(
         "--mode",
         choices=("sparse", "dense", "hybrid"),
         default="sparse",
-        help="score (dense/hybrid need a milvus index)",
+        help="score (dense/hybrid need a milvus index or an inverted one built with --dense)",
     )
     p.add_argument("--explain", action="store_true", help="show matching terms")
-    p.add_argument("--run", help="encode queries with this run (default: the index's)")
-    p.add_argument("--data", help="feature directory for --caption-id")
     p.add_argument(
         "--param",
         action="append",
@@ -128,6 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=("anserini", "opensearch", "elasticsearch"))
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--data", help="another feature directory of the same backbone")
+    p.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
     p.add_argument("--image-topk", type=int, help="keep the top-k terms of each image")
     p.add_argument("--threshold", type=float, help="drop weights at or below this")
     p.add_argument("--text-topk", type=int, help="keep the top-k terms of each caption query")
@@ -238,7 +264,9 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         image_topk=args.image_topk,
         threshold=args.threshold,
         quantize=args.quantize,
+        bundle=args.bundle,
         engine_params=params or None,
+        store_dense=args.dense,
         device=args.device,
         progress=not args.json,
     )
@@ -254,24 +282,67 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_queries(path: str) -> list[str]:
+    """The query texts of a ``--queries`` file: one per line, blank lines skipped.
+
+    Raises:
+        MMSparseError: If the file cannot be read or holds no query.
+    """
+    from pathlib import Path
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MMSparseError(f"{path}: cannot read --queries file ({exc})") from exc
+    queries = [line.strip() for line in text.splitlines() if line.strip()]
+    if not queries:
+        raise MMSparseError(f"{path}: --queries file holds no query (one text per line)")
+    return queries
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     """Run ``mmsparse search``."""
-    from mmsparse.index.search import search
+    from mmsparse.index.search import Searcher
 
-    result = search(
-        args.index,
-        args.query,
-        caption_id=args.caption_id,
-        k=args.k,
-        mode=args.mode,
-        explain=args.explain,
-        run_dir=args.run,
-        data=args.data,
-        **_params(args.param),
-    )
+    if args.queries and (args.query is not None or args.caption_id is not None):
+        raise MMSparseError("give a query text, --caption-id or --queries FILE, not several")
+    queries = read_queries(args.queries) if args.queries else None
+    searcher = Searcher(args.index, run_dir=args.run, data=args.data, bundle=args.bundle)
+    try:
+        knobs = _params(args.param)
+        if queries is None:
+            results = [
+                searcher.search(
+                    args.query,
+                    caption_id=args.caption_id,
+                    k=args.k,
+                    mode=args.mode,
+                    explain=args.explain,
+                    **knobs,
+                )
+            ]
+        else:
+            results = [
+                searcher.search(q, k=args.k, mode=args.mode, explain=args.explain, **knobs)
+                for q in queries
+            ]
+    finally:
+        searcher.close()
     if args.json:
-        _print_json(result.to_dict())
+        if queries is None:
+            _print_json(results[0].to_dict())
+        else:
+            _print_json({"results": [r.to_dict() for r in results]})
         return 0
+    for i, result in enumerate(results):
+        if i:
+            print()
+        _print_result(result)
+    return 0
+
+
+def _print_result(result: Any) -> None:
+    """One search result as text for people."""
     label = repr(result.query) if result.query is not None else f"caption {result.caption_id}"
     print(f"{result.engine} {result.mode} search for {label} (top {result.k})")
     for note in result.notes:
@@ -281,11 +352,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     for hit in result.hits:
         name = f"  {hit.filename}" if hit.filename else ""
         print(f"{hit.rank:>4}  {hit.score:9.4f}  {hit.image_id}{name}")
+        if hit.terms is not None and result.mode == "sparse":
+            listed = sum(t[3] for t in hit.terms)
+            print(
+                f"        top {len(hit.terms)} of {hit.shared_terms} shared terms "
+                f"(they sum to {listed:.4f} of the score {hit.score:.4f})"
+            )
         for term, qw, dw, prod in hit.terms or []:
             print(f"        {term:<16} {qw:.3f} x {dw:.3f} = {prod:.4f}")
     if not result.hits:
         print("no result")
-    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -303,6 +379,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         text_topk=args.text_topk,
         quantize=args.quantize,
         index_name=args.index_name,
+        bundle=args.bundle,
     )
     if args.json:
         _print_json(info)

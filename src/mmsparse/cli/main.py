@@ -11,11 +11,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from mmsparse import __version__
 from mmsparse.errors import MMSparseError
+from mmsparse.threads import LAST_DECISION, configure_threads
+
+# Libraries whose INFO lines are noise on a command's stderr (shown with --verbose).
+QUIET_LOGGERS = ("faiss", "milvus_lite")
 
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = (
@@ -24,6 +29,7 @@ COMMAND_MODULES = (
     "mmsparse.cli.index_cmds",
     "mmsparse.cli.serve_cmds",
     "mmsparse.cli.flickr8k_cmds",
+    "mmsparse.cli.frontier_cmds",
     "mmsparse.cli.bench_cmds",
 )
 
@@ -37,15 +43,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mmsparse {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_common_options(parser, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    bench = sub.add_parser("bench", help="benchmarks (long-running; see docs/benchmarks.md)")
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks (long-running; see docs/benchmarks.md)",
+        description="Benchmarks (long-running). What each one measures, how to run it and "
+        "the recorded results: docs/benchmarks.md.",
+    )
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     for name in COMMAND_MODULES:
         module = importlib.import_module(name)
         module.register(sub)
         if hasattr(module, "register_bench"):
             module.register_bench(bench_sub)
+    _add_to_commands(sub)
     return parser
+
+
+def _add_common_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """``--threads`` and ``--no-verify``, accepted by every command (unless it has its own)."""
+    if "--threads" not in parser._option_string_actions:
+        parser.add_argument(
+            "--threads",
+            default=default,
+            metavar="N",
+            help="CPU threads (default: the cores free when the command starts, at least 1; "
+            "also MMSPARSE_THREADS; see docs/benchmarks.md)",
+        )
+    if "--no-verify" not in parser._option_string_actions:
+        parser.add_argument(
+            "--no-verify",
+            action="store_true",
+            default=default,
+            help="load checkpoints without checking their recorded sha256 checksums",
+        )
+
+
+def _add_to_commands(sub: argparse._SubParsersAction) -> None:
+    for parser in sub.choices.values():
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            for action in nested:
+                _add_to_commands(action)
+        else:
+            _add_common_options(parser, argparse.SUPPRESS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,6 +96,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status (0 success, 2 bad input, 130 interrupted).
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # Before torch, numba or BLAS start their thread pools (see mmsparse.threads).
+        configure_threads(argv)
+    except MMSparseError as exc:
+        print(f"mmsparse: error: {exc}", file=sys.stderr)
+        return 2
+    from mmsparse.io_utils import set_verify, verify_enabled  # numpy: after the pools' env
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -61,6 +112,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if LAST_DECISION:
+        logging.getLogger("mmsparse.threads").debug(
+            "%d CPU threads (%s), OMP_WAIT_POLICY=%s",
+            LAST_DECISION[0],
+            LAST_DECISION[1],
+            os.environ.get("OMP_WAIT_POLICY"),
+        )
+    if not args.verbose:
+        # faiss logs its optional-import attempts (ModuleNotFoundError ...) at INFO, and
+        # milvus-lite every start and stop of its in-process server.
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    verify = verify_enabled()
+    if getattr(args, "no_verify", False):
+        set_verify(False)
     try:
         return int(args.func(args) or 0)
     except MMSparseError as exc:
@@ -68,14 +134,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         # stdout closed early (e.g. piped into `head`): not an error of the command.
-        import os
-
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print("mmsparse: interrupted (completed checkpoints are kept)", file=sys.stderr)
+        print(_interrupted_message(args), file=sys.stderr)
         return 130
+    finally:
+        set_verify(verify)
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves behind, and for ``train`` how to continue."""
+    if getattr(args, "command", None) == "train" and getattr(args, "out", None):
+        return (
+            "mmsparse: interrupted; completed epochs are kept: continue with "
+            f"'mmsparse train --resume --out {args.out}'"
+        )
+    return "mmsparse: interrupted (completed checkpoints are kept)"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from mmsparse.cli.index_cmds import add_index_args
 from mmsparse.errors import MMSparseError, require_extra
 
 
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "/images/FILE, /api/info, /healthz; OpenAPI at /docs) and a web page at / that shows "
         "why each image matched. Needs the serve extra: pip install 'mmsparse[serve]'.",
     )
-    p.add_argument("index", help="index directory written by 'mmsparse index build'")
+    add_index_args(p, "feature directory of the index's data")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument(
@@ -46,8 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="server processes, each with the index opened once (default 1)",
     )
-    p.add_argument("--run", help="encode queries with this run (default: the index's)")
-    p.add_argument("--data", help="feature directory of the index's data")
     p.add_argument("--images", help="folder of the image files (default: DATA/images)")
     _limit_args(p)
     p.set_defaults(func=cmd_serve)
@@ -72,6 +71,12 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         help="encoder modes to measure, one server each (default batch,threads)",
     )
     p.add_argument("--threads", type=int, default=2, help="threads of --encoder threads")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="blocks of queries, each sent to every encoder mode in turn (default 4)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the caption sample")
     p.add_argument("--out", default="benchmarks/serve.json", help="results JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -83,6 +88,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "index_dir": os.path.abspath(args.index),
         "run_dir": args.run,
         "data": args.data,
+        "bundle": args.bundle,
         "images_dir": args.images,
         "encoder": args.encoder,
         "limits": {"threads": args.threads, "max_pending": args.max_pending, "max_k": args.max_k},
@@ -144,6 +150,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         k=args.k,
         encoders=encoders,
         threads=args.threads,
+        rounds=args.rounds,
         seed=args.seed,
         out=args.out,
         progress=not args.json,

@@ -30,7 +30,14 @@ import numpy as np
 
 from mmsparse.data.vocab import Vocabulary
 from mmsparse.errors import CheckpointError, DataError
-from mmsparse.io_utils import atomic_write_json, load_tensors, read_json, save_tensors
+from mmsparse.io_utils import (
+    atomic_write_json,
+    load_tensors,
+    read_json,
+    save_tensors,
+    verify_checksums,
+    write_checksums,
+)
 
 BUNDLE_FORMAT = "mmsparse-bundle"
 BUNDLE_VERSION = 1
@@ -68,11 +75,25 @@ class BackboneBundle:
         return None if self.word_embeddings is None else int(self.word_embeddings.shape[1])
 
     def check_dims(self, d_img: int, d_txt: int) -> None:
-        """Check the projection shapes against the feature sizes of the data.
+        """Check the bundle against the feature sizes of the data.
+
+        Both the projections' input sizes and the feature sizes the bundle's extraction
+        backend produces (``extraction.d_img`` / ``d_txt``) must match: features of another
+        backbone are refused for every method, the dense stage 0 included.
 
         Raises:
-            DataError: Naming the bundle file and both shapes.
+            DataError: Naming the bundle file and both sizes.
         """
+        meta = self.path / "bundle.json" if self.path else "bundle"
+        extraction = self.extraction if isinstance(self.extraction, dict) else {}
+        for key, what, got in (("d_img", "image", d_img), ("d_txt", "caption", d_txt)):
+            want = extraction.get(key)
+            if isinstance(want, int) and want != got:
+                raise DataError(
+                    f"{meta}: the bundle's extraction ({extraction.get('backend', '?')}) "
+                    f"makes {what} features of size {want} but the data has {got} (features "
+                    "of another backbone? use its bundle, or data.bundle=null)"
+                )
         where = self.path / "bundle.safetensors" if self.path else "bundle"
         for key, d_in in (("text_proj.weight", d_txt), ("vision_proj.weight", d_img)):
             if key in self.projections and self.projections[key].shape[1] != d_in:
@@ -109,6 +130,7 @@ class BackboneBundle:
                 "extraction": self.extraction,
             },
         )
+        write_checksums(directory, ["bundle.json", "bundle.safetensors", "vocab.txt"])
         self.path = directory
         return directory
 
@@ -127,6 +149,7 @@ class BackboneBundle:
                 f"data.bundle=null for the random fallback)"
             )
         try:
+            verify_checksums(directory)
             meta = read_json(directory / "bundle.json", "bundle description")
         except CheckpointError as exc:
             raise DataError(str(exc)) from exc

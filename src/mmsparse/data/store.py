@@ -359,7 +359,9 @@ def load_feature_store(
         config = DataConfig(path=str(config))
     if not config.path:
         raise DataError("data.path is not set: point it at a directory of feature files")
-    root = Path(config.path)
+    from mmsparse.paths import expand_path
+
+    root = Path(expand_path(config.path, "data.path"))
     if not root.is_dir():
         raise DataError(f"{root}: dataset directory not found")
     img_path = find_feature_file(root, IMAGE_PREFIX, config.backbone, config.image_file)
@@ -371,7 +373,7 @@ def load_feature_store(
     parts = _assemble(meta_path, meta, img, txt)
     bundle = None
     if load_bundle and config.bundle:
-        bundle_path = Path(config.bundle)
+        bundle_path = Path(expand_path(config.bundle, "data.bundle"))
         bundle = BackboneBundle.load(bundle_path)
         bundle.check_dims(parts["image_feats"].shape[1], parts["caption_feats"].shape[1])
     return FeatureStore(**parts, bundle=bundle, root=root, name=str(meta.get("dataset", root.name)))

@@ -16,7 +16,9 @@ import numpy as np
 
 from mmsparse.errors import DataError
 
-_SPECIAL = re.compile(r"^\[[A-Za-z0-9_]+\]$")
+# Special tokens of the usual vocabularies: BERT's [PAD] [CLS] [SEP] [MASK] [UNK] [unused0],
+# RoBERTa/T5's <s> </s> <pad> <unk> <mask>, CLIP/GPT's <|startoftext|> <|endoftext|>.
+_SPECIAL = re.compile(r"^(\[[A-Za-z0-9_]+\]|<\|?/?[A-Za-z0-9_]+\|?>)$")
 
 
 class Vocabulary:

@@ -28,6 +28,14 @@ def result_rows(
             ]
         else:
             row += ["", "", ""]
+        readable = result.get("readability")
+        if st == "sparse" and readable:
+            row += [
+                f"{readable['image_terms_in_captions']:.1f}",
+                f"{readable['caption_terms_in_other_captions']:.1f}",
+            ]
+        else:
+            row += ["", ""]
         rows.append(row)
     return rows
 
@@ -40,6 +48,8 @@ HEADER = [
     "FLOPs",
     "nnz/cap",
     "nnz/img",
+    "img words %",
+    "cap words %",
 ]
 
 

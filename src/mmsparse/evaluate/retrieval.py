@@ -66,16 +66,22 @@ class EvalResult:
         ranks: ``ranks[direction][score_type]``: 1-based rank of the first relevant
             document for every query.
         info: Split name, sizes, weights, pruning options, timing.
+        readability: The readability measure of the sparse vectors
+            (:func:`mmsparse.evaluate.readability.readability`), when computed.
     """
 
     metrics: dict[str, dict[str, dict[str, float]]]
     sparsity: dict[str, float | int | None]
     ranks: dict[str, dict[str, np.ndarray]] = field(repr=False)
     info: dict[str, Any]
+    readability: dict[str, float | int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready result (without per-query ranks)."""
-        return {**self.info, **self.metrics, "sparsity": self.sparsity}
+        out = {**self.info, **self.metrics, "sparsity": self.sparsity}
+        if self.readability is not None:
+            out["readability"] = self.readability
+        return out
 
     def get(self, key: str) -> float:
         """A metric by path, e.g. ``"t2i/sparse/R@1"``."""
@@ -535,6 +541,7 @@ def evaluate_model(
     trec_dir: str | Path | None = None,
     run_tag: str = "mmsparse",
     score_types: Sequence[str] = SCORE_TYPES,
+    readability_k: int | None = 10,
 ) -> EvalResult:
     """Encode a split with ``model`` and evaluate it (see :func:`evaluate_encoded`).
 
@@ -549,6 +556,9 @@ def evaluate_model(
         trec_dir: Directory for TREC run files and qrels.
         run_tag: Tag of the TREC runs.
         score_types: Score types to evaluate (``("dense",)`` skips the sparse head).
+        readability_k: Heaviest terms examined by the readability measure
+            (:mod:`mmsparse.evaluate.readability`); ``None`` skips it. It needs a named
+            vocabulary (a backbone bundle) and the captions' texts.
 
     Returns:
         The :class:`EvalResult`.
@@ -567,5 +577,28 @@ def evaluate_model(
         run_tag=run_tag,
         score_types=score_types,
     )
+    if with_sparse and readability_k:
+        vocab = store.vocabulary(enc.text_sparse.shape[1])
+        if vocab.named:
+            from mmsparse.evaluate.readability import readability
+
+            indptr, indices = store.caption_token_ids(vocab)
+            rows = np.asarray(sp.caption_rows, dtype=np.int64)
+            lengths = indptr[rows + 1] - indptr[rows]
+            sub_indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            sub_indices = (
+                np.concatenate([indices[indptr[r] : indptr[r + 1]] for r in rows])
+                if rows.size
+                else np.zeros(0, dtype=np.int64)
+            )
+            result.readability = readability(
+                enc.image_sparse,
+                enc.text_sparse,
+                enc.caption_to_image,
+                sub_indptr,
+                sub_indices,
+                vocab,
+                k=readability_k,
+            )
     result.info["seconds"] = round(time.perf_counter() - t0, 4)
     return result

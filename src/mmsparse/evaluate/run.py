@@ -10,7 +10,7 @@ import torch
 from mmsparse.config import EvalConfig
 from mmsparse.evaluate.retrieval import SCORE_TYPES, EvalResult, evaluate_model
 from mmsparse.io_utils import atomic_write_json
-from mmsparse.runs import load_run, load_run_data, resolve_device
+from mmsparse.runs import hybrid_weights, load_run, load_run_data, resolve_device
 
 
 def evaluate_run(
@@ -18,6 +18,7 @@ def evaluate_run(
     split: str = "val",
     *,
     data: str | Path | None = None,
+    bundle: str | Path | None = None,
     trec_dir: str | Path | None = None,
     eval_cfg: EvalConfig | None = None,
     device: str = "auto",
@@ -29,6 +30,7 @@ def evaluate_run(
         run_dir: A directory written by ``mmsparse train``.
         split: Split to evaluate (``val`` or ``test``; any split of the data works).
         data: Another dataset directory of the same backbone to evaluate on.
+        bundle: The backbone bundle directory to use instead of the run's (a moved run).
         trec_dir: Write TREC run files and qrels there.
         eval_cfg: Pruning and batching options (default: the run's own).
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -43,16 +45,17 @@ def evaluate_run(
     """
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)
-    store = load_run_data(run, data)
+    store = load_run_data(run, data, bundle)
     cfg = run.config
-    eval_cfg = eval_cfg or cfg.eval
+    eval_cfg = eval_cfg or cfg.serving
+    w1, w2 = hybrid_weights(cfg, run.model)
     with torch.no_grad():
         result = evaluate_model(
             run.model,
             store,
             split,
-            w1=cfg.objective.w1,
-            w2=cfg.objective.w2,
+            w1=w1,
+            w2=w2,
             eval_cfg=eval_cfg,
             device=dev,
             trec_dir=trec_dir,

@@ -60,6 +60,7 @@ def index_vectors(
     manifest_fields: dict[str, Any],
     options: IndexOptions | None = None,
     engine_params: dict[str, Any] | None = None,
+    store_dense: bool = False,
     progress: bool = False,
 ) -> IndexManifest:
     """Index already encoded (and pruned) image vectors with one engine.
@@ -79,6 +80,8 @@ def index_vectors(
             ``data_dir``, ``w1``, ``w2`` for the manifest.
         options: Pruning/quantisation options to record (``scale`` is filled in here).
         engine_params: Engine parameters (Seismic knobs; Milvus ``uri``, ``collection``...).
+        store_dense: ``inverted``: also store the dense vectors (``dense.npy``), so the
+            index serves dense and hybrid search (milvus always holds them).
         progress: Show progress bars.
 
     Returns:
@@ -94,6 +97,10 @@ def index_vectors(
         raise MMSparseError(
             f"unknown quantisation {options.quantize!r} (one of {', '.join(QUANTIZE_MODES)})"
         )
+    if store_dense and engine == "seismic":
+        raise MMSparseError(
+            "--dense applies to --engine inverted (milvus always holds dense vectors)"
+        )
     n = sparse.shape[0]
     if dense.shape[0] != n or len(image_ids) != n or len(filenames) != n:
         raise MMSparseError("sparse vectors, dense vectors and image ids differ in length")
@@ -103,6 +110,7 @@ def index_vectors(
     for stale in (
         "postings.mmsi",
         "seismic.index.seismic",
+        "dense.npy",
         "index.bmp",
         "bmp_meta.npz",
         "kannolo.hnsw",
@@ -111,7 +119,7 @@ def index_vectors(
         if (out / stale).exists():
             (out / stale).unlink()
     if engine == "inverted":
-        params = build_inverted(out, sparse, options.quantize)
+        params = build_inverted(out, sparse, options.quantize, dense if store_dense else None)
         header = read_header(out / "postings.mmsi")[0]
         scale, nnz = float(header["scale"]), int(header["nnz"])
     else:
@@ -180,7 +188,9 @@ def build_index(
     image_topk: int | None = None,
     threshold: float | None = None,
     quantize: str = "none",
+    bundle: str | Path | None = None,
     engine_params: dict[str, Any] | None = None,
+    store_dense: bool = False,
     device: str = "cpu",
     progress: bool = True,
 ) -> IndexManifest:
@@ -197,8 +207,11 @@ def build_index(
             ``eval.threshold``).
         quantize: ``none``, ``uint8`` or ``uint16`` integer impacts.
         engine_params: Engine parameters (see :mod:`mmsparse.index.engines`).
+        store_dense: ``inverted``: also store the images' dense vectors, for dense and
+            hybrid search (see :mod:`mmsparse.index.dense`).
         device: Device to encode on.
         progress: Show progress bars.
+        bundle: The backbone bundle directory to use instead of the run's (a moved run).
 
     Returns:
         The :class:`IndexManifest` written to ``out/index.json``.
@@ -208,7 +221,7 @@ def build_index(
         DataError: If the data is unreadable or the split is empty.
         MMSparseError: On a bad option or engine failure.
     """
-    from mmsparse.runs import load_run, load_run_data, resolve_device
+    from mmsparse.runs import hybrid_weights, load_run, load_run_data, resolve_device
 
     if image_topk is not None and image_topk < 1:
         raise MMSparseError(f"--image-topk must be >= 1, got {image_topk}")
@@ -216,10 +229,10 @@ def build_index(
         raise MMSparseError(f"--threshold must be >= 0, got {threshold}")
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)
-    store = load_run_data(run, data)
+    store = load_run_data(run, data, bundle)
     sp_ = store.split(split)
     cfg = run.config
-    topk = cfg.eval.image_topk if image_topk is None else image_topk
+    topk = cfg.serving.image_topk if image_topk is None else image_topk
     thr = cfg.eval.threshold if threshold is None else float(threshold)
     dense, sparse = encode_vectors(
         run.model,
@@ -248,10 +261,11 @@ def build_index(
             "vocab_sha256": vocab_sha256(run.vocab.tokens),
             "split": sp_.name,
             "data_dir": str(store.root) if store.root else "",
-            "w1": float(cfg.objective.w1),
-            "w2": float(cfg.objective.w2),
+            "w1": hybrid_weights(cfg, run.model)[0],
+            "w2": hybrid_weights(cfg, run.model)[1],
         },
         options=IndexOptions(image_topk=topk, threshold=thr, quantize=quantize),
         engine_params=engine_params,
+        store_dense=store_dense,
         progress=progress,
     )

@@ -25,12 +25,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError, MMSparseError, require_extra
+from mmsparse.index.dense import load_dense, search_dense, write_dense
 from mmsparse.index.inverted import POSTINGS_NAME, InvertedIndex, SearchHits, write_postings
 
 log = logging.getLogger(__name__)
@@ -68,18 +69,23 @@ def _only_sparse(engine: str, mode: str) -> None:
         raise MMSparseError(f"unknown search mode {mode!r} (sparse, dense or hybrid)")
     if mode != "sparse":
         raise MMSparseError(
-            f"the {engine} engine holds sparse vectors only; --mode {mode} needs an index "
-            "built with --engine milvus"
+            f"the {engine} index holds sparse vectors only; --mode {mode} needs an index "
+            "built with --engine milvus, or --engine inverted --dense"
         )
 
 
 # -- inverted -----------------------------------------------------------------------------
 
 
-def build_inverted(directory: Path, sparse: sp.csr_matrix, quantize: str) -> dict[str, Any]:
-    """Write ``postings.mmsi``; returns the engine parameters."""
+def build_inverted(
+    directory: Path, sparse: sp.csr_matrix, quantize: str, dense: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Write ``postings.mmsi`` (and ``dense.npy`` if ``dense`` is given); returns the params."""
     header = write_postings(directory / POSTINGS_NAME, sparse, quantize_mode=quantize)
-    return {"file": POSTINGS_NAME, "payload_sha256": header["payload_sha256"]}
+    params = {"file": POSTINGS_NAME, "payload_sha256": header["payload_sha256"]}
+    if dense is not None:
+        params.update(write_dense(directory, dense))
+    return params
 
 
 class InvertedEngine:
@@ -87,10 +93,23 @@ class InvertedEngine:
 
     name = "inverted"
 
-    def __init__(self, directory: Path, verify: bool = True, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        verify: bool = True,
+        backend: str = "auto",
+        params: dict[str, Any] | None = None,
+        w1: float = 1.0,
+        w2: float = 1.0,
+    ) -> None:
         self.index = InvertedIndex(directory / POSTINGS_NAME, verify=verify, backend=backend)
         self.n_docs = self.index.n_docs
         self.vocab_size = self.index.vocab_size
+        self.dense = load_dense(directory, params or {}, verify=verify)
+        if self.dense is not None and self.dense.shape[0] != self.n_docs:
+            raise IndexFormatError(f"{directory}: dense vectors and postings differ in length")
+        self.has_dense = self.dense is not None
+        self.w1, self.w2 = float(w1), float(w2)
 
     @property
     def nbytes(self) -> int:
@@ -105,7 +124,14 @@ class InvertedEngine:
         mode: str = "sparse",
         threads: int | None = None,
     ) -> SearchHits:
-        """Exact sparse top-``k`` (``mode`` must be ``sparse``)."""
+        """Exact top-``k``: sparse; dense and hybrid when the index holds dense vectors."""
+        if mode != "sparse" and self.dense is not None and mode in SEARCH_MODES:
+            if dense is None:
+                raise MMSparseError(f"--mode {mode} needs the queries' dense vectors")
+            q = self.index._check_query(sparse) if mode == "hybrid" else None
+            return search_dense(
+                self.dense, dense, k, mode=mode, index=self.index, sparse=q, w1=self.w1, w2=self.w2
+            )
         _only_sparse(self.name, mode)
         return self.index.search_batch(sparse, k, threads=threads)
 
@@ -177,6 +203,7 @@ class SeismicEngine:
     """The ``seismic`` engine of an index directory (approximate)."""
 
     name = "seismic"
+    has_dense = False
 
     def __init__(self, directory: Path, n_docs: int, params: dict[str, Any]) -> None:
         seismic = _seismic()
@@ -284,10 +311,32 @@ class _UnimplementedRpcFilter(logging.Filter):
         return not isinstance(exc, NotImplementedError)
 
 
+class _LockedFileFilter(logging.Filter):
+    """Keeps milvus-lite's traceback of a locked ``.db`` file off stderr, and remembers it.
+
+    milvus-lite logs ``DataDirLockedError`` (another process holds the file) as an ERROR
+    with a traceback, then pymilvus raises a vague connection error; :func:`_milvus_client`
+    turns the pair into one clear line.
+    """
+
+    locked: ClassVar[set[str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "DataDirLockedError":
+            _LockedFileFilter.locked.add(str(exc))
+            return False
+        return True
+
+
 def _quiet_grpc_server() -> None:
-    logger = logging.getLogger("grpc._server")
-    if not any(isinstance(f, _UnimplementedRpcFilter) for f in logger.filters):
-        logger.addFilter(_UnimplementedRpcFilter())
+    for name, cls in (
+        ("grpc._server", _UnimplementedRpcFilter),
+        ("milvus_lite.server_manager", _LockedFileFilter),
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
 
 
 def _milvus_client(uri: str):
@@ -295,9 +344,16 @@ def _milvus_client(uri: str):
     _quiet_grpc_server()
     if not uri.startswith(("http://", "https://", "tcp://", "unix:")):
         require_extra("milvus_lite", "index", "An embedded Milvus (.db file) (milvus-lite)")
+    _LockedFileFilter.locked.clear()
     try:
         return pymilvus.MilvusClient(uri=uri)
     except Exception as exc:  # connection and start-up failures
+        if _LockedFileFilter.locked or type(exc).__name__ == "DataDirLockedError":
+            raise MMSparseError(
+                f"{uri}: in use by another process: a milvus-lite file serves one process "
+                "at a time; wait for the other one, or share the index through a Milvus "
+                "server ('mmsparse index build --engine milvus --uri http://HOST:19530')"
+            ) from exc
         raise MMSparseError(f"cannot open Milvus at {uri} ({type(exc).__name__}: {exc})") from exc
 
 
@@ -404,6 +460,7 @@ class MilvusEngine:
     """The ``milvus`` engine: one collection with dense and sparse vectors."""
 
     name = "milvus"
+    has_dense = True
 
     def __init__(self, directory: Path, n_docs: int, params: dict[str, Any], w1: float, w2: float):
         self.pymilvus = _pymilvus()
@@ -543,7 +600,9 @@ class MilvusEngine:
 def open_engine(directory: Path, manifest: Any, verify: bool = True) -> Any:
     """Open the engine of an index directory described by ``manifest``."""
     if manifest.engine == "inverted":
-        engine: Any = InvertedEngine(directory, verify=verify)
+        engine: Any = InvertedEngine(
+            directory, verify=verify, params=manifest.engine_params, w1=manifest.w1, w2=manifest.w2
+        )
     elif manifest.engine == "seismic":
         engine = SeismicEngine(directory, manifest.n_images, manifest.engine_params)
     elif manifest.engine == "bmp":

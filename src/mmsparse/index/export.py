@@ -240,6 +240,7 @@ def export_run(
     text_topk: int | None = None,
     quantize: str = "uint8",
     index_name: str = "mmsparse-images",
+    bundle: str | Path | None = None,
 ) -> dict[str, Any]:
     """Export a split's image vectors (and its captions as queries) for another engine.
 
@@ -254,6 +255,7 @@ def export_run(
         text_topk: Terms kept per caption query (default: the run's ``eval.text_topk``).
         quantize: Anserini impacts: ``uint8`` or ``uint16``.
         index_name: OpenSearch/Elasticsearch index name.
+        bundle: The backbone bundle directory to use instead of the run's (a moved run).
 
     Returns:
         What was written (``export.json``): format, counts, files, scales, commands.
@@ -269,9 +271,9 @@ def export_run(
     if quantize not in ("uint8", "uint16"):
         raise MMSparseError(f"anserini impacts are uint8 or uint16, not {quantize!r}")
     run = load_run(run_dir)
-    store = load_run_data(run, data)
+    store = load_run_data(run, data, bundle)
     sp_ = store.split(split)
-    ev = run.config.eval
+    ev = run.config.serving
     topk = ev.image_topk if image_topk is None else image_topk
     thr = ev.threshold if threshold is None else float(threshold)
     dense, sparse = encode_vectors(

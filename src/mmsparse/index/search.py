@@ -48,7 +48,9 @@ class Hit:
         filename: Image file name ('' if unknown).
         score: Score of the search mode (sparse ``q · d``, dense, or hybrid).
         terms: With ``explain``: ``(term, query weight, image weight, product)`` of the
-            shared terms, largest product first.
+            shared terms, largest product first (at most ``explain_terms`` of them).
+        shared_terms: With ``explain``: how many terms the query and image share (the
+            listed ones are the top of these).
     """
 
     rank: int
@@ -57,6 +59,7 @@ class Hit:
     filename: str
     score: float
     terms: list[tuple[str, float, float, float]] | None = None
+    shared_terms: int | None = None
 
 
 @dataclass
@@ -138,6 +141,7 @@ class Searcher:
         data: Feature directory for ``caption_id`` queries (default: the index's).
         verify: Verify the index checksums on open.
         load_run: Load the run (needed for text and caption queries; not for vectors).
+        bundle: Backbone bundle directory for ``caption_id`` queries (default: the run's).
 
     Raises:
         IndexFormatError: If the index is corrupt, or no longer matches the run.
@@ -150,6 +154,7 @@ class Searcher:
         data: str | Path | None = None,
         verify: bool = True,
         load_run: bool = True,
+        bundle: str | Path | None = None,
     ) -> None:
         self.index_dir = Path(index_dir)
         self.manifest = IndexManifest.load(self.index_dir)
@@ -158,6 +163,7 @@ class Searcher:
         self.notes: list[str] = []
         self.run: Any = None
         self._data = data
+        self._bundle = bundle
         self._store: Any = None
         self._text_encoder: Any = None
         self.vocab: Any = None
@@ -169,6 +175,11 @@ class Searcher:
         from mmsparse.runs import load_run
 
         m = self.manifest
+        if not Path(run_dir).is_dir():
+            raise IndexFormatError(
+                f"{self.index_dir}: the run it was built from, {run_dir}, is not there; give "
+                "the run's directory with --run RUN_DIR"
+            )
         run = load_run(run_dir)
         if vocab_sha256(run.vocab.tokens) != m.vocab_sha256 or len(run.vocab) != m.vocab_size:
             raise IndexFormatError(
@@ -182,7 +193,7 @@ class Searcher:
                 f"{m.checkpoint_sha256[:12]} but {run_dir} now holds {fingerprint[:12]}; "
                 "rebuild the index with 'mmsparse index build'"
             )
-        ev = run.config.eval
+        ev = run.config.serving
         if (ev.image_topk, float(ev.threshold)) != (
             m.options.image_topk,
             float(m.options.threshold),
@@ -207,7 +218,7 @@ class Searcher:
         from mmsparse.index.encode import encode_vectors
 
         run = self._require_run()
-        ev = run.config.eval
+        ev = run.config.serving
         return encode_vectors(
             run.model, feats, "text", topk=ev.text_topk, threshold=ev.threshold, batch_size=256
         )
@@ -217,6 +228,11 @@ class Searcher:
         run = self._require_run()
         if self._text_encoder is None:
             extraction = self._extraction(run)
+            if extraction:
+                log.info(
+                    "loading the run's text encoder (10-25 s on a CPU, once per process; "
+                    "for many queries: mmsparse search --queries FILE, or mmsparse serve)"
+                )
             self._text_encoder = load_text_encoder(extraction)
         feats = np.asarray(self._text_encoder.encode(list(texts)), dtype=np.float32)
         if feats.ndim != 2 or feats.shape[1] != run.model.d_txt:
@@ -244,7 +260,13 @@ class Searcher:
 
             run = self._require_run()
             data = self._data or self.manifest.data_dir or None
-            self._store = load_run_data(run, data)
+            if not self._data and data and not Path(data).is_dir():
+                raise DataError(
+                    f"{data}: the index's data directory (data_dir in "
+                    f"{self.index_dir / 'index.json'}) is not there; give the features' "
+                    "directory with --data DIR"
+                )
+            self._store = load_run_data(run, data, self._bundle)
         return self._store
 
     def encode_captions(self, caption_ids: list[str]) -> tuple[np.ndarray, sp.csr_matrix]:
@@ -352,9 +374,11 @@ class Searcher:
                 )
                 if explain:
                     hit.terms = []
+                    hit.shared_terms = 0
                     if terms_w is not None:
                         prod = q.data * terms_w[r]
                         nz = np.flatnonzero(prod)
+                        hit.shared_terms = int(nz.size)
                         top = nz[np.lexsort((q.indices[nz], -prod[nz]))][:explain_terms]
                         hit.terms = [
                             (
@@ -440,6 +464,7 @@ def search(
     explain: bool = False,
     run_dir: str | Path | None = None,
     data: str | Path | None = None,
+    bundle: str | Path | None = None,
     **engine_kwargs: Any,
 ) -> SearchResult:
     """Search an index once (opens the index and its run, then closes them).
@@ -453,12 +478,13 @@ def search(
         explain: Show matching terms and contributions.
         run_dir: Encode with this run instead of the manifest's.
         data: Feature directory for caption ids (default: the index's).
+        bundle: Backbone bundle directory for caption ids (default: the run's).
         **engine_kwargs: Engine search knobs.
 
     Returns:
         The :class:`SearchResult`.
     """
-    searcher = Searcher(index_dir, run_dir=run_dir, data=data)
+    searcher = Searcher(index_dir, run_dir=run_dir, data=data, bundle=bundle)
     try:
         return searcher.search(
             text, caption_id=caption_id, k=k, mode=mode, explain=explain, **engine_kwargs

@@ -25,9 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmsparse.errors import CheckpointError
-from mmsparse.io_utils import atomic_write_json, load_tensors, read_json, save_tensors
+from mmsparse.io_utils import (
+    atomic_write_json,
+    load_tensors,
+    read_json,
+    save_tensors,
+    verify_checksums,
+    write_checksums,
+)
 
 MODEL_FORMAT = "mmsparse-model"
+BLOCKED_LOGIT = -1e4  # finite in fp16 and bf16; relu gives 0 and no gradient
 SCALE_LOG_LIMIT = float(np.log(100.0))
 MODEL_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -95,10 +103,19 @@ class SparseHead(nn.Module):
         self.U = nn.Linear(dense_dim, d_word)
         self.norm = nn.LayerNorm(d_word)
         self.V = nn.Linear(d_word, vocab_size, bias=False)
+        # Outputs that never activate (special tokens), see SparseDenseModel.block_terms.
+        self.blocked: torch.Tensor | None
+        self.register_buffer("blocked", None, persistent=False)
 
     def logits(self, e: torch.Tensor) -> torch.Tensor:
-        """Pre-activation ``x = V · LayerNorm(U e + c)``: ``(B, dense_dim) -> (B, vocab_size)``."""
-        return self.V(self.norm(self.U(e)))
+        """Pre-activation ``x = V · LayerNorm(U e + c)``: ``(B, dense_dim) -> (B, vocab_size)``.
+
+        Blocked outputs get a large negative logit, so their activation is exactly 0.
+        """
+        x = self.V(self.norm(self.U(e)))
+        if self.blocked is not None:
+            x = x.masked_fill(self.blocked, BLOCKED_LOGIT)
+        return x
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         """Map normalised dense vectors ``(B, dense_dim)`` to sparse ``(B, vocab_size)``."""
@@ -257,6 +274,33 @@ class SparseDenseModel(nn.Module):
         self.sparse_head.V = V
         self.register_buffer("term_ids", ids.to(old.weight.device))
         self.n_terms = int(ids.numel())
+        if getattr(self, "_blocked_ids", None) is not None:
+            self.block_terms(self._blocked_ids)  # the mask follows the kept columns
+
+    def block_terms(self, term_ids: np.ndarray | torch.Tensor | list[int]) -> None:
+        """Never activate these full-vocabulary terms (the vocabulary's special tokens).
+
+        Their logits are masked in :meth:`SparseHead.logits`, in training and at encoding,
+        so no vector, index, export or term list contains them. The mask is not saved
+        with the weights: it is set again from the vocabulary whenever a model is built
+        or loaded (:func:`mmsparse.runs.build_model`, :meth:`from_pretrained`).
+        """
+        ids = torch.as_tensor(np.asarray(term_ids, dtype=np.int64)).reshape(-1)
+        self._blocked_ids = ids
+        head = self.sparse_head
+        device = head.V.weight.device
+        if self.term_ids is None:
+            cols = ids[(ids >= 0) & (ids < self.n_terms)]
+        else:
+            kept = self.term_ids.cpu()
+            pos = torch.searchsorted(kept, ids).clamp(max=kept.numel() - 1)
+            cols = pos[kept[pos] == ids]
+        if cols.numel() == 0:
+            head.register_buffer("blocked", None, persistent=False)
+            return
+        mask = torch.zeros(self.n_terms, dtype=torch.bool)
+        mask[cols] = True
+        head.register_buffer("blocked", mask.to(device), persistent=False)
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """Parameters of the dense heads (the final layer)."""
@@ -353,6 +397,8 @@ class SparseDenseModel(nn.Module):
     ) -> Path:
         """Write ``model.safetensors`` + ``model.json`` (+ ``vocab.txt``) atomically.
 
+        Their sha256 checksums go to ``checksums.json`` (checked by :meth:`from_pretrained`).
+
         Args:
             directory: Destination directory (created).
             vocab_tokens: Term names to store beside the weights (``vocab.txt``).
@@ -378,6 +424,8 @@ class SparseDenseModel(nn.Module):
 
             atomic_write_text(directory / VOCAB_NAME, "\n".join(vocab_tokens) + "\n")
         atomic_write_json(directory / CONFIG_NAME, {**self.config_dict(), **(extra or {})})
+        names = [WEIGHTS_NAME, CONFIG_NAME] + ([VOCAB_NAME] if vocab_tokens is not None else [])
+        write_checksums(directory, names)
         return directory
 
     @classmethod
@@ -386,10 +434,15 @@ class SparseDenseModel(nn.Module):
     ) -> SparseDenseModel:
         """Load a model written by :meth:`save_pretrained` (never unpickles).
 
+        The files are checked against their recorded ``checksums.json`` first (unless
+        verification is switched off, see :func:`mmsparse.io_utils.set_verify`).
+
         Raises:
-            CheckpointError: If a file is missing, truncated, foreign or inconsistent.
+            CheckpointError: If a file is missing, truncated, damaged, foreign or
+                inconsistent.
         """
         directory = Path(directory)
+        verify_checksums(directory)
         cfg = read_json(directory / CONFIG_NAME, "model config")
         if not isinstance(cfg, dict) or cfg.get("format") != MODEL_FORMAT:
             raise CheckpointError(f"{directory / CONFIG_NAME}: not an mmsparse model config")
@@ -421,6 +474,12 @@ class SparseDenseModel(nn.Module):
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{directory / CONFIG_NAME}: bad model config ({exc})") from exc
         model.load_tensors(tensors, where=str(directory / WEIGHTS_NAME))
+        if (directory / VOCAB_NAME).is_file():
+            from mmsparse.data.vocab import Vocabulary
+
+            vocab = Vocabulary.from_file(directory / VOCAB_NAME)
+            if len(vocab) == vocab_size:
+                model.block_terms(vocab.special_ids)  # never a special token in a vector
         return model.to(device)
 
     def load_tensors(

@@ -20,10 +20,11 @@ from mmsparse import __version__
 from mmsparse.errors import MMSparseError, require_extra
 from mmsparse.serve.service import (
     BadRequest,
-    Overloaded,
     SearchService,
     ServeLimits,
     check_utf8_query_string,
+    http_error,
+    one_line,
 )
 
 log = logging.getLogger(__name__)
@@ -32,16 +33,12 @@ STATIC_DIR = Path(__file__).parent / "static"
 ENV_CONFIG = "MMSPARSE_SERVE_CONFIG"
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def create_app(
     index_dir: str | Path | None = None,
     *,
     run_dir: str | Path | None = None,
     data: str | Path | None = None,
+    bundle: str | Path | None = None,
     images_dir: str | Path | None = None,
     text_encoder: Any = None,
     encoder: str = "batch",
@@ -54,6 +51,7 @@ def create_app(
         index_dir: Directory written by ``mmsparse index build``.
         run_dir: Encode queries with this run (default: the index's).
         data: Feature directory of the index's data (default: the index's).
+        bundle: Backbone bundle directory (default: the run's).
         images_dir: Folder of the image files (default: ``images/`` next to the data).
         text_encoder: Replaces the run's text encoder (an object with ``encode(texts)``).
         encoder: ``batch`` or ``threads`` (see :mod:`mmsparse.serve.service`).
@@ -87,6 +85,7 @@ def create_app(
             index_dir,
             run_dir=run_dir,
             data=data,
+            bundle=bundle,
             images_dir=images_dir,
             text_encoder=text_encoder,
             encoder=encoder,
@@ -108,22 +107,16 @@ def create_app(
     )
     app.state.service = svc
 
-    def error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
-        return JSONResponse(
-            {"error": _one_line(message), "status": status}, status_code=status, headers=headers
-        )
+    def error(status: int, message: str) -> Any:
+        return JSONResponse({"error": one_line(message), "status": status}, status_code=status)
 
-    @app.exception_handler(BadRequest)
-    async def _bad_request(request: Request, exc: BadRequest) -> Any:
-        return error(exc.status, str(exc))
+    def from_exception(exc: BaseException) -> Any:
+        status, body, headers = http_error(exc)
+        return JSONResponse(body, status_code=status, headers=headers)
 
-    @app.exception_handler(Overloaded)
-    async def _overloaded(request: Request, exc: Overloaded) -> Any:
-        return error(503, str(exc), {"Retry-After": "1"})
-
-    @app.exception_handler(MMSparseError)
+    @app.exception_handler(MMSparseError)  # BadRequest, Overloaded and the library's errors
     async def _mmsparse_error(request: Request, exc: MMSparseError) -> Any:
-        return error(400, str(exc))
+        return from_exception(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Any:
@@ -143,7 +136,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Any:
         log.exception("internal error on %s", request.url.path)
-        return error(500, f"internal error ({type(exc).__name__}: {exc})")
+        return from_exception(exc)
 
     app.add_middleware(_StrictUtf8)
 
@@ -214,12 +207,13 @@ class _StrictUtf8:
                 if raw_path:
                     check_utf8_query_string(b"path=" + raw_path.replace(b"&", b"%26"))
             except BadRequest as exc:
-                message = str(exc).replace("path is not", "the path is not")
-                body = json.dumps({"error": message, "status": 400}).encode()
+                exc = BadRequest(str(exc).replace("path is not", "the path is not"), exc.status)
+                status, payload, _ = http_error(exc)
+                body = json.dumps(payload).encode()
                 await send(
                     {
                         "type": "http.response.start",
-                        "status": 400,
+                        "status": status,
                         "headers": [
                             (b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),

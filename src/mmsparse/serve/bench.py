@@ -1,16 +1,18 @@
 """``mmsparse bench serve``: a bounded load test of ``mmsparse serve`` on 127.0.0.1.
 
 For every encoder mode asked for, the benchmark starts ``mmsparse serve INDEX`` as a child
-process on a free local port, waits for ``/healthz``, warms it up, then sends ``requests``
-searches (``/api/search?q=CAPTION&k=K&explain=true``, what the web page asks) from
-``clients`` concurrent clients, each on its own keep-alive connection. The queries are real
-captions of the index's split (sampled with a seed). It reports latency percentiles,
-requests per second, errors (any status but 200, or a failed connection), and the server's
-resident memory before and after the load, then stops the server.
+process on a free local port (the servers side by side), waits for ``/healthz`` and warms
+them up, then sends ``requests`` searches (``/api/search?q=CAPTION&k=K&explain=true``, what
+the web page asks) to each from ``clients`` concurrent clients, each on its own keep-alive
+connection, in blocks that alternate between the modes. The queries are real captions of the
+index's split (sampled with a seed). It reports latency percentiles, requests per second,
+errors (any status but 200, or a failed connection), the servers' resident memory before and
+after the load and the load average, then stops the servers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -148,6 +150,33 @@ def run_load(
     return {"latencies": latencies, "errors": errors, "wall_s": wall}
 
 
+def _start_server(
+    stack: contextlib.ExitStack, index_dir: str | Path, enc: str, threads: int, clients: int
+) -> tuple[subprocess.Popen, int, Path]:
+    """Start ``mmsparse serve`` with one encoder mode; the stack stops it."""
+    port = _free_port()
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    log_path = tmp / "server.log"
+    cmd = [
+        sys.executable, "-m", "mmsparse", "serve", str(index_dir),
+        "--port", str(port), "--encoder", enc, "--threads", str(threads),
+        "--max-pending", str(max(64, 4 * clients)),
+    ]  # fmt: skip
+    with open(log_path, "wb") as log_fh:
+        proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT)
+
+    def stop() -> None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    stack.callback(stop)
+    return proc, port, log_path
+
+
 def bench_serve(
     index_dir: str | Path,
     *,
@@ -156,13 +185,19 @@ def bench_serve(
     k: int = 10,
     encoders: list[str] | tuple[str, ...] = ("batch", "threads"),
     threads: int = 2,
+    rounds: int = 4,
     seed: int = 0,
     warmup: int = 16,
     out: str | Path | None = "benchmarks/serve.json",
     startup_timeout: float = 600.0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Load-test ``mmsparse serve INDEX`` once per encoder mode.
+    """Load-test ``mmsparse serve INDEX`` once per encoder mode, the modes interleaved.
+
+    One server per encoder mode runs for the whole benchmark; the ``requests`` queries are
+    cut into ``rounds`` blocks, and each block is sent to every server in turn (the order
+    alternating from round to round), so a change of machine load during the run falls on
+    every mode alike. Each mode answers the same queries.
 
     Args:
         index_dir: Index directory (its split's captions are the queries).
@@ -171,6 +206,7 @@ def bench_serve(
         k: ``k`` of every search.
         encoders: Encoder modes to measure (``batch``, ``threads``).
         threads: Workers of the ``threads`` encoder.
+        rounds: Blocks of queries, each sent to every mode in turn.
         seed: Seed of the caption sample.
         warmup: Untimed requests sent first.
         out: Write the report here (``None``: do not write).
@@ -183,8 +219,8 @@ def bench_serve(
     Raises:
         MMSparseError: On bad arguments, or if the server does not start.
     """
-    if clients < 1 or requests < 1:
-        raise MMSparseError("--clients and --requests must be at least 1")
+    if clients < 1 or requests < 1 or rounds < 1:
+        raise MMSparseError("--clients, --requests and --rounds must be at least 1")
     for enc in encoders:
         if enc not in ("batch", "threads"):
             raise MMSparseError(f"unknown encoder mode {enc!r} (batch or threads)")
@@ -193,10 +229,13 @@ def bench_serve(
     picks = rng.choice(len(captions), size=requests, replace=requests > len(captions))
     queries = [captions[int(i)] for i in picks]
     warm = [captions[int(i)] for i in rng.choice(len(captions), size=warmup)]
+    blocks = [list(b) for b in np.array_split(np.arange(requests), min(rounds, requests))]
     report: dict[str, Any] = {
         "index": str(Path(index_dir).resolve()),
         "queries": f"{requests} captions of the index's split, sampled with seed {seed}",
         "endpoint": f"GET /api/search?q=CAPTION&k={k}&explain=true",
+        "design": f"one server per encoder mode, side by side; the queries in {len(blocks)} "
+        "blocks, each block sent to every mode in turn (order alternating per round)",
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -204,62 +243,66 @@ def bench_serve(
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         },
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_before": list(os.getloadavg()),
         "runs": [],
     }
-    for enc in encoders:
-        port = _free_port()
-        with tempfile.TemporaryDirectory() as tmp:
-            log_path = Path(tmp) / "server.log"
-            cmd = [
-                sys.executable, "-m", "mmsparse", "serve", str(index_dir),
-                "--port", str(port), "--encoder", enc, "--threads", str(threads),
-                "--max-pending", str(max(64, 4 * clients)),
-            ]  # fmt: skip
-            with open(log_path, "wb") as log_fh:
-                proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT)
-            try:
+    acc: dict[str, dict[str, Any]] = {
+        enc: {"latencies": [], "errors": [], "wall_s": 0.0, "load": []} for enc in encoders
+    }
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for enc in encoders:
+            proc, port, log_path = _start_server(stack, index_dir, enc, threads, clients)
+            if progress:
+                print(f"starting the server (encoder={enc}) on port {port}", file=sys.stderr)
+            _wait_healthy(proc, port, log_path, startup_timeout)
+            servers[enc] = (proc, port)
+        mem_before = {}
+        for enc, (proc, port) in servers.items():
+            run_load(port, warm, clients, k)
+            mem_before[enc] = _rss_mb(proc.pid)
+        for r, block in enumerate(blocks):
+            order = list(encoders) if r % 2 == 0 else list(reversed(encoders))
+            for enc in order:
                 if progress:
-                    print(f"starting the server (encoder={enc}) on port {port}", file=sys.stderr)
-                _wait_healthy(proc, port, log_path, startup_timeout)
-                run_load(port, warm, clients, k)
-                mem_before = _rss_mb(proc.pid)
-                load_before = list(os.getloadavg())
-                if progress:
-                    print(f"{requests} requests from {clients} clients", file=sys.stderr)
-                res = run_load(port, queries, clients, k)
-                mem_after = _rss_mb(proc.pid)
-                load_after = list(os.getloadavg())
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                health = json.loads(_get(conn, "/healthz")[1])
-                conn.close()
-            finally:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        n = len(res["latencies"])
-        report["runs"].append(
-            {
-                "encoder": enc,
-                "threads": threads if enc == "threads" else 1,
-                "clients": clients,
-                "requests": n,
-                "errors": len(res["errors"]),
-                "error_examples": sorted(set(res["errors"]))[:5],
-                "wall_s": round(res["wall_s"], 3),
-                "requests_per_s": round(n / res["wall_s"], 2),
-                "latency_ms": _percentiles(res["latencies"]),
-                "memory_mb": {
-                    "before": round(mem_before.get("VmRSS", float("nan")), 1),
-                    "after": round(mem_after.get("VmRSS", float("nan")), 1),
-                    "peak": round(mem_after.get("VmHWM", float("nan")), 1),
-                },
-                "load_average": {"before": load_before, "after": load_after},
-                "server": health,
-            }
-        )
+                    print(
+                        f"round {r + 1}/{len(blocks)}: {len(block)} requests from {clients} "
+                        f"clients to encoder={enc}",
+                        file=sys.stderr,
+                    )
+                acc[enc]["load"].append(os.getloadavg()[0])
+                res = run_load(servers[enc][1], [queries[i] for i in block], clients, k)
+                acc[enc]["latencies"] += res["latencies"]
+                acc[enc]["errors"] += res["errors"]
+                acc[enc]["wall_s"] += res["wall_s"]
+        for enc, (proc, port) in servers.items():
+            mem_after = _rss_mb(proc.pid)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            health = json.loads(_get(conn, "/healthz")[1])
+            conn.close()
+            a = acc[enc]
+            n = len(a["latencies"])
+            report["runs"].append(
+                {
+                    "encoder": enc,
+                    "threads": threads if enc == "threads" else 1,
+                    "clients": clients,
+                    "requests": n,
+                    "errors": len(a["errors"]),
+                    "error_examples": sorted(set(a["errors"]))[:5],
+                    "wall_s": round(a["wall_s"], 3),
+                    "requests_per_s": round(n / a["wall_s"], 2),
+                    "latency_ms": _percentiles(a["latencies"]),
+                    "memory_mb": {
+                        "before": round(mem_before[enc].get("VmRSS", float("nan")), 1),
+                        "after": round(mem_after.get("VmRSS", float("nan")), 1),
+                        "peak": round(mem_after.get("VmHWM", float("nan")), 1),
+                    },
+                    "load_average_1min_at_block_starts": [round(x, 2) for x in a["load"]],
+                    "server": health,
+                }
+            )
+    report["load_average_after"] = list(os.getloadavg())
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out), report)

@@ -62,6 +62,34 @@ class Overloaded(MMSparseError):
     """More requests are in flight than the service admits (answered with 503)."""
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line (whitespace collapsed), at most ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def http_error(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """The HTTP answer to an error raised while serving a request (the one mapping).
+
+    :class:`BadRequest` keeps its status (400, 404), :class:`Overloaded` is 503 with
+    ``Retry-After: 1``, any other :class:`~mmsparse.errors.MMSparseError` is 400, anything
+    else a one-line 500 (a bug; never a traceback).
+
+    Returns:
+        ``(status, {"error": one line, "status": status}, headers)``.
+    """
+    headers: dict[str, str] = {}
+    if isinstance(exc, BadRequest):
+        status, message = exc.status, str(exc)
+    elif isinstance(exc, Overloaded):
+        status, message, headers = 503, str(exc), {"Retry-After": "1"}
+    elif isinstance(exc, MMSparseError):
+        status, message = 400, str(exc)
+    else:
+        status, message = 500, f"internal error ({type(exc).__name__}: {exc})"
+    return status, {"error": one_line(message), "status": status}, headers
+
+
 @dataclass(frozen=True)
 class ServeLimits:
     """Caps on what one request may ask for and on the requests in flight.
@@ -228,6 +256,7 @@ class SearchService:
     Args:
         index_dir: Directory written by ``mmsparse index build``.
         run_dir: Encode queries with this run (default: the index's).
+        bundle: Backbone bundle directory (default: the run's).
         data: Feature directory of the index's data (default: the index's).
         images_dir: Folder of the image files (default: ``images/`` in the index's data
             directory, when present); only the file names the index lists are served.
@@ -250,6 +279,7 @@ class SearchService:
         *,
         run_dir: str | Path | None = None,
         data: str | Path | None = None,
+        bundle: str | Path | None = None,
         images_dir: str | Path | None = None,
         text_encoder: Any = None,
         encoder: str = "batch",
@@ -260,7 +290,7 @@ class SearchService:
             raise MMSparseError(f"unknown encoder mode {encoder!r} (batch or threads)")
         self.limits = limits or ServeLimits()
         self.encoder_mode = encoder
-        self.searcher = Searcher(index_dir, run_dir=run_dir, data=data)
+        self.searcher = Searcher(index_dir, run_dir=run_dir, data=data, bundle=bundle)
         self.manifest = self.searcher.manifest
         self.index_dir = Path(index_dir)
         self.row_of = {image_id: row for row, image_id in enumerate(self.searcher.image_ids)}
@@ -388,9 +418,11 @@ class SearchService:
         return out
 
     def _doc_dense(self, row: int) -> np.ndarray | None:
+        engine = self.searcher.engine
+        if getattr(engine, "dense", None) is not None:  # inverted, built with --dense
+            return np.asarray(engine.dense[row], dtype=np.float32).reshape(1, -1)
         if self.manifest.engine != "milvus":
             return None
-        engine = self.searcher.engine
         got = engine.client.get(engine.collection, ids=[int(row)], output_fields=["row", "dense"])
         return np.asarray(got[0]["dense"], dtype=np.float32).reshape(1, -1) if got else None
 
@@ -407,15 +439,17 @@ class SearchService:
             raise BadRequest(f"unknown mode {mode[:40]!r} (sparse, dense or hybrid)")
         if mode != "sparse" and "dense" not in self.modes:
             raise BadRequest(
-                f"mode={mode} needs dense vectors, which the {self.manifest.engine} engine does "
-                "not hold; build the index with --engine milvus"
+                f"mode={mode} needs dense vectors, which this {self.manifest.engine} index does "
+                "not hold; build the index with --engine milvus, or --engine inverted --dense"
             )
         return mode
 
     @property
     def modes(self) -> list[str]:
-        """Search modes this index supports."""
-        return list(SEARCH_MODES) if self.manifest.engine == "milvus" else ["sparse"]
+        """Search modes this index supports (dense and hybrid where it holds dense vectors)."""
+        return (
+            list(SEARCH_MODES) if getattr(self.searcher.engine, "has_dense", False) else ["sparse"]
+        )
 
     async def search(
         self,

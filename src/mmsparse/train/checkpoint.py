@@ -19,7 +19,14 @@ from typing import Any
 import torch
 
 from mmsparse.errors import CheckpointError
-from mmsparse.io_utils import atomic_write_json, load_tensors, read_json, save_tensors
+from mmsparse.io_utils import (
+    atomic_write_json,
+    load_tensors,
+    read_json,
+    save_tensors,
+    verify_checksums,
+    write_checksums,
+)
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
@@ -100,6 +107,7 @@ def save_checkpoint(
     tensors.update(optimizer_tensors(optimizer))
     save_tensors(target / STATE_TENSORS, tensors)
     atomic_write_json(target / STATE_JSON, _state_json(state))
+    write_checksums(target, [STATE_TENSORS, STATE_JSON])
     _fsync_dir(target)
     atomic_write_json(ckpt_root / POINTER, {"dir": name, "epoch": state.epoch})
     for old in ckpt_root.glob("epoch-*"):
@@ -126,6 +134,7 @@ def load_checkpoint(ckpt_root: Path) -> tuple[TrainerState, dict[str, torch.Tens
         return None
     info = read_json(pointer, "checkpoint pointer")
     target = ckpt_root / str(info.get("dir", ""))
+    verify_checksums(target)
     data = read_json(target / STATE_JSON, "trainer state")
     tensors, _ = load_tensors(target / STATE_TENSORS)
     if data.get("best_metric") is None:

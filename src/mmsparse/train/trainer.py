@@ -53,7 +53,7 @@ from mmsparse.config import RunConfig, config_from_dict, save_config
 from mmsparse.data.store import FeatureStore, load_feature_store
 from mmsparse.errors import CheckpointError, ConfigError
 from mmsparse.evaluate.retrieval import EvalResult, encode_split, evaluate_encoded
-from mmsparse.io_utils import atomic_write_json
+from mmsparse.io_utils import atomic_write_json, make_public_dir
 from mmsparse.losses import (
     ExpansionControl,
     SparsityRegularizer,
@@ -67,7 +67,8 @@ from mmsparse.losses import (
     token_mask,
 )
 from mmsparse.model.model import SparseDenseModel
-from mmsparse.runs import build_model, resolve_device
+from mmsparse.paths import resolve_run_paths
+from mmsparse.runs import build_model, hybrid_weights, resolve_device
 from mmsparse.sparse.ops import prune
 from mmsparse.train.checkpoint import (
     TrainerState,
@@ -358,7 +359,7 @@ class Trainer:
         save_checkpoint(self.run_dir / "checkpoints", self.state, self.model, self.optimizer)
 
     def _save_best(self, result: EvalResult) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix=".best.tmp-", dir=self.run_dir))
+        tmp = make_public_dir(tempfile.mkdtemp(prefix=".best.tmp-", dir=self.run_dir))
         self.model.save_pretrained(
             tmp,
             vocab_tokens=self.vocab.tokens if self.vocab.named else None,
@@ -655,18 +656,19 @@ class Trainer:
             self.model,
             self.store,
             self.val_split,
-            self.cfg.eval,
+            self.cfg.serving,
             self.device,
             image_feats=self.image_feats,
             caption_feats=self.caption_feats,
             with_sparse=self.method != "dense",
         )
         score_types = ("dense",) if self.method == "dense" else ("dense", "sparse", "hybrid")
+        hybrid = hybrid_weights(self.cfg, self.model)
         return evaluate_encoded(
             enc,
-            w1=self.cfg.objective.w1,
-            w2=self.cfg.objective.w2,
-            eval_cfg=self.cfg.eval,
+            w1=hybrid[0],
+            w2=hybrid[1],
+            eval_cfg=self.cfg.serving,
             split_name=self.val_split.name,
             score_types=score_types,
         )
@@ -697,9 +699,12 @@ class Trainer:
             sums = torch.zeros(len(self.term_names), device=self.device)
             window = torch.zeros_like(sums) if log_every else None
             window_steps = 0
+            step_bar = self._step_bar(epoch) if bar is not None else None
             for step in range(self.steps_per_epoch):
                 terms = self.train_step(self.batch_rows(perm, step), gen).vector
                 sums += terms
+                if step_bar is not None:
+                    self._advance_step_bar(step_bar, step, sums)
                 if window is not None:
                     window += terms
                     window_steps += 1
@@ -709,6 +714,8 @@ class Trainer:
                         step_log.push(window / window_steps, meta)
                         window, window_steps = torch.zeros_like(sums), 0
             step_log.flush()
+            if step_bar is not None:
+                step_bar.close()
             seconds = time.perf_counter() - t0
             self.state.train_seconds += seconds
             self.state.epoch = epoch
@@ -735,7 +742,8 @@ class Trainer:
             if main:
                 self._checkpoint()
             if bar is not None:
-                post = {"loss": f"{train_rec['total']:.3f}"}
+                # Named as in metrics.jsonl: "total" is the epoch's mean of the loss minimised.
+                post = {"total": f"{train_rec['total']:.3f}"}
                 if last_val is not None:
                     post[self.metric_name] = f"{last_val.get(self.metric_name):.2f}"
                     post["best"] = f"{self.state.best_metric:.2f}@{self.state.best_epoch}"
@@ -744,6 +752,29 @@ class Trainer:
         if bar is not None:
             bar.close()
         return self.dist.run_on_main(self._finish)
+
+    def _step_bar(self, epoch: int) -> Any:
+        """The progress bar of one epoch's steps (under the epochs' bar; removed after)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch}",
+            unit="step",
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def _advance_step_bar(self, step_bar: Any, step: int, sums: torch.Tensor) -> None:
+        """Advance the step bar; about 20 times an epoch it shows the running mean ``total``.
+
+        Reading the mean waits for the device, so it is done rarely.
+        """
+        step_bar.update(1)
+        every = max(1, self.steps_per_epoch // 20)
+        if (step + 1) % every == 0 and "total" in self.term_names:
+            mean = float(sums[self.term_names.index("total")]) / (step + 1)
+            step_bar.set_postfix(total=f"{mean:.3f}")
 
     def _validate_and_select(self, epoch: int) -> EvalResult:
         """Validate, keep the best model, and update early stopping (rank 0)."""
@@ -818,6 +849,13 @@ def _flatten_val(result: EvalResult, epoch: int, step: int, improved: bool) -> d
 def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
     """Create the run directory or check it for resuming; returns the config to use."""
     saved = run_dir / "config.json"
+    if saved.is_file() and not has_progress(run_dir):
+        # A start that failed before its first checkpoint (bad data, a typo in the
+        # config): nothing to protect, so the corrected command starts afresh.
+        logger.info("%s holds no completed checkpoint; starting the run afresh", run_dir)
+        save_config(cfg, saved)
+        truncate_log(run_dir / "metrics.jsonl", 0)
+        return cfg
     if saved.is_file():
         if not resume:
             raise ConfigError(
@@ -837,6 +875,20 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)
     return cfg
+
+
+def has_progress(run_dir: str | Path) -> bool:
+    """Whether a run directory holds a completed checkpoint or a selected model."""
+    run_dir = Path(run_dir)
+    return any(
+        p.exists()
+        for p in (
+            run_dir / "checkpoints" / "latest.json",
+            run_dir / "best",
+            run_dir / "best.old",
+            run_dir / "final.json",
+        )
+    )
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -887,6 +939,7 @@ def train(
         CheckpointError: On a broken checkpoint.
     """
     run_dir = Path(run_dir)
+    cfg = resolve_run_paths(cfg)  # recorded absolute: the run works from any folder
     ctx, created = setup(cfg.train.device)
     try:
         torch.manual_seed(cfg.train.seed)

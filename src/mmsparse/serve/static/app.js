@@ -117,7 +117,15 @@ function renderHit(hit) {
   });
   const card = el(
     "li",
-    { class: "card", dataset: { imageId: hit.image_id, score: String(hit.score), rank: String(hit.rank) } },
+    {
+      class: "card",
+      dataset: {
+        imageId: hit.image_id,
+        score: String(hit.score),
+        sparseScore: String(hit.sparse_score ?? ""),
+        rank: String(hit.rank),
+      },
+    },
     open
   );
   if (terms.length > CHIPS_SHOWN) {
@@ -134,14 +142,15 @@ function renderHit(hit) {
     });
     chips.append(el("li", {}, more));
   }
-  const scoreLabel = hit.sparse_score !== undefined && Math.abs(hit.sparse_score - hit.score) > 1e-6
+  // In sparse mode the score is the sparse score (up to float rounding): show it once.
+  const scoreLabel = hit.sparse_score !== undefined && Math.abs(hit.sparse_score - hit.score) > 1e-4 * Math.max(1, Math.abs(hit.score))
     ? `${fmt(hit.score, 4)} (sparse ${fmt(hit.sparse_score, 4)})`
     : fmt(hit.score, 4);
   card.append(
     el(
       "div",
       { class: "meta" },
-      el("div", { class: "line" }, el("span", {}, hit.filename || hit.image_id), el("span", { class: "score" }, scoreLabel)),
+      el("div", { class: "line" }, el("span", { title: hit.filename || hit.image_id }, hit.filename || hit.image_id), el("span", { class: "score" }, scoreLabel)),
       terms.length ? chips : el("p", { class: "muted" }, "no shared sparse term")
     )
   );
@@ -272,7 +281,7 @@ async function init() {
     for (const r of document.querySelectorAll("input[name=mode]")) {
       const ok = info.modes.includes(r.value);
       r.disabled = !ok;
-      r.parentElement.title = ok ? `${r.value} score` : `the ${info.engine} engine holds sparse vectors only`;
+      r.parentElement.title = ok ? `${r.value} score` : `this ${info.engine} index holds sparse vectors only (build it with --dense)`;
     }
     $("k").max = String(info.limits.max_k);
     if (!info.text_search) showError(`text search is not available: ${info.text_search_error}`);

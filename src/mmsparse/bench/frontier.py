@@ -1,0 +1,607 @@
+"""The accuracy-cost frontier on Flickr8k: R@1 against FLOPs, with and without each option.
+
+``mmsparse bench frontier`` compares two configurations of the same data:
+
+- the *paper* configuration (``configs/flickr8k-paper.json``: the method as published,
+  tuned for Flickr8k only in its regulariser weights and schedule), and
+- the *recipe* (``configs/flickr8k.json``: the best combination of the frontier options
+  found on val).
+
+Their differences are grouped into named options (:data:`OPTION_KEYS`: restricted
+vocabulary, training cap, regulariser, teacher weights, sparse scale, stop-gradient,
+lexical grounding, schedule, ...). From one stage-0 dense fit per seed it trains:
+
+1. per seed: the dense backbone (stage 0), D2S and the joint method with the recipe;
+2. at the first seed: D2S and joint with the paper configuration; for every option of
+   the recipe, the recipe without it ("minus") and the paper configuration with only it
+   ("alone"): the ablation table;
+3. at the first seed: the trade-off curves, recipe and paper, D2S and joint, with
+   ``q_reg``/``d_reg`` scaled by ``reg_scales``;
+4. paired sign-flip permutation tests over (seed, query) of the claims (joint sparse vs D2S
+   sparse, joint dense vs the backbone, hybrid vs both, recipe vs paper).
+
+Sparse vectors are evaluated as served: at most ``text_topk`` terms per caption and
+``image_topk`` per image. Every row also reports the readability measure
+(:mod:`mmsparse.evaluate.readability`) and its training time. Finished runs are reused, so
+an interrupted benchmark continues where it stopped. Val only: the test split is held out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmsparse.bench.flickr8k import (
+    METRICS,
+    RunRecord,
+    _aggregate,
+    _fmt,
+    _loadavg,
+    _train_or_reuse,
+    hardware,
+    paired_permutation_test,
+)
+from mmsparse.config import RunConfig, apply_overrides, load_config
+from mmsparse.errors import ConfigError
+from mmsparse.evaluate.report import format_table
+from mmsparse.evaluate.run import evaluate_run
+from mmsparse.io_utils import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger("mmsparse.bench")
+
+#: The frontier options and the config keys each one sets. An option is part of the recipe
+#: when any of its keys differs between the paper configuration and the recipe.
+OPTION_KEYS: dict[str, tuple[str, ...]] = {
+    "vocab": ("model.vocab_restrict",),
+    "init": ("model.sparse_init",),
+    "cap": ("objective.train_text_topk", "objective.train_image_topk"),
+    "reg": ("objective.reg", "objective.q_reg", "objective.d_reg", "objective.reg_warmup_frac"),
+    "teacher": (
+        "objective.w1",
+        "objective.w2",
+        "objective.lam1",
+        "objective.lam2",
+        "objective.distill_teacher",
+    ),
+    "scale": ("objective.sparse_scale", "objective.sparse_scale_init"),
+    "stop-grad": ("objective.sparse_stop_grad",),
+    "lexical": ("objective.lexical_weight",),
+    "expansion": (
+        "objective.expansion_control",
+        "objective.expansion_p0",
+        "objective.expansion_decay_frac",
+    ),
+    "schedule": (
+        "train.epochs",
+        "train.lr",
+        "train.warmup_frac",
+        "train.sparse_lr_scale",
+        "train.batch_size",
+    ),
+}
+
+#: What each option means, for the report.
+OPTION_DESCRIPTIONS: dict[str, str] = {
+    "vocab": "output vocabulary restricted to the training captions' terms",
+    "init": "sparse head initialisation",
+    "cap": "train as you serve: top-k cap in the forward pass",
+    "reg": "sparsity regulariser (kind and weights)",
+    "teacher": "weights of the integrated score and of the losses",
+    "scale": "learned scale of the sparse scores in the loss",
+    "stop-grad": "sparse losses do not move the dense heads",
+    "lexical": "lexical grounding of the sparse head",
+    "expansion": "expansion control of caption vectors",
+    "schedule": "epochs, learning rates, batch size",
+}
+
+
+@dataclass(frozen=True)
+class FrontierBench:
+    """What the frontier benchmark runs.
+
+    Attributes:
+        data: Directory of the Flickr8k features.
+        bundle: Backbone bundle (needed by the restricted vocabulary and readability).
+        out: Directory of all the runs.
+        stage0_config: Config of the stage-0 dense fit (the dense backbone).
+        paper_config: The paper's method on this data (every frontier option off).
+        config: The recipe.
+        seeds: Seeds of the main rows; the first one is used for everything else.
+        text_topk: Terms kept per caption at evaluation.
+        image_topk: Terms kept per image at evaluation.
+        reg_scales: Multipliers of ``q_reg``/``d_reg`` for the trade-off curves.
+        ablation: Train the "minus" and "alone" rows of every option.
+        curves: Which configurations get a trade-off curve (``recipe``, ``paper``).
+        overrides: Extra ``key=value`` overrides of every sparse run (both configurations).
+        stage0_overrides: Extra overrides of the stage-0 runs.
+    """
+
+    data: str
+    bundle: str | None
+    out: str
+    stage0_config: str = "configs/flickr8k-stage0.json"
+    paper_config: str = "configs/flickr8k-paper.json"
+    config: str = "configs/flickr8k.json"
+    seeds: tuple[int, ...] = (42, 43, 44)
+    text_topk: int = 64
+    image_topk: int = 256
+    reg_scales: tuple[float, ...] = (1 / 3, 1.0, 3.0)
+    ablation: bool = True
+    curves: tuple[str, ...] = ("recipe", "paper")
+    overrides: tuple[str, ...] = ()
+    stage0_overrides: tuple[str, ...] = ()
+
+
+def _get(cfg_dict: dict[str, Any], key: str) -> Any:
+    group, name = key.split(".")
+    return cfg_dict[group][name]
+
+
+def recipe_options(paper: RunConfig, recipe: RunConfig) -> dict[str, dict[str, Any]]:
+    """The options the recipe switches on: name to ``{key: (paper value, recipe value)}``.
+
+    Raises:
+        ConfigError: If the two configurations differ in a key no option covers (the
+            comparison would then not be an ablation of named options).
+    """
+    p, r = paper.to_dict(), recipe.to_dict()
+    covered = {k for keys in OPTION_KEYS.values() for k in keys}
+    for group in ("model", "objective", "train"):
+        for name in r[group]:
+            key = f"{group}.{name}"
+            if key in covered or key in ("model.init_from", "train.seed"):
+                continue
+            if p[group][name] != r[group][name]:
+                raise ConfigError(
+                    f"{key} differs between the paper configuration and the recipe "
+                    f"({p[group][name]!r} vs {r[group][name]!r}) but belongs to no option of "
+                    "mmsparse.bench.frontier.OPTION_KEYS"
+                )
+    out: dict[str, dict[str, Any]] = {}
+    for option, keys in OPTION_KEYS.items():
+        diff = {k: (_get(p, k), _get(r, k)) for k in keys if _get(p, k) != _get(r, k)}
+        if diff:
+            out[option] = diff
+    return out
+
+
+def _set(values: dict[str, tuple[Any, Any]], which: int) -> list[str]:
+    """``key=value`` overrides taking the paper (0) or recipe (1) values."""
+    import json
+
+    return [f"{k}={json.dumps(v[which])}" for k, v in values.items()]
+
+
+def run_frontier_bench(
+    spec: FrontierBench,
+    *,
+    results_path: str | Path | None = None,
+    doc_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) the frontier benchmark and write its results.
+
+    Args:
+        spec: What to run.
+        results_path: JSON results (e.g. ``benchmarks/frontier.json``).
+        doc_path: Markdown report; the part between ``<!-- frontier:begin -->`` and
+            ``<!-- frontier:end -->`` is replaced.
+        plot_path: PNG of R@1 against FLOPs.
+
+    Returns:
+        The results dict: rows, ablation, curves, significance, hardware, timings.
+    """
+    t0 = time.perf_counter()
+    load_start = _loadavg()
+    out = Path(spec.out)
+    data = [f"data.path={spec.data}"]
+    data.append(f"data.bundle={spec.bundle}" if spec.bundle else "data.bundle=null")
+    stage0_base = load_config(spec.stage0_config, [*data, *spec.stage0_overrides])
+    paper = load_config(spec.paper_config, [*data, *spec.overrides])
+    recipe = load_config(spec.config, [*data, *spec.overrides])
+    options = recipe_options(paper, recipe)
+    serve = dataclasses.replace(recipe.eval, text_topk=spec.text_topk, image_topk=spec.image_topk)
+    records: dict[str, list[RunRecord]] = {}
+    readability: dict[str, list[dict[str, float]]] = {}
+
+    def run(name: str, group: str, cfg: RunConfig, seed: int, types: Sequence[str]) -> RunRecord:
+        run_dir = out / f"{name}-s{seed}"
+        seconds = _train_or_reuse(cfg, run_dir)
+        res = evaluate_run(run_dir, "val", eval_cfg=serve, save=False)
+        d = res.to_dict()
+        for direction in ("t2i", "i2t"):
+            d[direction] = {st: d[direction][st] for st in types}
+        rec = RunRecord(name, group, seed, run_dir, d, res.ranks, seconds, cfg.to_dict())
+        records.setdefault(name, []).append(rec)
+        if res.readability is not None:
+            readability.setdefault(name, []).append(res.readability)  # type: ignore[arg-type]
+        logger.info(
+            "%s seed %d: t2i %s R@1 = %.2f", name, seed, types[-1], d["t2i"][types[-1]]["R@1"]
+        )
+        return rec
+
+    def derived(base: RunConfig, seed: int, *extra: str) -> RunConfig:
+        stage0 = out / f"dense-backbone-s{seed}"
+        return apply_overrides(base, [f"train.seed={seed}", f"model.init_from={stage0}", *extra])
+
+    all3 = ("dense", "sparse", "hybrid")
+    main = spec.seeds[0]
+    for seed in spec.seeds:
+        run(
+            "dense-backbone",
+            "main",
+            apply_overrides(stage0_base, [f"train.seed={seed}"]),
+            seed,
+            ("dense",),
+        )
+        run("d2s", "main", derived(recipe, seed, "objective.method=d2s"), seed, ("sparse",))
+        run("joint", "main", derived(recipe, seed), seed, all3)
+    run("paper-d2s", "paper", derived(paper, main, "objective.method=d2s"), main, ("sparse",))
+    run("paper-joint", "paper", derived(paper, main), main, all3)
+
+    ablation: list[dict[str, Any]] = []
+    if spec.ablation and options:
+        for option, values in options.items():
+            minus = run(
+                f"joint-minus-{option}",
+                "ablation",
+                derived(recipe, main, *_set(values, 0)),
+                main,
+                all3,
+            )
+            alone = run(
+                f"paper-plus-{option}",
+                "ablation",
+                derived(paper, main, *_set(values, 1)),
+                main,
+                all3,
+            )
+            ablation.append(
+                {
+                    "option": option,
+                    "description": OPTION_DESCRIPTIONS[option],
+                    "values": {k: {"paper": v[0], "recipe": v[1]} for k, v in values.items()},
+                    "minus": _summary(minus),
+                    "alone": _summary(alone),
+                }
+            )
+
+    curves: dict[str, list[dict[str, float]]] = {}
+    bases = {"recipe": recipe, "paper": paper}
+    for which in spec.curves:
+        base = bases[which]
+        o = base.objective
+        for method in ("d2s", "joint"):
+            pts = curves.setdefault(f"{which}-{method}", [])
+            for scale in spec.reg_scales:
+                name = ("" if which == "recipe" else "paper-") + method
+                if scale != 1.0:
+                    name = f"{name}-reg{scale:.3g}"
+                rec = next((r for r in records.get(name, []) if r.seed == main), None)
+                if rec is None:
+                    rec = run(
+                        name,
+                        "curve",
+                        derived(
+                            base,
+                            main,
+                            f"objective.method={method}",
+                            f"objective.q_reg={o.q_reg * scale}",
+                            f"objective.d_reg={o.d_reg * scale}",
+                        ),
+                        main,
+                        ("sparse",),
+                    )
+                pts.append(
+                    {
+                        "reg_scale": scale,
+                        "q_reg": o.q_reg * scale,
+                        "d_reg": o.d_reg * scale,
+                        **_summary(rec),
+                    }
+                )
+
+    significance = _significance(records, main)
+    rows = {}
+    for name, recs in records.items():
+        types = [t for t in all3 if t in recs[0].result["t2i"]]
+        row = {
+            "group": recs[0].group,
+            **_aggregate(recs, types),
+            "runs": [str(r.run_dir) for r in recs],
+        }
+        if name in readability:
+            row["readability"] = {
+                k: float(np.mean([r[k] for r in readability[name]])) for k in readability[name][0]
+            }
+        rows[name] = row
+    results = {
+        "benchmark": "frontier",
+        "split": "val",
+        "protocol": {
+            "text_topk": spec.text_topk,
+            "image_topk": spec.image_topk,
+            "seeds": list(spec.seeds),
+            "reg_scales": list(spec.reg_scales),
+        },
+        "configs": {
+            "stage0": stage0_base.to_dict(),
+            "paper": paper.to_dict(),
+            "recipe": recipe.to_dict(),
+        },
+        "options": {
+            k: {kk: {"paper": v[0], "recipe": v[1]} for kk, v in vals.items()}
+            for k, vals in options.items()
+        },
+        "rows": rows,
+        "ablation": ablation,
+        "curves": curves,
+        "significance": significance,
+        "hardware": hardware(),
+        "load_average": {"start": load_start, "end": _loadavg()},
+        "total_seconds": round(time.perf_counter() - t0, 1),
+        "train_seconds_all_runs": round(
+            sum(r.train_seconds for recs in records.values() for r in recs), 1
+        ),
+        "n_runs": sum(len(recs) for recs in records.values()),
+    }
+    if results_path:
+        atomic_write_json(results_path, results)
+    if plot_path:
+        plot_frontier(results, plot_path)
+    if doc_path:
+        write_frontier_report(results, doc_path)
+    return results
+
+
+def _summary(rec: RunRecord) -> dict[str, float]:
+    """The numbers of one run the tables show."""
+    t2i = rec.result["t2i"]
+    out = {f"t2i_{st}_R@1": t2i[st]["R@1"] for st in t2i}
+    sp = rec.result.get("sparsity") or {}
+    out.update({k: sp[k] for k in ("flops", "text_nnz", "image_nnz") if k in sp})
+    readable = rec.result.get("readability")
+    if readable:
+        out["image_words"] = readable["image_terms_in_captions"]
+        out["caption_words"] = readable["caption_terms_in_other_captions"]
+    out["train_seconds"] = rec.train_seconds
+    return out
+
+
+def _hits(
+    recs: Sequence[RunRecord], score: str, fn: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    return np.concatenate([fn(r.ranks["t2i"][score]) for r in sorted(recs, key=lambda r: r.seed)])
+
+
+def _significance(records: dict[str, list[RunRecord]], main: int) -> dict[str, Any]:
+    """Paired tests of the claims, text-to-image, by (seed, query)."""
+
+    def r1(r: np.ndarray) -> np.ndarray:
+        return (r <= 1).astype(float)
+
+    def rr10(r: np.ndarray) -> np.ndarray:
+        return np.where(r <= 10, 1.0 / r, 0.0)
+
+    tests: dict[str, Any] = {}
+    pairs = [
+        ("joint sparse - D2S sparse", ("joint", "sparse"), ("d2s", "sparse")),
+        ("joint sparse - dense backbone", ("joint", "sparse"), ("dense-backbone", "dense")),
+        ("joint dense - dense backbone", ("joint", "dense"), ("dense-backbone", "dense")),
+        ("joint hybrid - joint dense", ("joint", "hybrid"), ("joint", "dense")),
+        ("joint hybrid - joint sparse", ("joint", "hybrid"), ("joint", "sparse")),
+    ]
+    for label, (a, sa), (b, sb) in pairs:
+        seeds = sorted({r.seed for r in records[a]} & {r.seed for r in records[b]})
+        ra = [r for r in records[a] if r.seed in seeds]
+        rb = [r for r in records[b] if r.seed in seeds]
+        tests[label] = {
+            "R@1": paired_permutation_test(_hits(ra, sa, r1), _hits(rb, sb, r1)),
+            "MRR@10": paired_permutation_test(_hits(ra, sa, rr10), _hits(rb, sb, rr10)),
+            "seeds": seeds,
+        }
+    ra = [r for r in records["joint"] if r.seed == main]
+    rb = records["paper-joint"]
+    tests["recipe joint sparse - paper joint sparse"] = {
+        "R@1": paired_permutation_test(_hits(ra, "sparse", r1), _hits(rb, "sparse", r1)),
+        "MRR@10": paired_permutation_test(_hits(ra, "sparse", rr10), _hits(rb, "sparse", rr10)),
+        "seeds": [main],
+    }
+    tests["description"] = (
+        "differences of per-query text-to-image scores over the val captions of every "
+        "listed seed; two-sided sign-flip permutation test, 10,000 resamples"
+    )
+    return tests
+
+
+def plot_frontier(results: dict[str, Any], path: str | Path) -> None:
+    """R@1 against FLOPs: the curves of both configurations and the dense backbone."""
+    from mmsparse.errors import require_extra
+    from mmsparse.io_utils import atomic_path
+
+    require_extra("matplotlib", "plot", "The frontier plot")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    styles = {
+        "recipe-joint": ("C0", "-", "joint, recipe"),
+        "recipe-d2s": ("C1", "-", "D2S, recipe"),
+        "paper-joint": ("C0", ":", "joint, paper"),
+        "paper-d2s": ("C1", ":", "D2S, paper"),
+    }
+    for name, pts in results["curves"].items():
+        color, ls, label = styles.get(name, (None, "-", name))
+        pts = sorted(pts, key=lambda p: p["flops"])
+        ax.plot(
+            [p["flops"] for p in pts],
+            [p["t2i_sparse_R@1"] for p in pts],
+            marker="o",
+            color=color,
+            linestyle=ls,
+            label=label,
+        )
+    dense = results["rows"]["dense-backbone"]["t2i"]["dense"]["R@1"]["mean"]
+    ax.axhline(dense, color="grey", linestyle="--", label=f"dense backbone ({dense:.1f})")
+    ax.set(
+        xscale="log",
+        xlabel="FLOPs (expected shared terms per query-image pair)",
+        ylabel="text-to-image sparse R@1 (%)",
+        title="Flickr8k val, served at 64 / 256 terms",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def frontier_tables(results: dict[str, Any]) -> str:
+    """The main rows, the ablation and the curves as Markdown tables."""
+    header = [
+        "run",
+        "score",
+        "seeds",
+        *(f"t2i {m}" for m in METRICS),
+        "i2t R@1",
+        "FLOPs",
+        "nnz/cap",
+        "nnz/img",
+        "img words %",
+        "cap words %",
+        "train s",
+    ]
+    rows = []
+    for name, row in results["rows"].items():
+        if row["group"] not in ("main", "paper"):
+            continue
+        for st in ("dense", "sparse", "hybrid"):
+            if st not in row["t2i"]:
+                continue
+            cells = [name, st, str(len(row["seeds"]))]
+            cells += [_fmt(row["t2i"][st][m]) for m in METRICS]
+            cells.append(_fmt(row["i2t"][st]["R@1"]))
+            sp = row.get("sparsity") if st == "sparse" else None
+            rd = row.get("readability") if st == "sparse" else None
+            cells += (
+                [f"{sp['flops']:.1f}", f"{sp['text_nnz']:.1f}", f"{sp['image_nnz']:.1f}"]
+                if sp
+                else ["", "", ""]
+            )
+            cells += (
+                [
+                    f"{rd['image_terms_in_captions']:.1f}",
+                    f"{rd['caption_terms_in_other_captions']:.1f}",
+                ]
+                if rd
+                else ["", ""]
+            )
+            cells.append(f"{row['train_seconds']:.0f}")
+            rows.append(cells)
+    parts = [format_table(rows, header=header, markdown=True)]
+    if results["ablation"]:
+        ab_header = [
+            "option",
+            "what",
+            "recipe minus it: sparse / dense / hybrid R@1",
+            "FLOPs",
+            "img words %",
+            "paper plus it: sparse / dense / hybrid R@1",
+            "FLOPs",
+            "img words %",
+        ]
+        ab_rows = []
+        for a in results["ablation"]:
+            cells = [a["option"], a["description"]]
+            for side in ("minus", "alone"):
+                s = a[side]
+                r1 = [s[f"t2i_{st}_R@1"] for st in ("sparse", "dense", "hybrid")]
+                cells.append(" / ".join(f"{x:.2f}" for x in r1))
+                cells.append(f"{s.get('flops', float('nan')):.1f}")
+                cells.append(f"{s.get('image_words', float('nan')):.1f}")
+            ab_rows.append(cells)
+        parts.append(format_table(ab_rows, header=ab_header, markdown=True))
+    cv_rows = [
+        [
+            name,
+            f"{p['reg_scale']:.3g}",
+            f"{p['q_reg']:.3g}",
+            f"{p['d_reg']:.3g}",
+            f"{p['t2i_sparse_R@1']:.2f}",
+            f"{p['flops']:.2f}",
+            f"{p['text_nnz']:.1f}",
+            f"{p['image_nnz']:.1f}",
+        ]
+        for name, pts in results["curves"].items()
+        for p in pts
+    ]
+    if cv_rows:
+        parts.append(
+            format_table(
+                cv_rows,
+                header=[
+                    "curve",
+                    "reg scale",
+                    "q_reg",
+                    "d_reg",
+                    "t2i sparse R@1",
+                    "FLOPs",
+                    "nnz/cap",
+                    "nnz/img",
+                ],
+                markdown=True,
+            )
+        )
+    return "\n\n".join(parts)
+
+
+def write_frontier_report(results: dict[str, Any], path: str | Path) -> None:
+    """Put the tables and significance tests into the Markdown report."""
+    hw = results["hardware"]
+    sig = results["significance"]
+    lines = [
+        "<!-- frontier:begin -->",
+        f"Hardware: {hw['cpu']}, {hw['threads']} threads, torch {hw['torch']}; "
+        f"{results['n_runs']} runs, training summed "
+        f"{results['train_seconds_all_runs'] / 60:.1f} min; load average "
+        f"{results['load_average']['start']} at start, {results['load_average']['end']} at end.",
+        "",
+        frontier_tables(results),
+        "",
+        f"Significance ({sig['description']}):",
+        "",
+        "| comparison | seeds | R@1 difference | p | MRR@10 difference | p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, t in sig.items():
+        if label == "description":
+            continue
+        lines.append(
+            f"| {label} | {', '.join(map(str, t['seeds']))} | {100 * t['R@1']['mean_diff']:+.2f} "
+            f"| {t['R@1']['p_value']:.4f} | {100 * t['MRR@10']['mean_diff']:+.2f} "
+            f"| {t['MRR@10']['p_value']:.4f} |"
+        )
+    lines.append("<!-- frontier:end -->")
+    block = "\n".join(lines)
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if "<!-- frontier:begin -->" in text and "<!-- frontier:end -->" in text:
+        head, rest = text.split("<!-- frontier:begin -->", 1)
+        _, tail = rest.split("<!-- frontier:end -->", 1)
+        text = head + block + tail
+    else:
+        text = (
+            (text + "\n\n" if text else "# The accuracy-cost frontier on Flickr8k\n\n")
+            + block
+            + "\n"
+        )
+    atomic_write_text(path, text)

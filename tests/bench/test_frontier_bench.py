@@ -1,0 +1,89 @@
+"""The frontier benchmark end to end on tiny synthetic data in the Flickr8k format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmsparse.bench.frontier import FrontierBench, recipe_options, run_frontier_bench
+from mmsparse.config import RunConfig, apply_overrides
+from mmsparse.errors import ConfigError
+
+
+def test_recipe_options_group_the_differences():
+    paper = RunConfig()
+    recipe = apply_overrides(
+        paper,
+        ["objective.train_text_topk=5", "objective.w1=1.0", "model.vocab_restrict=train-captions"],
+    )
+    opts = recipe_options(paper, recipe)
+    assert set(opts) == {"cap", "teacher", "vocab"}
+    assert opts["teacher"] == {"objective.w1": (0.1, 1.0)}
+    with pytest.raises(ConfigError, match="model.tau_init differs .* belongs to no option"):
+        recipe_options(paper, apply_overrides(paper, ["model.tau_init=0.05"]))
+
+
+def test_frontier_pipeline_on_tiny_data(tmp_path, tiny_release):
+    common = {
+        "model": {"dense_dim": 16},
+        "data": {"train_splits": ["train"]},
+        "train": {
+            "epochs": 1,
+            "batch_size": 32,
+            "lr": 3e-3,
+            "patience": 0,
+            "progress": False,
+            "plot": False,
+        },
+    }
+    stage0 = tmp_path / "s0.json"
+    stage0.write_text(json.dumps({**common, "objective": {"method": "dense"}}))
+    paper = tmp_path / "paper.json"
+    paper.write_text(json.dumps({**common, "objective": {"q_reg": 1e-3, "d_reg": 1e-3}}))
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(
+        json.dumps(
+            {
+                **common,
+                "model": {"dense_dim": 16, "vocab_restrict": "train-captions"},
+                "objective": {"q_reg": 1e-3, "d_reg": 1e-3, "train_text_topk": 6},
+            }
+        )
+    )
+    spec = FrontierBench(
+        data=str(tiny_release),
+        bundle=str(tiny_release / "bundle"),
+        out=str(tmp_path / "runs"),
+        stage0_config=str(stage0),
+        paper_config=str(paper),
+        config=str(recipe),
+        seeds=(1, 2),
+        text_topk=8,
+        image_topk=16,
+        reg_scales=(0.5, 1.0),
+        curves=("recipe",),
+    )
+    res = run_frontier_bench(
+        spec,
+        results_path=tmp_path / "f.json",
+        doc_path=tmp_path / "f.md",
+        plot_path=tmp_path / "f.png",
+    )
+    rows = res["rows"]
+    assert rows["joint"]["seeds"] == [1, 2] and rows["d2s"]["seeds"] == [1, 2]
+    assert rows["joint"]["sparsity"]["text_nnz"] <= 8
+    assert "readability" in rows["joint"]
+    assert {a["option"] for a in res["ablation"]} == {"vocab", "cap"}
+    for option in ("vocab", "cap"):
+        assert f"joint-minus-{option}" in rows and f"paper-plus-{option}" in rows
+    assert len(res["curves"]["recipe-joint"]) == 2 and "paper-joint" not in res["curves"]
+    sig = res["significance"]
+    assert sig["joint sparse - D2S sparse"]["R@1"]["n"] == 2 * 120
+    assert sig["recipe joint sparse - paper joint sparse"]["seeds"] == [1]
+    doc = (tmp_path / "f.md").read_text()
+    assert "<!-- frontier:begin -->" in doc and "| joint | sparse | 2 |" in doc
+    assert "joint sparse - D2S sparse" in doc
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    again = run_frontier_bench(spec)  # every run is reused
+    assert again["rows"]["joint"]["t2i"] == rows["joint"]["t2i"]
