@@ -183,6 +183,15 @@ def test_pruning_engines_on_flickr8k_vectors(tmp_path):
     (tmp_path / "bmp").mkdir()
     build_bmp(tmp_path / "bmp", docs)
     _check_bmp_exact(BmpEngine(tmp_path / "bmp"), docs, queries, 10)
+    if importlib.util.find_spec("numba") is not None:
+        from mmsparse.index.blockmax import BlockMaxIndex
+        from mmsparse.index.inverted import InvertedIndex, write_postings
+
+        write_postings(tmp_path / "p.mmsi", docs)
+        want = InvertedIndex(tmp_path / "p.mmsi").search_batch(queries, 10, threads=1)
+        got = BlockMaxIndex(docs, bsize=16).search_batch(queries, 10)
+        np.testing.assert_array_equal(got.rows, want.rows)
+        np.testing.assert_array_equal(got.scores, want.scores)
     (tmp_path / "k").mkdir()
     params = build_kannolo(tmp_path / "k", docs)
     hits = KannoloEngine(tmp_path / "k", params).search_batch(queries, 10, ef_search=200)
