@@ -68,7 +68,7 @@ class Flickr8kBench:
     bundle: str | None
     out: str
     stage0_config: str = "configs/flickr8k-stage0.json"
-    config: str = "configs/flickr8k.json"
+    config: str = "configs/flickr8k-paper.json"
     seeds: tuple[int, ...] = (42, 43, 44)
     text_topk: int = 64
     image_topk: int = 256

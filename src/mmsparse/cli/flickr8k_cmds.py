@@ -34,7 +34,7 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="runs/bench-flickr8k", help="directory of the runs")
     p.add_argument("--stage0-config", default="configs/flickr8k-stage0.json")
-    p.add_argument("--config", default="configs/flickr8k.json")
+    p.add_argument("--config", default="configs/flickr8k-paper.json")
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument("--reg-scales", type=float, nargs="+", default=[1 / 3, 1.0, 3.0])
     p.add_argument("--text-topk", type=int, default=64)
