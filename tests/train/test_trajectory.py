@@ -21,24 +21,11 @@ from mmsparse.config import RunConfig, apply_overrides
 from mmsparse.data import make_synthetic
 from mmsparse.train import Trainer
 from tests.helpers import TINY
+from tests.train.test_fast_step import BASE as FAST_STEP_BASE
+from tests.train.test_fast_step import PLAIN
 
-BASE = [
-    "model.dense_dim=16",
-    "train.batch_size=32",
-    "train.lr=3e-3",
-    "train.epochs=3",
-    "train.progress=false",
-    "train.plot=false",
-    "train.patience=0",
-    "train.device=cpu",
-    "objective.q_reg=1e-3",
-    "objective.d_reg=1e-3",
-    "objective.expansion_control=true",
-    "objective.expansion_p0=0.5",
-    "train.compile=off",
-    "train.fused_optimizer=off",
-    "train.amp=off",
-]
+# the plain step of tests/train/test_fast_step.py: the same settings the recording used
+BASE = [*FAST_STEP_BASE, *PLAIN]
 
 RECORDED = {
     "joint": [

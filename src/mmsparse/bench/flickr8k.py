@@ -491,15 +491,24 @@ def write_report(results: dict[str, Any], path: str | Path) -> None:
                 f"{p['image_nnz']:.1f} |"
             )
     lines.append("<!-- bench:end -->")
-    block = "\n".join(lines)
+    replace_marked_block(path, "bench", "\n".join(lines), "# Flickr8k benchmark")
+
+
+def replace_marked_block(path: str | Path, marker: str, block: str, title: str) -> None:
+    """Put ``block`` in place of the marked part of the Markdown file ``path``.
+
+    ``block`` starts with ``<!-- {marker}:begin -->`` and ends with ``<!-- {marker}:end -->``;
+    a file without that part gets it appended (a new file is headed ``title``).
+    """
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     path = Path(path)
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if "<!-- bench:begin -->" in text and "<!-- bench:end -->" in text:
-        head, rest = text.split("<!-- bench:begin -->", 1)
-        _, tail = rest.split("<!-- bench:end -->", 1)
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
         text = head + block + tail
     else:
-        text = (text + "\n\n" if text else "# Flickr8k benchmark\n\n") + block + "\n"
+        text = (text + "\n\n" if text else f"{title}\n\n") + block + "\n"
     atomic_write_text(path, text)
 
 

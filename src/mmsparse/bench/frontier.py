@@ -47,12 +47,13 @@ from mmsparse.bench.flickr8k import (
     _train_or_reuse,
     hardware,
     paired_permutation_test,
+    replace_marked_block,
 )
 from mmsparse.config import RunConfig, apply_overrides, load_config
 from mmsparse.errors import ConfigError
 from mmsparse.evaluate.report import format_table
 from mmsparse.evaluate.run import evaluate_run
-from mmsparse.io_utils import atomic_write_json, atomic_write_text
+from mmsparse.io_utils import atomic_write_json
 
 logger = logging.getLogger("mmsparse.bench")
 
@@ -595,17 +596,6 @@ def write_frontier_report(results: dict[str, Any], path: str | Path) -> None:
             f"| {t['MRR@10']['p_value']:.4f} |"
         )
     lines.append("<!-- frontier:end -->")
-    block = "\n".join(lines)
-    path = Path(path)
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if "<!-- frontier:begin -->" in text and "<!-- frontier:end -->" in text:
-        head, rest = text.split("<!-- frontier:begin -->", 1)
-        _, tail = rest.split("<!-- frontier:end -->", 1)
-        text = head + block + tail
-    else:
-        text = (
-            (text + "\n\n" if text else "# The accuracy-cost frontier on Flickr8k\n\n")
-            + block
-            + "\n"
-        )
-    atomic_write_text(path, text)
+    replace_marked_block(
+        path, "frontier", "\n".join(lines), "# The accuracy-cost frontier on Flickr8k"
+    )

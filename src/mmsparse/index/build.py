@@ -235,6 +235,7 @@ def build_index(
     cfg = run.config
     topk = cfg.serving.image_topk if image_topk is None else image_topk
     thr = cfg.eval.threshold if threshold is None else float(threshold)
+    w1, w2 = hybrid_weights(cfg, run.model)
     dense, sparse = encode_vectors(
         run.model,
         store.image_feats[sp_.image_rows],
@@ -262,8 +263,8 @@ def build_index(
             "vocab_sha256": vocab_sha256(run.vocab.tokens),
             "split": sp_.name,
             "data_dir": str(store.root) if store.root else "",
-            "w1": hybrid_weights(cfg, run.model)[0],
-            "w2": hybrid_weights(cfg, run.model)[1],
+            "w1": w1,
+            "w2": w2,
         },
         options=IndexOptions(image_topk=topk, threshold=thr, quantize=quantize),
         engine_params=engine_params,
