@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -85,5 +86,7 @@ def test_frontier_pipeline_on_tiny_data(tmp_path, tiny_release):
     assert "<!-- frontier:begin -->" in doc and "| joint | sparse | 2 |" in doc
     assert "joint sparse - D2S sparse" in doc
     assert (tmp_path / "f.png").stat().st_size > 1000
-    again = run_frontier_bench(spec)  # every run is reused
+    again = run_frontier_bench(dataclasses.replace(spec, paper=False, ablation=False))  # reused
     assert again["rows"]["joint"]["t2i"] == rows["joint"]["t2i"]
+    assert "paper-joint" not in again["rows"]  # --no-paper
+    assert "recipe joint sparse - paper joint sparse" not in again["significance"]

@@ -365,3 +365,9 @@ def test_image_vectors_of_other_engines_come_from_their_stored_weights(served_in
         np.testing.assert_array_equal(terms, want[r][0])
         np.testing.assert_allclose(weights, want[r][1], rtol=1e-6)
     svc.close()
+
+
+def test_bundle_option_reaches_the_searcher(served_index, tmp_path):
+    # serve --bundle: the service's searcher loads caption data with the bundle given
+    app = create_app(served_index, text_encoder=HashEncoder(), bundle=tmp_path / "elsewhere")
+    assert app.state.service.searcher._bundle == tmp_path / "elsewhere"
