@@ -85,6 +85,11 @@ class ModelConfig:
             ``train-captions-content`` (the same minus function words, punctuation and
             sub-word pieces, see :mod:`mmsparse.data.terms`). Vectors, indexes and exports
             still use the full vocabulary's ids.
+        sparse_input: What the sparse head reads: ``dense`` (the normalised dense vector
+            ``e``, the paper) or ``features``, an extension: the backbone features ``h``
+            through one input map per modality (``U_img``, ``U_txt``; the LayerNorm and
+            ``V`` stay shared), so the sparse vectors are not limited to what the dense
+            vector keeps, and the sparse losses never move the dense heads.
     """
 
     d_img: int | None = None
@@ -98,6 +103,7 @@ class ModelConfig:
     init_from: str | None = None
     sparse_init: Literal["random", "token-lstsq"] = "random"
     vocab_restrict: Literal["none", "train-captions", "train-captions-content"] = "none"
+    sparse_input: Literal["dense", "features"] = "dense"
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,9 @@ class TrainConfig:
             records only.
         sparse_lr_scale: Learning rate of the sparse head as a multiple of ``lr`` (the
             D2S code trains its projector at its own rate); ``1``: one rate for all.
+        dense_lr_scale: Learning rate of the dense heads (``text_proj``, ``vision_proj``)
+            as a multiple of ``lr``; ``0`` keeps them where ``model.init_from`` left them
+            (the joint objective then cannot overfit the dense side); ``1``: one rate.
     """
 
     epochs: int = 200
@@ -219,6 +228,7 @@ class TrainConfig:
     fused_optimizer: Literal["auto", "on", "off"] = "auto"
     log_every: int = 0
     sparse_lr_scale: float = 1.0
+    dense_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -436,6 +446,7 @@ def validate_config(cfg: RunConfig, where: str = "<config>") -> None:
         (cfg.objective.sparse_scale_init > 0, "objective.sparse_scale_init must be > 0"),
         (cfg.objective.lexical_weight >= 0, "objective.lexical_weight must be non-negative"),
         (cfg.train.sparse_lr_scale > 0, "train.sparse_lr_scale must be > 0"),
+        (cfg.train.dense_lr_scale >= 0, "train.dense_lr_scale must be non-negative"),
         (cfg.train.patience >= 0, "train.patience must be non-negative"),
         (cfg.train.log_every >= 0, "train.log_every must be non-negative"),
         (cfg.eval.text_topk is None or cfg.eval.text_topk > 0, "eval.text_topk must be > 0"),

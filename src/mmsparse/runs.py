@@ -115,6 +115,7 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
         tau_min=cfg.model.tau_min,
         tau_max=cfg.model.tau_max,
         sparse_scale=cfg.objective.sparse_scale == "learned",
+        sparse_input=cfg.model.sparse_input,
     )
     if model.log_sparse_scale is not None:
         with torch.no_grad():
@@ -156,8 +157,20 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
                 tensors[key] = value  # a start without the scale keeps sparse_scale_init
         if model.log_sparse_scale is None:
             tensors.pop("log_sparse_scale", None)  # a learned scale is not carried over
+        if init.sparse_input != model.sparse_input:
+            # Other input maps (e.g. a stage-0 fit's U for a head reading features): this
+            # model's own freshly initialised maps are kept.
+            own = model.state_dict()
+            for key in [k for k in tensors if k.startswith("sparse_head.U")]:
+                del tensors[key]
+            tensors.update({k: v for k, v in own.items() if k.startswith("sparse_head.U")})
         model.load_tensors(tensors, where=str(src / "model.safetensors"))
     if cfg.model.sparse_init == "token-lstsq":
+        if cfg.model.sparse_input != "dense":
+            raise ConfigError(
+                "model.sparse_init=token-lstsq fits U on the dense vectors: it needs "
+                "model.sparse_input=dense"
+            )
         align_sparse_head(model, store, store.split(cfg.data.train_splits, allow_missing=True))
     # Special tokens ([CLS], [SEP], [PAD], [unused80] ...) are never sparse terms.
     model.block_terms(store.vocabulary(model.vocab_size).special_ids)

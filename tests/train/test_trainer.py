@@ -294,3 +294,43 @@ def _without_bundle(store):
     import dataclasses
 
     return dataclasses.replace(store, bundle=None)
+
+
+def test_learning_rate_scales_of_the_dense_and_sparse_heads(tmp_path, tiny_store):
+    init = SparseDenseModel(
+        d_img=24, d_txt=16, dense_dim=16, d_word=16, vocab_size=len(tiny_store.bundle.vocab)
+    )
+    init.init_weights(42, word_embeddings=tiny_store.bundle.word_embeddings)
+    train(_cfg("train.epochs=1", "train.dense_lr_scale=0"), tmp_path / "frozen", store=tiny_store)
+    frozen = SparseDenseModel.from_pretrained(tmp_path / "frozen" / "best")
+    # rate 0: the dense heads stay where they started (weight decay scales with the rate too)
+    torch.testing.assert_close(frozen.vision_proj.weight, init.vision_proj.weight)
+    assert not torch.equal(frozen.sparse_head.U.weight, init.sparse_head.U.weight)
+    assert not torch.equal(frozen.tau, init.tau)
+
+    trainer = Trainer(
+        _cfg("train.dense_lr_scale=0.5", "train.sparse_lr_scale=2"), tiny_store, tmp_path / "g"
+    )
+    scales = {id(p): g["lr_scale"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    model = trainer.model
+    assert {scales[id(p)] for p in model.dense_parameters()} == {0.5}
+    assert {scales[id(p)] for p in model.sparse_head.parameters()} == {2.0}
+    assert scales[id(model.tau)] == 1.0
+
+
+def test_a_sparse_head_on_features_trains_from_a_stage0_start(tmp_path, tiny_store):
+    train(_cfg("train.epochs=1", "objective.method=dense"), tmp_path / "s0", store=tiny_store)
+    res = train(
+        _cfg("train.epochs=1", "model.sparse_input=features", f"model.init_from={tmp_path / 's0'}"),
+        tmp_path / "f",
+        store=tiny_store,
+    )
+    assert res.epochs_run == 1
+    m = SparseDenseModel.from_pretrained(tmp_path / "f" / "best")
+    assert m.sparse_input == "features" and m.sparse_head.U_img.in_features == 24
+    with pytest.raises(ConfigError, match="needs model.sparse_input=dense"):
+        train(
+            _cfg("model.sparse_input=features", "model.sparse_init=token-lstsq"),
+            tmp_path / "x",
+            store=tiny_store,
+        )

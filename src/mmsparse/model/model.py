@@ -35,6 +35,7 @@ from mmsparse.io_utils import (
 )
 
 MODEL_FORMAT = "mmsparse-model"
+SPARSE_INPUTS = ("dense", "features")
 BLOCKED_LOGIT = -1e4  # finite in fp16 and bf16; relu gives 0 and no gradient
 SCALE_LOG_LIMIT = float(np.log(100.0))
 MODEL_VERSION = 1
@@ -91,35 +92,62 @@ class ModelOutput:
 class SparseHead(nn.Module):
     """``z = log(1 + relu(V · LayerNorm(U e + c)))``, shared by both modalities.
 
+    With ``in_dims`` (``model.sparse_input=features``, an extension) the head reads the
+    backbone features ``h`` instead of ``e``, through one input map per modality:
+    ``z = log(1 + relu(V · LayerNorm(U_m h + c_m)))`` with ``m`` image or text; the
+    LayerNorm and ``V`` stay shared, so both modalities still write the same vocabulary.
+
     Args:
         dense_dim: Size of the dense input ``e``.
         d_word: Word-embedding size (output of ``U``).
         vocab_size: Number of output terms (rows of ``V``; the kept terms of a restricted
             vocabulary).
+        in_dims: ``(d_img, d_txt)``: read the features of each modality (``U_img``,
+            ``U_txt``) instead of ``e``; ``None``: the paper's shared ``U``.
     """
 
-    def __init__(self, dense_dim: int, d_word: int, vocab_size: int) -> None:
+    def __init__(
+        self,
+        dense_dim: int,
+        d_word: int,
+        vocab_size: int,
+        in_dims: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
-        self.U = nn.Linear(dense_dim, d_word)
+        self.in_dims = in_dims
+        if in_dims is None:
+            self.U = nn.Linear(dense_dim, d_word)
+        else:
+            self.U_img = nn.Linear(in_dims[0], d_word)
+            self.U_txt = nn.Linear(in_dims[1], d_word)
         self.norm = nn.LayerNorm(d_word)
         self.V = nn.Linear(d_word, vocab_size, bias=False)
         # Outputs that never activate (special tokens), see SparseDenseModel.block_terms.
         self.blocked: torch.Tensor | None
         self.register_buffer("blocked", None, persistent=False)
 
-    def logits(self, e: torch.Tensor) -> torch.Tensor:
-        """Pre-activation ``x = V · LayerNorm(U e + c)``: ``(B, dense_dim) -> (B, vocab_size)``.
+    def input_maps(self) -> list[nn.Linear]:
+        """The input maps: ``[U]``, or ``[U_img, U_txt]`` when the head reads features."""
+        return [self.U] if self.in_dims is None else [self.U_img, self.U_txt]
 
+    def logits(self, e: torch.Tensor, side: str = "text") -> torch.Tensor:
+        """Pre-activation ``x = V · LayerNorm(U e + c)``: ``(B, d_in) -> (B, vocab_size)``.
+
+        ``side`` (``image`` or ``text``) picks the input map when the head reads features.
         Blocked outputs get a large negative logit, so their activation is exactly 0.
         """
-        x = self.V(self.norm(self.U(e)))
+        if self.in_dims is None:
+            u = self.U(e)
+        else:
+            u = (self.U_img if side == "image" else self.U_txt)(e)
+        x = self.V(self.norm(u))
         if self.blocked is not None:
             x = x.masked_fill(self.blocked, BLOCKED_LOGIT)
         return x
 
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        """Map normalised dense vectors ``(B, dense_dim)`` to sparse ``(B, vocab_size)``."""
-        return torch.log1p(torch.relu(self.logits(e)))
+    def forward(self, e: torch.Tensor, side: str = "text") -> torch.Tensor:
+        """Map inputs ``(B, d_in)`` (dense vectors, or features) to ``(B, vocab_size)``."""
+        return torch.log1p(torch.relu(self.logits(e, side)))
 
 
 class SparseDenseModel(nn.Module):
@@ -138,6 +166,9 @@ class SparseDenseModel(nn.Module):
             vocabulary, sorted, unique); ``None``: all ``vocab_size`` terms.
         sparse_scale: Add a learnable scale ``s`` of the sparse scores inside the loss
             (``objective.sparse_scale=learned``); it never changes a ranking.
+        sparse_input: What the sparse head reads: ``dense`` (the normalised dense vector
+            ``e``, the paper) or ``features`` (the backbone features ``h``, one input map
+            per modality; ``model.sparse_input``).
 
     Example:
         >>> model = SparseDenseModel(d_img=8, d_txt=6, dense_dim=4, d_word=5, vocab_size=10)
@@ -158,8 +189,14 @@ class SparseDenseModel(nn.Module):
         tau_max: float = 0.5,
         term_ids: np.ndarray | torch.Tensor | None = None,
         sparse_scale: bool = False,
+        sparse_input: str = "dense",
     ) -> None:
         super().__init__()
+        if sparse_input not in SPARSE_INPUTS:
+            raise ValueError(
+                f"sparse_input must be one of {', '.join(SPARSE_INPUTS)}, got {sparse_input!r}"
+            )
+        self.sparse_input = sparse_input
         self.d_img, self.d_txt, self.dense_dim = d_img, d_txt, dense_dim
         self.d_word, self.vocab_size = d_word, vocab_size
         self.tau_min, self.tau_max = tau_min, tau_max
@@ -173,7 +210,8 @@ class SparseDenseModel(nn.Module):
             self.register_buffer("term_ids", ids)
             n_terms = int(ids.numel())
         self.n_terms = n_terms
-        self.sparse_head = SparseHead(dense_dim, d_word, n_terms)
+        in_dims = (d_img, d_txt) if sparse_input == "features" else None
+        self.sparse_head = SparseHead(dense_dim, d_word, n_terms, in_dims=in_dims)
         self.tau = nn.Parameter(torch.tensor(float(tau_init)))
         # log s of the sparse scores' scale in the loss (objective.sparse_scale=learned).
         self.log_sparse_scale: nn.Parameter | None = None
@@ -197,8 +235,7 @@ class SparseDenseModel(nn.Module):
         """
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for name in ("text_proj", "vision_proj", "sparse_head.U"):
-                lin: nn.Linear = self.get_submodule(name)
+            for lin in (self.text_proj, self.vision_proj, *self.sparse_head.input_maps()):
                 bound = 1.0 / np.sqrt(lin.in_features)
                 lin.weight.copy_(
                     torch.empty_like(lin.weight).uniform_(-bound, bound, generator=gen)
@@ -312,13 +349,15 @@ class SparseDenseModel(nn.Module):
         """Caption features ``(B, d_txt)`` to dense and sparse vectors."""
         h = self._as_input(h_txt, self.d_txt, "caption")
         e = F.normalize(self.text_proj(h), dim=-1)
-        return EncoderOutput(dense=e, sparse=self.expand_terms(self.sparse_head(e)))
+        z = self.sparse_head(h if self.sparse_input == "features" else e, "text")
+        return EncoderOutput(dense=e, sparse=self.expand_terms(z))
 
     def encode_image(self, h_img: torch.Tensor | np.ndarray) -> EncoderOutput:
         """Image features ``(B, d_img)`` to dense and sparse vectors."""
         h = self._as_input(h_img, self.d_img, "image")
         e = F.normalize(self.vision_proj(h), dim=-1)
-        return EncoderOutput(dense=e, sparse=self.expand_terms(self.sparse_head(e)))
+        z = self.sparse_head(h if self.sparse_input == "features" else e, "image")
+        return EncoderOutput(dense=e, sparse=self.expand_terms(z))
 
     def forward(
         self,
@@ -351,8 +390,14 @@ class SparseDenseModel(nn.Module):
         if not with_sparse:
             empty = e_img.new_zeros((e_img.shape[0], 0))
             return ModelOutput(e_img, e_txt, empty, empty, self.tau)
-        s_img, s_txt = (e_img.detach(), e_txt.detach()) if sparse_stop_grad else (e_img, e_txt)
-        x_img, x_txt = self.sparse_head.logits(s_img), self.sparse_head.logits(s_txt)
+        if self.sparse_input == "features":
+            s_img, s_txt = h_i, h_t  # the features carry no gradient into the dense heads
+        elif sparse_stop_grad:
+            s_img, s_txt = e_img.detach(), e_txt.detach()
+        else:
+            s_img, s_txt = e_img, e_txt
+        x_img = self.sparse_head.logits(s_img, "image")
+        x_txt = self.sparse_head.logits(s_txt, "text")
         z_img, z_txt = torch.log1p(torch.relu(x_img)), torch.log1p(torch.relu(x_txt))
         if not with_logits:
             return ModelOutput(e_img, e_txt, z_img, z_txt, self.tau)
@@ -387,6 +432,7 @@ class SparseDenseModel(nn.Module):
             "n_terms": self.n_terms,
             "vocab_restricted": self.term_ids is not None,
             "sparse_scale": self.log_sparse_scale is not None,
+            "sparse_input": self.sparse_input,
         }
 
     def save_pretrained(
@@ -470,6 +516,7 @@ class SparseDenseModel(nn.Module):
                 tau_max=float(cfg["tau_max"]),
                 term_ids=term_ids,
                 sparse_scale=bool(cfg.get("sparse_scale", False)),
+                sparse_input=str(cfg.get("sparse_input", "dense")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{directory / CONFIG_NAME}: bad model config ({exc})") from exc

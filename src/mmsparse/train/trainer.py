@@ -266,13 +266,24 @@ class Trainer:
         self.log_path = run_dir / "metrics.jsonl"
 
     def _param_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: the sparse head at ``train.sparse_lr_scale`` times the rate."""
+        """AdamW parameter groups with their learning-rate scales.
+
+        The sparse head runs at ``train.sparse_lr_scale`` times the rate, the dense heads
+        at ``train.dense_lr_scale`` times it, the rest (``tau``, the sparse scale) at the
+        rate itself.
+        """
         sparse_ids = {id(p) for p in self.model.sparse_head.parameters()}
+        dense_ids = {id(p) for p in self.model.dense_parameters()}
         sparse = [p for p in self.params if id(p) in sparse_ids]
-        rest = [p for p in self.params if id(p) not in sparse_ids]
-        groups = [{"params": rest, "lr_scale": 1.0}] if rest else []
+        dense = [p for p in self.params if id(p) in dense_ids]
+        rest = [p for p in self.params if id(p) not in sparse_ids | dense_ids]
+        train = self.cfg.train
+        groups = []
+        for params, scale in ((dense, train.dense_lr_scale), (rest, 1.0)):
+            if params:
+                groups.append({"params": params, "lr_scale": scale})
         if sparse:
-            groups.append({"params": sparse, "lr_scale": self.cfg.train.sparse_lr_scale})
+            groups.append({"params": sparse, "lr_scale": train.sparse_lr_scale})
         return groups
 
     def _check_train_topk(self) -> None:
