@@ -78,7 +78,9 @@ class ModelConfig:
             ``token-lstsq``, an extension: a ridge fit on the training captions so that
             ``LayerNorm(U e + c)`` starts near the (standardised) mean word embedding of each
             caption's own tokens, which makes a caption's own words its active terms from
-            the first step (needs a named vocabulary).
+            the first step (needs a named vocabulary); or ``dense-compose`` (with
+            ``sparse_input=features``): each feature map starts as a random ``U`` composed
+            with its modality's dense head, the paper's head on the unnormalised ``e``.
         vocab_restrict: Output vocabulary of the sparse head (an extension): ``none`` (all
             terms, the paper), ``train-captions`` (only the word pieces that occur in the
             training captions; the other rows of ``V`` are dropped) or
@@ -101,7 +103,7 @@ class ModelConfig:
     tau_min: float = 0.001
     tau_max: float = 0.5
     init_from: str | None = None
-    sparse_init: Literal["random", "token-lstsq"] = "random"
+    sparse_init: Literal["random", "token-lstsq", "dense-compose"] = "random"
     vocab_restrict: Literal["none", "train-captions", "train-captions-content"] = "none"
     sparse_input: Literal["dense", "features"] = "dense"
 

@@ -165,6 +165,13 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
                 del tensors[key]
             tensors.update({k: v for k, v in own.items() if k.startswith("sparse_head.U")})
         model.load_tensors(tensors, where=str(src / "model.safetensors"))
+    if cfg.model.sparse_init == "dense-compose":
+        if cfg.model.sparse_input != "features":
+            raise ConfigError(
+                "model.sparse_init=dense-compose starts the feature maps from the dense "
+                "heads: it needs model.sparse_input=features"
+            )
+        compose_sparse_inputs(model, cfg.train.seed)
     if cfg.model.sparse_init == "token-lstsq":
         if cfg.model.sparse_input != "dense":
             raise ConfigError(
@@ -175,6 +182,27 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
     # Special tokens ([CLS], [SEP], [PAD], [unused80] ...) are never sparse terms.
     model.block_terms(store.vocabulary(model.vocab_size).special_ids)
     return model
+
+
+@torch.no_grad()
+def compose_sparse_inputs(model: SparseDenseModel, seed: int) -> None:
+    """Start a feature-reading head as the paper's head on the unnormalised dense vector.
+
+    ``U_m = R W_m`` and ``c_m = R b_m + c`` for each modality ``m`` (``W_m``, ``b_m`` its
+    dense head, ``R``, ``c`` drawn like the paper's ``U``, ``c`` from ``seed``): before the
+    first step ``LayerNorm(U_m h + c_m) = LayerNorm(R (W_m h + b_m) + c)``, so the head
+    starts from the modality-aligned dense space instead of two unrelated random maps, and
+    training is free to use what the dense heads drop.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    head = model.sparse_head
+    bound = 1.0 / math.sqrt(model.dense_dim)
+    R = torch.empty(model.d_word, model.dense_dim).uniform_(-bound, bound, generator=gen)
+    c = torch.empty(model.d_word).uniform_(-bound, bound, generator=gen)
+    for U, proj in ((head.U_img, model.vision_proj), (head.U_txt, model.text_proj)):
+        W, b = proj.weight.detach().cpu().double(), proj.bias.detach().cpu().double()
+        U.weight.copy_((R.double() @ W).to(U.weight))
+        U.bias.copy_((R.double() @ b + c.double()).to(U.bias))
 
 
 @torch.no_grad()

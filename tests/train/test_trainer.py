@@ -334,3 +334,26 @@ def test_a_sparse_head_on_features_trains_from_a_stage0_start(tmp_path, tiny_sto
             tmp_path / "x",
             store=tiny_store,
         )
+
+
+def test_dense_compose_starts_the_feature_maps_on_the_dense_space(tmp_path, tiny_store):
+    from mmsparse.runs import build_model
+
+    train(_cfg("train.epochs=1", "objective.method=dense"), tmp_path / "s0", store=tiny_store)
+    start = ("model.sparse_input=features", f"model.init_from={tmp_path / 's0'}")
+
+    def residual(model):
+        """How far U_img h + c_img is from an affine map of the dense head's W h + b."""
+        model = model.double()
+        h = torch.randn(60, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        pre = model.vision_proj(h).detach()  # (60, 16)
+        X = torch.cat([pre, torch.ones(60, 1, dtype=torch.float64)], dim=1)
+        u = model.sparse_head.U_img(h).detach()  # (60, d_word)
+        fit = X @ torch.linalg.lstsq(X, u).solution
+        return float((u - fit).abs().max())
+
+    composed = build_model(_cfg(*start, "model.sparse_init=dense-compose"), tiny_store)
+    assert residual(composed) < 1e-6  # U_img h + c_img = R (W h + b) + c (float32 weights)
+    assert residual(build_model(_cfg(*start), tiny_store)) > 1e-3  # a random map is not
+    with pytest.raises(ConfigError, match="dense-compose .* needs model.sparse_input=features"):
+        build_model(_cfg("model.sparse_init=dense-compose"), tiny_store)

@@ -62,6 +62,7 @@ logger = logging.getLogger("mmsparse.bench")
 OPTION_KEYS: dict[str, tuple[str, ...]] = {
     "vocab": ("model.vocab_restrict",),
     "init": ("model.sparse_init",),
+    "input": ("model.sparse_input",),
     "cap": ("objective.train_text_topk", "objective.train_image_topk"),
     "reg": ("objective.reg", "objective.q_reg", "objective.d_reg", "objective.reg_warmup_frac"),
     "teacher": (
@@ -74,6 +75,7 @@ OPTION_KEYS: dict[str, tuple[str, ...]] = {
     "scale": ("objective.sparse_scale", "objective.sparse_scale_init"),
     "stop-grad": ("objective.sparse_stop_grad",),
     "lexical": ("objective.lexical_weight",),
+    "dense-rate": ("train.dense_lr_scale",),
     "expansion": (
         "objective.expansion_control",
         "objective.expansion_p0",
@@ -92,12 +94,14 @@ OPTION_KEYS: dict[str, tuple[str, ...]] = {
 OPTION_DESCRIPTIONS: dict[str, str] = {
     "vocab": "output vocabulary restricted to the training captions' terms",
     "init": "sparse head initialisation",
+    "input": "what the sparse head reads (dense vector or backbone features)",
     "cap": "train as you serve: top-k cap in the forward pass",
     "reg": "sparsity regulariser (kind and weights)",
     "teacher": "weights of the integrated score and of the losses",
     "scale": "learned scale of the sparse scores in the loss",
     "stop-grad": "sparse losses do not move the dense heads",
     "lexical": "lexical grounding of the sparse head",
+    "dense-rate": "learning rate of the dense heads (0: kept at the stage-0 fit)",
     "expansion": "expansion control of caption vectors",
     "schedule": "epochs, learning rates, batch size",
 }
