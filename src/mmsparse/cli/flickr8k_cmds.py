@@ -22,6 +22,44 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
         description="Reproduce the Flickr8k table (val split). Finished runs in --out are "
         "reused, so an interrupted benchmark continues where it stopped.",
     )
+    add_flickr8k_bench_args(
+        p,
+        out="runs/bench-flickr8k",
+        configs={"--config": ("configs/flickr8k-paper.json", None)},
+        set_help="override a key of every sparse run (repeatable)",
+        results="benchmarks/flickr8k.json",
+        doc="docs/flickr8k.md",
+        plot=("docs/flickr8k_tradeoff.png", "trade-off PNG"),
+    )
+    p.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="only the main rows and the curve (no teacher modes/ablations)",
+    )
+    p.set_defaults(func=cmd_bench_flickr8k)
+
+
+def add_flickr8k_bench_args(
+    p: argparse.ArgumentParser,
+    *,
+    out: str,
+    configs: dict[str, tuple[str, str | None]],
+    set_help: str,
+    results: str,
+    doc: str,
+    plot: tuple[str, str],
+) -> None:
+    """The arguments every Flickr8k benchmark takes (``bench flickr8k``, ``bench frontier``).
+
+    Args:
+        p: The subcommand's parser.
+        out: Default directory of the runs.
+        configs: Config options after ``--stage0-config``: flag to (default, help).
+        set_help: Help of ``--set``.
+        results: Default JSON results file.
+        doc: Default Markdown report.
+        plot: Default PNG and its help.
+    """
     p.add_argument(
         "--data",
         default=os.environ.get(ENV_FLICKR8K) or "../shared/flickr8k",
@@ -32,25 +70,21 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
         default=".cache/effnet-minilm-bundle",
         help="backbone bundle ('none' for the random fallback vocabulary)",
     )
-    p.add_argument("--out", default="runs/bench-flickr8k", help="directory of the runs")
+    p.add_argument("--out", default=out, help="directory of the runs")
     p.add_argument("--stage0-config", default="configs/flickr8k-stage0.json")
-    p.add_argument("--config", default="configs/flickr8k-paper.json")
+    for flag, (default, help_text) in configs.items():
+        p.add_argument(flag, default=default, help=help_text)
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     p.add_argument("--reg-scales", type=float, nargs="+", default=[1 / 3, 1.0, 3.0])
     p.add_argument("--text-topk", type=int, default=64)
     p.add_argument("--image-topk", type=int, default=256)
-    p.add_argument(
-        "--no-variants",
-        action="store_true",
-        help="only the main rows and the curve (no teacher modes/ablations)",
-    )
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a key of every sparse run (repeatable)",
+        help=set_help,
     )
     p.add_argument(
         "--set-stage0",
@@ -60,11 +94,10 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a key of the stage-0 runs",
     )
-    p.add_argument("--results", default="benchmarks/flickr8k.json", help="JSON results file")
-    p.add_argument("--doc", default="docs/flickr8k.md", help="Markdown report to update")
-    p.add_argument("--plot", default="docs/flickr8k_tradeoff.png", help="trade-off PNG")
+    p.add_argument("--results", default=results, help="JSON results file")
+    p.add_argument("--doc", default=doc, help="Markdown report to update")
+    p.add_argument("--plot", default=plot[0], help=plot[1])
     p.add_argument("--json", action="store_true", help="print the results JSON on stdout")
-    p.set_defaults(func=cmd_bench_flickr8k)
 
 
 def cmd_bench_flickr8k(args: argparse.Namespace) -> int:

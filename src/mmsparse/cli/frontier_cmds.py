@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mmsparse.cli.flickr8k_cmds import add_flickr8k_bench_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """No top-level commands here (see :func:`register_bench`)."""
@@ -21,16 +23,18 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
         "ablation of every option that differs between the two, and trade-off curves over "
         "regulariser strengths. Finished runs in --out are reused. See docs/frontier.md.",
     )
-    p.add_argument("--data", default="../shared/flickr8k", help="Flickr8k feature directory")
-    p.add_argument("--bundle", default=".cache/effnet-minilm-bundle", help="backbone bundle")
-    p.add_argument("--out", default="runs/bench-frontier", help="directory of the runs")
-    p.add_argument("--stage0-config", default="configs/flickr8k-stage0.json")
-    p.add_argument("--paper-config", default="configs/flickr8k-paper.json")
-    p.add_argument("--config", default="configs/flickr8k.json", help="the recipe")
-    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    p.add_argument("--reg-scales", type=float, nargs="+", default=[1 / 3, 1.0, 3.0])
-    p.add_argument("--text-topk", type=int, default=64)
-    p.add_argument("--image-topk", type=int, default=256)
+    add_flickr8k_bench_args(
+        p,
+        out="runs/bench-frontier",
+        configs={
+            "--paper-config": ("configs/flickr8k-paper.json", None),
+            "--config": ("configs/flickr8k.json", "the recipe"),
+        },
+        set_help="override a key of every sparse run, both configurations (repeatable)",
+        results="benchmarks/frontier.json",
+        doc="docs/frontier.md",
+        plot=("docs/img/frontier.png", "R@1 against FLOPs (PNG)"),
+    )
     p.add_argument("--no-ablation", action="store_true", help="skip the per-option rows")
     p.add_argument(
         "--no-paper",
@@ -45,26 +49,6 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
         default=["recipe", "paper"],
         help="configurations that get a trade-off curve (none: no curve)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of every sparse run, both configurations (repeatable)",
-    )
-    p.add_argument(
-        "--set-stage0",
-        dest="stage0_overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the stage-0 runs",
-    )
-    p.add_argument("--results", default="benchmarks/frontier.json", help="JSON results file")
-    p.add_argument("--doc", default="docs/frontier.md", help="Markdown report to update")
-    p.add_argument("--plot", default="docs/img/frontier.png", help="R@1 against FLOPs (PNG)")
-    p.add_argument("--json", action="store_true", help="print the results JSON on stdout")
     p.set_defaults(func=cmd_bench_frontier)
     register_steps(bench)
 
