@@ -449,6 +449,16 @@ def validate_config(cfg: RunConfig, where: str = "<config>") -> None:
         (cfg.objective.lexical_weight >= 0, "objective.lexical_weight must be non-negative"),
         (cfg.train.sparse_lr_scale > 0, "train.sparse_lr_scale must be > 0"),
         (cfg.train.dense_lr_scale >= 0, "train.dense_lr_scale must be non-negative"),
+        (
+            cfg.model.sparse_init != "dense-compose" or cfg.model.sparse_input == "features",
+            "model.sparse_init=dense-compose starts the feature maps from the dense heads: "
+            "it needs model.sparse_input=features",
+        ),
+        (
+            cfg.model.sparse_init != "token-lstsq" or cfg.model.sparse_input == "dense",
+            "model.sparse_init=token-lstsq fits U on the dense vectors: it needs "
+            "model.sparse_input=dense",
+        ),
         (cfg.train.patience >= 0, "train.patience must be non-negative"),
         (cfg.train.log_every >= 0, "train.log_every must be non-negative"),
         (cfg.eval.text_topk is None or cfg.eval.text_topk > 0, "eval.text_topk must be > 0"),

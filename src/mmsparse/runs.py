@@ -165,19 +165,9 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
                 del tensors[key]
             tensors.update({k: v for k, v in own.items() if k.startswith("sparse_head.U")})
         model.load_tensors(tensors, where=str(src / "model.safetensors"))
-    if cfg.model.sparse_init == "dense-compose":
-        if cfg.model.sparse_input != "features":
-            raise ConfigError(
-                "model.sparse_init=dense-compose starts the feature maps from the dense "
-                "heads: it needs model.sparse_input=features"
-            )
+    if cfg.model.sparse_init == "dense-compose":  # needs sparse_input=features (config check)
         compose_sparse_inputs(model, cfg.train.seed)
     if cfg.model.sparse_init == "token-lstsq":
-        if cfg.model.sparse_input != "dense":
-            raise ConfigError(
-                "model.sparse_init=token-lstsq fits U on the dense vectors: it needs "
-                "model.sparse_input=dense"
-            )
         align_sparse_head(model, store, store.split(cfg.data.train_splits, allow_missing=True))
     # Special tokens ([CLS], [SEP], [PAD], [unused80] ...) are never sparse terms.
     model.block_terms(store.vocabulary(model.vocab_size).special_ids)

@@ -272,19 +272,19 @@ class Trainer:
         at ``train.dense_lr_scale`` times it, the rest (``tau``, the sparse scale) at the
         rate itself.
         """
+        train = self.cfg.train
         sparse_ids = {id(p) for p in self.model.sparse_head.parameters()}
         dense_ids = {id(p) for p in self.model.dense_parameters()}
-        sparse = [p for p in self.params if id(p) in sparse_ids]
-        dense = [p for p in self.params if id(p) in dense_ids]
-        rest = [p for p in self.params if id(p) not in sparse_ids | dense_ids]
-        train = self.cfg.train
-        groups = []
-        for params, scale in ((dense, train.dense_lr_scale), (rest, 1.0)):
-            if params:
-                groups.append({"params": params, "lr_scale": scale})
-        if sparse:
-            groups.append({"params": sparse, "lr_scale": train.sparse_lr_scale})
-        return groups
+        scales = {"dense": train.dense_lr_scale, "rest": 1.0, "sparse": train.sparse_lr_scale}
+        members: dict[str, list[torch.nn.Parameter]] = {name: [] for name in scales}
+        for p in self.params:
+            name = "sparse" if id(p) in sparse_ids else "dense" if id(p) in dense_ids else "rest"
+            members[name].append(p)
+        return [
+            {"params": members[name], "lr_scale": scale}
+            for name, scale in scales.items()
+            if members[name]
+        ]
 
     def _check_train_topk(self) -> None:
         """``objective.train_*_topk`` must fit the sparse head's number of terms."""
