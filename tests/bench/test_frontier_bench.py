@@ -21,6 +21,11 @@ def test_recipe_options_group_the_differences():
     opts = recipe_options(paper, recipe)
     assert set(opts) == {"cap", "teacher", "vocab"}
     assert opts["teacher"] == {"objective.w1": (0.1, 1.0)}
+    new = apply_overrides(paper, ["train.dense_lr_scale=0", "model.sparse_input=features"])
+    assert recipe_options(paper, new) == {
+        "dense-rate": {"train.dense_lr_scale": (1.0, 0.0)},
+        "input": {"model.sparse_input": ("dense", "features")},
+    }
     with pytest.raises(ConfigError, match="model.tau_init differs .* belongs to no option"):
         recipe_options(paper, apply_overrides(paper, ["model.tau_init=0.05"]))
 
