@@ -175,6 +175,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_release, capsys):
     code, _, err = _run(capsys, "train", "--out", str(tmp_path / "r3"))
     assert code == 2 and "needs --config" in err
 
+    code, _, err = _run(capsys, "bench", "frontier", "--jobs", "0", "--out", str(tmp_path / "b"))
+    assert code == 2 and err.strip() == "mmsparse: error: --jobs must be at least 1, got 0"
+
 
 def test_demo_json(tmp_path, capsys):
     code, out, _ = _run(capsys, "demo", "--json", "--epochs", "2", "--out", str(tmp_path))

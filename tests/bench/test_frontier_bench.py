@@ -9,7 +9,7 @@ import pytest
 
 from mmsparse.bench.frontier import FrontierBench, recipe_options, run_frontier_bench
 from mmsparse.config import RunConfig, apply_overrides
-from mmsparse.errors import ConfigError
+from mmsparse.errors import ConfigError, MMSparseError
 
 
 def test_recipe_options_group_the_differences():
@@ -95,3 +95,68 @@ def test_frontier_pipeline_on_tiny_data(tmp_path, tiny_release):
     assert again["rows"]["joint"]["t2i"] == rows["joint"]["t2i"]
     assert "paper-joint" not in again["rows"]  # --no-paper
     assert "recipe joint sparse - paper joint sparse" not in again["significance"]
+
+
+def _small_spec(tmp_path, tiny_release, out: str, jobs: int) -> FrontierBench:
+    common = {
+        "model": {"dense_dim": 16},
+        "data": {"train_splits": ["train"]},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 3e-3, "patience": 0, "plot": False},
+    }
+    stage0 = tmp_path / "s0.json"
+    stage0.write_text(json.dumps({**common, "objective": {"method": "dense"}}))
+    cfg = tmp_path / "recipe.json"
+    cfg.write_text(json.dumps({**common, "objective": {"q_reg": 1e-3, "d_reg": 1e-3}}))
+    return FrontierBench(
+        data=str(tiny_release),
+        bundle=str(tiny_release / "bundle"),
+        out=str(tmp_path / out),
+        stage0_config=str(stage0),
+        paper_config=str(cfg),
+        config=str(cfg),
+        seeds=(1, 2),
+        text_topk=8,
+        image_topk=16,
+        reg_scales=(0.5, 1.0),
+        ablation=False,
+        paper=False,
+        curves=("recipe",),
+        jobs=jobs,
+    )
+
+
+def test_parallel_training_gives_the_same_results(tmp_path, tiny_release):
+    serial = run_frontier_bench(_small_spec(tmp_path, tiny_release, "serial", 1))
+    parallel = run_frontier_bench(_small_spec(tmp_path, tiny_release, "parallel", 2))
+    assert (
+        set(parallel["rows"])
+        == set(serial["rows"])
+        == {
+            "dense-backbone",
+            "d2s",
+            "joint",
+            "d2s-reg0.5",
+            "joint-reg0.5",
+        }
+    )
+    for name, row in serial["rows"].items():
+        assert parallel["rows"][name]["t2i"] == row["t2i"], name
+    for curve, points in serial["curves"].items():
+        for a, b in zip(points, parallel["curves"][curve], strict=True):
+            assert {k: v for k, v in a.items() if k != "train_seconds"} == {
+                k: v for k, v in b.items() if k != "train_seconds"
+            }
+    assert (tmp_path / "parallel" / "joint-reg0.5-s1" / "final.json").is_file()
+
+
+def test_parallel_training_names_the_failed_runs(tmp_path, tiny_release):
+    spec = dataclasses.replace(
+        _small_spec(tmp_path, tiny_release, "runs", 2), data=str(tmp_path / "missing")
+    )
+    with pytest.raises(
+        MMSparseError,
+        match=r"2 run\(s\) of .*runs failed: dense-backbone-s1: DataError: .*missing: dataset "
+        r"directory not found; dense-backbone-s2: ",
+    ):
+        run_frontier_bench(spec)
+    assert not (tmp_path / "runs" / "d2s-s1").exists()  # nothing starts from a failed stage 0

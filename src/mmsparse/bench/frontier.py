@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ from mmsparse.bench.flickr8k import (
     replace_marked_block,
 )
 from mmsparse.config import RunConfig, apply_overrides, load_config
-from mmsparse.errors import ConfigError
+from mmsparse.errors import ConfigError, MMSparseError
 from mmsparse.evaluate.report import format_table
 from mmsparse.evaluate.run import evaluate_run
 from mmsparse.io_utils import atomic_write_json
@@ -107,6 +108,10 @@ OPTION_DESCRIPTIONS: dict[str, str] = {
 }
 
 
+#: The score types of a joint run.
+ALL_SCORES = ("dense", "sparse", "hybrid")
+
+
 @dataclass(frozen=True)
 class FrontierBench:
     """What the frontier benchmark runs.
@@ -127,6 +132,8 @@ class FrontierBench:
         curves: Which configurations get a trade-off curve (``recipe``, ``paper``).
         overrides: Extra ``key=value`` overrides of every sparse run (both configurations).
         stage0_overrides: Extra overrides of the stage-0 runs.
+        jobs: Runs trained at once, each in its own process with an equal share of the
+            threads (1: one after the other, in this process).
     """
 
     data: str
@@ -144,6 +151,7 @@ class FrontierBench:
     curves: tuple[str, ...] = ("recipe", "paper")
     overrides: tuple[str, ...] = ()
     stage0_overrides: tuple[str, ...] = ()
+    jobs: int = 1
 
 
 def _get(cfg_dict: dict[str, Any], key: str) -> Any:
@@ -217,109 +225,54 @@ def run_frontier_bench(
     serve = dataclasses.replace(recipe.eval, text_topk=spec.text_topk, image_topk=spec.image_topk)
     records: dict[str, list[RunRecord]] = {}
     readability: dict[str, list[dict[str, float]]] = {}
+    plan, curve_points = _plan(spec, stage0_base, paper, recipe, options)
+    if spec.jobs > 1:
+        _train_parallel(plan, out, spec.jobs)
 
-    def run(name: str, group: str, cfg: RunConfig, seed: int, types: Sequence[str]) -> RunRecord:
-        run_dir = out / f"{name}-s{seed}"
-        seconds = _train_or_reuse(cfg, run_dir)
+    def run(p: _Planned) -> RunRecord:
+        run_dir = out / f"{p.name}-s{p.seed}"
+        seconds = _train_or_reuse(p.cfg, run_dir)
         res = evaluate_run(run_dir, "val", eval_cfg=serve, save=False)
         d = res.to_dict()
         for direction in ("t2i", "i2t"):
-            d[direction] = {st: d[direction][st] for st in types}
-        rec = RunRecord(name, group, seed, run_dir, d, res.ranks, seconds, cfg.to_dict())
-        records.setdefault(name, []).append(rec)
+            d[direction] = {st: d[direction][st] for st in p.types}
+        rec = RunRecord(p.name, p.group, p.seed, run_dir, d, res.ranks, seconds, p.cfg.to_dict())
+        records.setdefault(p.name, []).append(rec)
         if res.readability is not None:
-            readability.setdefault(name, []).append(res.readability)  # type: ignore[arg-type]
+            readability.setdefault(p.name, []).append(res.readability)  # type: ignore[arg-type]
         logger.info(
-            "%s seed %d: t2i %s R@1 = %.2f", name, seed, types[-1], d["t2i"][types[-1]]["R@1"]
+            "%s seed %d: t2i %s R@1 = %.2f",
+            p.name,
+            p.seed,
+            p.types[-1],
+            d["t2i"][p.types[-1]]["R@1"],
         )
         return rec
 
-    def derived(base: RunConfig, seed: int, *extra: str) -> RunConfig:
-        stage0 = out / f"dense-backbone-s{seed}"
-        return apply_overrides(base, [f"train.seed={seed}", f"model.init_from={stage0}", *extra])
-
-    all3 = ("dense", "sparse", "hybrid")
+    by_key = {(p.name, p.seed): run(p) for p in plan}
     main = spec.seeds[0]
-    for seed in spec.seeds:
-        run(
-            "dense-backbone",
-            "main",
-            apply_overrides(stage0_base, [f"train.seed={seed}"]),
-            seed,
-            ("dense",),
-        )
-        run("d2s", "main", derived(recipe, seed, "objective.method=d2s"), seed, ("sparse",))
-        run("joint", "main", derived(recipe, seed), seed, all3)
-    if spec.paper or spec.ablation or "paper" in spec.curves:
-        run("paper-d2s", "paper", derived(paper, main, "objective.method=d2s"), main, ("sparse",))
-        run("paper-joint", "paper", derived(paper, main), main, all3)
-
     ablation: list[dict[str, Any]] = []
-    if spec.ablation and options:
+    if spec.ablation:
         for option, values in options.items():
-            minus = run(
-                f"joint-minus-{option}",
-                "ablation",
-                derived(recipe, main, *_set(values, 0)),
-                main,
-                all3,
-            )
-            alone = run(
-                f"paper-plus-{option}",
-                "ablation",
-                derived(paper, main, *_set(values, 1)),
-                main,
-                all3,
-            )
             ablation.append(
                 {
                     "option": option,
                     "description": OPTION_DESCRIPTIONS[option],
                     "values": {k: {"paper": v[0], "recipe": v[1]} for k, v in values.items()},
-                    "minus": _summary(minus),
-                    "alone": _summary(alone),
+                    "minus": _summary(by_key[(f"joint-minus-{option}", main)]),
+                    "alone": _summary(by_key[(f"paper-plus-{option}", main)]),
                 }
             )
-
     curves: dict[str, list[dict[str, float]]] = {}
-    bases = {"recipe": recipe, "paper": paper}
-    for which in spec.curves:
-        base = bases[which]
-        o = base.objective
-        for method in ("d2s", "joint"):
-            pts = curves.setdefault(f"{which}-{method}", [])
-            for scale in spec.reg_scales:
-                name = ("" if which == "recipe" else "paper-") + method
-                if scale != 1.0:
-                    name = f"{name}-reg{scale:.3g}"
-                rec = next((r for r in records.get(name, []) if r.seed == main), None)
-                if rec is None:
-                    rec = run(
-                        name,
-                        "curve",
-                        derived(
-                            base,
-                            main,
-                            f"objective.method={method}",
-                            f"objective.q_reg={o.q_reg * scale}",
-                            f"objective.d_reg={o.d_reg * scale}",
-                        ),
-                        main,
-                        ("sparse",),
-                    )
-                pts.append(
-                    {
-                        "reg_scale": scale,
-                        "q_reg": o.q_reg * scale,
-                        "d_reg": o.d_reg * scale,
-                        **_summary(rec),
-                    }
-                )
+    for curve, scale, q_reg, d_reg, name in curve_points:
+        curves.setdefault(curve, []).append(
+            {"reg_scale": scale, "q_reg": q_reg, "d_reg": d_reg, **_summary(by_key[(name, main)])}
+        )
 
     significance = _significance(records, main)
     rows = {}
     for name, recs in records.items():
-        types = [t for t in all3 if t in recs[0].result["t2i"]]
+        types = [t for t in ALL_SCORES if t in recs[0].result["t2i"]]
         row = {
             "group": recs[0].group,
             **_aggregate(recs, types),
@@ -367,6 +320,139 @@ def run_frontier_bench(
     if doc_path:
         write_frontier_report(results, doc_path)
     return results
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One run of the benchmark: its row name, group, config, seed and score types."""
+
+    name: str
+    group: str
+    cfg: RunConfig
+    seed: int
+    types: tuple[str, ...]
+
+
+def _plan(
+    spec: FrontierBench,
+    stage0_base: RunConfig,
+    paper: RunConfig,
+    recipe: RunConfig,
+    options: dict[str, dict[str, tuple[Any, Any]]],
+) -> tuple[list[_Planned], list[tuple[str, float, float, float, str]]]:
+    """Every run of the benchmark, stage-0 runs first, and the trade-off curves' points.
+
+    Returns:
+        The runs in evaluation order (each ``(name, seed)`` once), and one
+        ``(curve, reg_scale, q_reg, d_reg, run name)`` per curve point (first seed).
+    """
+    out = Path(spec.out)
+    plan: list[_Planned] = []
+    seen: set[tuple[str, int]] = set()
+
+    def add(name: str, group: str, cfg: RunConfig, seed: int, types: Sequence[str]) -> None:
+        if (name, seed) not in seen:
+            seen.add((name, seed))
+            plan.append(_Planned(name, group, cfg, seed, tuple(types)))
+
+    def derived(base: RunConfig, seed: int, *extra: str) -> RunConfig:
+        stage0 = out / f"dense-backbone-s{seed}"
+        return apply_overrides(base, [f"train.seed={seed}", f"model.init_from={stage0}", *extra])
+
+    all3 = ALL_SCORES
+    main = spec.seeds[0]
+    for seed in spec.seeds:
+        stage0 = apply_overrides(stage0_base, [f"train.seed={seed}"])
+        add("dense-backbone", "main", stage0, seed, ("dense",))
+    for seed in spec.seeds:
+        add("d2s", "main", derived(recipe, seed, "objective.method=d2s"), seed, ("sparse",))
+        add("joint", "main", derived(recipe, seed), seed, all3)
+    if spec.paper or spec.ablation or "paper" in spec.curves:
+        add("paper-d2s", "paper", derived(paper, main, "objective.method=d2s"), main, ("sparse",))
+        add("paper-joint", "paper", derived(paper, main), main, all3)
+    if spec.ablation:
+        for option, values in options.items():
+            minus = derived(recipe, main, *_set(values, 0))
+            add(f"joint-minus-{option}", "ablation", minus, main, all3)
+            alone = derived(paper, main, *_set(values, 1))
+            add(f"paper-plus-{option}", "ablation", alone, main, all3)
+    points: list[tuple[str, float, float, float, str]] = []
+    bases = {"recipe": recipe, "paper": paper}
+    for which in spec.curves:
+        o = bases[which].objective
+        for method in ("d2s", "joint"):
+            for scale in spec.reg_scales:
+                name = ("" if which == "recipe" else "paper-") + method
+                if scale != 1.0:
+                    name = f"{name}-reg{scale:.3g}"
+                q_reg, d_reg = o.q_reg * scale, o.d_reg * scale
+                cfg = derived(
+                    bases[which],
+                    main,
+                    f"objective.method={method}",
+                    f"objective.q_reg={q_reg}",
+                    f"objective.d_reg={d_reg}",
+                )
+                add(name, "curve", cfg, main, ("sparse",))
+                points.append((f"{which}-{method}", scale, q_reg, d_reg, name))
+    return plan, points
+
+
+def _train_worker(cfg: RunConfig, run_dir: str, threads: int) -> float:
+    """Train one run in a worker process (``threads`` torch threads, no progress bars)."""
+    import os
+
+    import torch
+
+    os.environ["TQDM_DISABLE"] = "1"
+    torch.set_num_threads(threads)
+    return _train_or_reuse(cfg, Path(run_dir))
+
+
+def _train_parallel(plan: Sequence[_Planned], out: Path, jobs: int) -> None:
+    """Train the planned runs ``jobs`` at a time (stage-0 fits first: the rest start from them).
+
+    Each worker gets an equal share of this process's torch threads (at least one). Runs
+    already finished are skipped. A failed run is reported once the other runs of its wave
+    have finished, so that no finished work is lost; when a stage-0 fit fails, nothing
+    that starts from one is started.
+
+    Raises:
+        MMSparseError: Naming every run that failed and why (one line).
+    """
+    import multiprocessing
+
+    import torch
+    from tqdm.auto import tqdm
+
+    todo = [p for p in plan if not (out / f"{p.name}-s{p.seed}" / "final.json").is_file()]
+    if not todo:
+        return
+    threads = max(1, torch.get_num_threads() // jobs)
+    stage0 = [p for p in todo if p.group == "main" and p.name == "dense-backbone"]
+    rest = [p for p in todo if p not in stage0]
+    failed: list[str] = []
+    bar = tqdm(total=len(todo), unit="run", desc=f"training, {jobs} at a time", dynamic_ncols=True)
+    ctx = multiprocessing.get_context("spawn")  # fresh torch thread pools in each worker
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        for wave in (stage0, rest):
+            futures = {
+                pool.submit(_train_worker, p.cfg, str(out / f"{p.name}-s{p.seed}"), threads): p
+                for p in wave
+            }
+            for fut in as_completed(futures):
+                p = futures[fut]
+                try:
+                    seconds = fut.result()
+                    logger.info("trained %s seed %d in %.0f s", p.name, p.seed, seconds)
+                except Exception as exc:  # reported with the run's name below
+                    failed.append(f"{p.name}-s{p.seed}: {type(exc).__name__}: {exc}")
+                bar.update(1)
+            if failed:
+                break
+    bar.close()
+    if failed:
+        raise MMSparseError(f"{len(failed)} run(s) of {out} failed: " + "; ".join(sorted(failed)))
 
 
 def _summary(rec: RunRecord) -> dict[str, float]:
