@@ -400,13 +400,12 @@ def _plan(
 
 def _train_worker(cfg: RunConfig, run_dir: str, threads: int) -> float:
     """Train one run in a worker process (``threads`` torch threads, no progress bars)."""
-    import os
-
     import torch
 
-    os.environ["TQDM_DISABLE"] = "1"
     torch.set_num_threads(threads)
-    return _train_or_reuse(cfg, Path(run_dir))
+    # train.progress may differ from a finished run's config (see RESUME_FREE_KEYS).
+    quiet = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
+    return _train_or_reuse(quiet, Path(run_dir))
 
 
 def _train_parallel(plan: Sequence[_Planned], out: Path, jobs: int) -> None:
