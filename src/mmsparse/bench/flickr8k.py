@@ -106,8 +106,38 @@ def _train_or_reuse(cfg: RunConfig, run_dir: Path) -> float:
     return float(result.train_seconds)
 
 
-def _evaluate(run_dir: Path, eval_cfg: EvalConfig, split: str = "val"):
-    return evaluate_run(run_dir, split, eval_cfg=eval_cfg, save=False)
+def train_and_evaluate(
+    name: str,
+    group: str,
+    cfg: RunConfig,
+    seed: int,
+    run_dir: Path,
+    eval_cfg: EvalConfig,
+    score_types: Sequence[str],
+) -> tuple[RunRecord, dict[str, float] | None]:
+    """Train (or reuse) one run of a benchmark and evaluate it on val.
+
+    Args:
+        name: Row name of the run.
+        group: Table group of the row.
+        cfg: Its config.
+        seed: Its seed.
+        run_dir: Where it is (or goes).
+        eval_cfg: Evaluation settings (the serving cap).
+        score_types: Scores the row reports (``dense``, ``sparse``, ``hybrid``).
+
+    Returns:
+        The record (only ``score_types`` kept) and the readability measure, if any.
+    """
+    seconds = _train_or_reuse(cfg, run_dir)
+    res = evaluate_run(run_dir, "val", eval_cfg=eval_cfg, save=False)
+    d = res.to_dict()
+    for direction in ("t2i", "i2t"):
+        d[direction] = {st: d[direction][st] for st in score_types}
+    rec = RunRecord(name, group, seed, run_dir, d, res.ranks, seconds, cfg.to_dict())
+    last = score_types[-1]
+    logger.info("%s seed %d: t2i %s R@1 = %.2f", name, seed, last, d["t2i"][last]["R@1"])
+    return rec, res.readability  # type: ignore[return-value]
 
 
 def paired_permutation_test(
@@ -205,21 +235,10 @@ def run_flickr8k_bench(
     def run(
         name: str, group: str, cfg: RunConfig, seed: int, score_types: Sequence[str]
     ) -> RunRecord:
-        run_dir = out / f"{name}-s{seed}"
-        seconds = _train_or_reuse(cfg, run_dir)
-        res = _evaluate(run_dir, eval_cfg)
-        d = res.to_dict()
-        for direction in ("t2i", "i2t"):
-            d[direction] = {st: d[direction][st] for st in score_types}
-        rec = RunRecord(name, group, seed, run_dir, d, res.ranks, seconds, cfg.to_dict())
-        records.setdefault(name, []).append(rec)
-        logger.info(
-            "%s seed %d: t2i %s R@1 = %.2f",
-            name,
-            seed,
-            score_types[-1],
-            d["t2i"][score_types[-1]]["R@1"],
+        rec, _ = train_and_evaluate(
+            name, group, cfg, seed, out / f"{name}-s{seed}", eval_cfg, score_types
         )
+        records.setdefault(name, []).append(rec)
         return rec
 
     def derived(base: RunConfig, seed: int, stage0: Path, *extra: str) -> RunConfig:

@@ -49,11 +49,11 @@ from mmsparse.bench.flickr8k import (
     hardware,
     paired_permutation_test,
     replace_marked_block,
+    train_and_evaluate,
 )
 from mmsparse.config import RunConfig, apply_overrides, load_config
 from mmsparse.errors import ConfigError, MMSparseError
 from mmsparse.evaluate.report import format_table
-from mmsparse.evaluate.run import evaluate_run
 from mmsparse.io_utils import atomic_write_json
 
 logger = logging.getLogger("mmsparse.bench")
@@ -231,22 +231,10 @@ def run_frontier_bench(
 
     def run(p: _Planned) -> RunRecord:
         run_dir = out / f"{p.name}-s{p.seed}"
-        seconds = _train_or_reuse(p.cfg, run_dir)
-        res = evaluate_run(run_dir, "val", eval_cfg=serve, save=False)
-        d = res.to_dict()
-        for direction in ("t2i", "i2t"):
-            d[direction] = {st: d[direction][st] for st in p.types}
-        rec = RunRecord(p.name, p.group, p.seed, run_dir, d, res.ranks, seconds, p.cfg.to_dict())
+        rec, readable = train_and_evaluate(p.name, p.group, p.cfg, p.seed, run_dir, serve, p.types)
         records.setdefault(p.name, []).append(rec)
-        if res.readability is not None:
-            readability.setdefault(p.name, []).append(res.readability)  # type: ignore[arg-type]
-        logger.info(
-            "%s seed %d: t2i %s R@1 = %.2f",
-            p.name,
-            p.seed,
-            p.types[-1],
-            d["t2i"][p.types[-1]]["R@1"],
-        )
+        if readable is not None:
+            readability.setdefault(p.name, []).append(readable)
         return rec
 
     by_key = {(p.name, p.seed): run(p) for p in plan}
