@@ -41,6 +41,8 @@ def test_type_errors_name_the_key():
         config_from_dict({"objective": {"distill_teacher": "bogus"}})
     with pytest.raises(ConfigError, match="train.batch_size"):
         config_from_dict({"train": {"batch_size": 1}})
+    with pytest.raises(ConfigError, match="objective.contrastive_weight must be non-negative"):
+        config_from_dict({"objective": {"contrastive_weight": -1}})
 
 
 def test_overrides_parse_values():

@@ -145,6 +145,9 @@ class ObjectiveConfig:
         lexical_weight: Weight of the lexical grounding term (an extension, see
             :func:`mmsparse.losses.lexical_grounding`): each image's and caption's sparse
             distribution is pulled towards the content words of the batch's caption.
+        contrastive_weight: ``beta`` in the joint objective's ``loss = (beta L + L') / 2``:
+            the weight of the hard-label contrastive part ``L`` against the distillation
+            part ``L'`` (an extension; 1 is the paper, 0 trains on distillation alone).
     """
 
     method: Method = "joint"
@@ -166,6 +169,7 @@ class ObjectiveConfig:
     sparse_scale_init: float = 1.0
     sparse_stop_grad: bool = False
     lexical_weight: float = 0.0
+    contrastive_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -447,6 +451,10 @@ def validate_config(cfg: RunConfig, where: str = "<config>") -> None:
         ),
         (cfg.objective.sparse_scale_init > 0, "objective.sparse_scale_init must be > 0"),
         (cfg.objective.lexical_weight >= 0, "objective.lexical_weight must be non-negative"),
+        (
+            cfg.objective.contrastive_weight >= 0,
+            "objective.contrastive_weight must be non-negative",
+        ),
         (cfg.train.sparse_lr_scale > 0, "train.sparse_lr_scale must be > 0"),
         (cfg.train.dense_lr_scale >= 0, "train.dense_lr_scale must be non-negative"),
         (

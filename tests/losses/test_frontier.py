@@ -124,3 +124,15 @@ def test_training_cap_keeps_the_k_largest_and_their_gradient():
     np.testing.assert_array_equal(capped.detach().numpy(), ref)
     capped.sum().backward()
     np.testing.assert_array_equal(Z.grad.numpy(), (ref > 0).astype(np.float64))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.25, 3.0])
+def test_contrastive_weight_matches_float64_reference(beta):
+    E_img, E_txt, Z_img, Z_txt = _batch(seed=6)
+    ref = reference(E_img, E_txt, Z_img, Z_txt, 0.05, 1.0, 0.2, 0.7, 0.7, "detached")
+    want = (beta * ref["contrastive"] + ref["distill"]) / 2  # loss = (beta L + L') / 2
+    kw = dict(tau=0.05, w1=1.0, w2=0.2, lam1=0.7, lam2=0.7, distill_teacher="detached")
+    got = joint_objective(*_t(E_img, E_txt, Z_img, Z_txt), **kw, contrastive_weight=beta)
+    np.testing.assert_allclose(float(got["loss"]), want, rtol=1e-6)
+    np.testing.assert_allclose(float(got["contrastive"]), ref["contrastive"], rtol=1e-6)
+    np.testing.assert_allclose(float(got["distill"]), ref["distill"], rtol=1e-6)

@@ -72,6 +72,7 @@ OPTION_KEYS: dict[str, tuple[str, ...]] = {
         "objective.lam1",
         "objective.lam2",
         "objective.distill_teacher",
+        "objective.contrastive_weight",
     ),
     "scale": ("objective.sparse_scale", "objective.sparse_scale_init"),
     "stop-grad": ("objective.sparse_stop_grad",),

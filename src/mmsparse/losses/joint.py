@@ -8,7 +8,7 @@ caption tensors)::
     L  = (lam1 nce(S_d) + lam2 nce(S_s) + nce(S_i)) / 2
     kd(S) = (H(P_i2t, S) + H(P_t2i, S^T)) / 2,   P_i2t = softmax(S_i), P_t2i = softmax(S_i^T)
     L' = (lam1 kd(S_d) + lam2 kd(S_s)) / 2
-    loss = (L + L') / 2
+    loss = (beta L + L') / 2                (beta = 1: the paper; objective.contrastive_weight)
 
 All scores are computed in float32 even under mixed precision.
 """
@@ -85,6 +85,7 @@ def joint_objective(
     distill_teacher: str = "detached",
     distill: bool = True,
     sparse_scale: torch.Tensor | float = 1.0,
+    contrastive_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """The paper's objective without the sparsity term.
 
@@ -103,9 +104,12 @@ def joint_objective(
         distill: ``False`` drops ``L'`` (the no-distillation ablation: ``loss = L / 2``).
         sparse_scale: ``s`` in ``S_s = s · Z_img Z_txt^T`` (``objective.sparse_scale``, an
             extension; ``1`` is the paper).
+        contrastive_weight: ``beta`` in ``loss = (beta L + L') / 2``: the weight of the
+            hard-label contrastive part against the distillation part
+            (``objective.contrastive_weight``, an extension; ``1`` is the paper).
 
     Returns:
-        Named terms: ``loss`` = (L + L')/2, ``contrastive`` = L, ``distill`` = L', and the
+        Named terms: ``loss`` = (beta L + L')/2, ``contrastive`` = L, ``distill`` = L', and the
         parts ``nce_dense``, ``nce_sparse``, ``nce_integrated``, ``kd_dense``, ``kd_sparse``.
     """
     S_d = scores(img_dense, txt_dense) / tau
@@ -123,7 +127,7 @@ def joint_objective(
         kd_dense = kd_sparse = L_prime = torch.zeros((), device=S_d.device)
 
     return {
-        "loss": (L + L_prime) / 2,
+        "loss": (contrastive_weight * L + L_prime) / 2,
         "contrastive": L,
         "distill": L_prime,
         "nce_dense": nce_dense,

@@ -487,6 +487,7 @@ class Trainer:
                 distill_teacher=obj.distill_teacher,
                 distill=self.method != "no_distill",
                 sparse_scale=scale,
+                contrastive_weight=obj.contrastive_weight,
             )
         # R = (eta_t · reg(Z_txt) + eta_i · reg(Z_img)) / 2, as SparsityRegularizer, with
         # the step's weights read from the device table instead of the host; reg is l1 or
