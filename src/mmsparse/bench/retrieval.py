@@ -772,6 +772,45 @@ def _bench_faiss(
     }
 
 
+def _sweep_sparse_engine(
+    name: str,
+    engine: Any,
+    settings: Sequence[dict[str, Any]],
+    q_sparse: sp.csr_matrix,
+    truth: np.ndarray,
+    budgets: dict[str, Any],
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """One point per search setting of an approximate sparse engine.
+
+    Each point has the batch throughput over the first ``n_sweep`` queries (all threads),
+    the single-query latency of the first ``n_lat`` (one thread) and recall@10 against the
+    exact sparse ranking ``truth``. ``engine.search_batch(queries, k, threads=, **setting)``
+    is the engine's search.
+    """
+    n_lat, lat_s, n_sweep = budgets["n_lat"], budgets["lat_s"], budgets["n_sweep"]
+    rows_q = [q_sparse[i] for i in range(n_lat)]
+    sweep_q = q_sparse[:n_sweep]
+    points = []
+    for setting in settings:
+        t0 = time.perf_counter()
+        hits = engine.search_batch(sweep_q, K, **setting)
+        batch_s = time.perf_counter() - t0
+        lat = _latency(
+            lambda i, kw=setting: engine.search_batch(rows_q[i], K, threads=1, **kw), n_lat, lat_s
+        )
+        points.append(
+            {
+                "setting": dict(setting),
+                **lat,
+                "batch_qps": round(n_sweep / batch_s, 1),
+                "recall@10_vs_exact_sparse": round(recall_at_k(hits.rows, truth[:n_sweep]), 4),
+            }
+        )
+        _log(progress, "%s: %s", name, points[-1])
+    return points
+
+
 def _bench_seismic(
     report: dict[str, Any],
     work: Path,
@@ -786,7 +825,6 @@ def _bench_seismic(
     from mmsparse.index.engines import SeismicEngine, build_seismic
 
     n = sparse.shape[0]
-    n_lat, lat_s, n_sweep = budgets["n_lat"], budgets["lat_s"], budgets["n_sweep"]
     _log(progress, "seismic: building %d images %s", n, build_params)
     try:
         t0 = time.perf_counter()
@@ -797,26 +835,15 @@ def _bench_seismic(
         return
     engine = SeismicEngine(work, n, params)
     engine.search_batch(q_sparse[:2], K)  # warm-up
-    rows_q = [q_sparse[i] for i in range(n_lat)]
-    sweep_q = q_sparse[:n_sweep]
-    points = []
-    for query_cut, heap_factor in settings:
-        kw = {"query_cut": query_cut, "heap_factor": heap_factor}
-        t0 = time.perf_counter()
-        hits = engine.search_batch(sweep_q, K, **kw)
-        batch_s = time.perf_counter() - t0
-        lat = _latency(
-            lambda i, kw=kw: engine.search_batch(rows_q[i], K, threads=1, **kw), n_lat, lat_s
-        )
-        points.append(
-            {
-                "setting": kw,
-                **lat,
-                "batch_qps": round(n_sweep / batch_s, 1),
-                "recall@10_vs_exact_sparse": round(recall_at_k(hits.rows, truth[:n_sweep]), 4),
-            }
-        )
-        _log(progress, "seismic: %s", points[-1])
+    points = _sweep_sparse_engine(
+        "seismic",
+        engine,
+        [{"query_cut": qc, "heap_factor": hf} for qc, hf in settings],
+        q_sparse,
+        truth,
+        budgets,
+        progress,
+    )
     report["sweeps"]["seismic"] = {
         "kind": "sparse, approximate (Seismic)",
         "recall_against": "exact sparse (inverted)",
@@ -843,10 +870,8 @@ def _bench_kannolo(
     progress: bool,
 ) -> None:
     n = sparse.shape[0]
-    n_lat, lat_s, n_sweep = budgets["n_lat"], budgets["lat_s"], budgets["n_sweep"]
-    sweep_q = q_sparse[:n_sweep]
     if truth is None:  # a subset of the corpus: its own exact ranking
-        truth = exact_sparse_topk(sparse, sweep_q)
+        truth = exact_sparse_topk(sparse, q_sparse[: budgets["n_sweep"]])
     try:
         from mmsparse.index.kannolo_engine import KannoloEngine, build_kannolo
 
@@ -860,26 +885,8 @@ def _bench_kannolo(
         report["engines"]["kannolo"] = {"skipped": str(exc)}
         return
     engine = KannoloEngine(d, params)
-    rows_q = [q_sparse[i] for i in range(n_lat)]
-    points = []
-    for ef in efs:
-        t0 = time.perf_counter()
-        hits = engine.search_batch(sweep_q, K, ef_search=int(ef))
-        batch_s = time.perf_counter() - t0
-        lat = _latency(
-            lambda i, ef=ef: engine.search_batch(rows_q[i], K, threads=1, ef_search=int(ef)),
-            n_lat,
-            lat_s,
-        )
-        points.append(
-            {
-                "setting": {"ef_search": int(ef)},
-                **lat,
-                "batch_qps": round(n_sweep / batch_s, 1),
-                "recall@10_vs_exact_sparse": round(recall_at_k(hits.rows, truth[:n_sweep]), 4),
-            }
-        )
-        _log(progress, "kannolo: %s", points[-1])
+    settings = [{"ef_search": int(ef)} for ef in efs]
+    points = _sweep_sparse_engine("kannolo", engine, settings, q_sparse, truth, budgets, progress)
     report["sweeps"]["kannolo"] = {
         "kind": "sparse, approximate (kannolo SparsePlainHNSW)",
         "recall_against": "exact sparse of the same images",
