@@ -51,6 +51,7 @@ import scipy.sparse as sp
 from mmsparse.errors import IndexFormatError, MMSparseError, require_extra
 from mmsparse.index.inverted import SearchHits
 from mmsparse.index.quantize import quantize
+from mmsparse.index.stored import load_stored, save_stored, stored_weights
 
 log = logging.getLogger(__name__)
 
@@ -159,14 +160,13 @@ def write_bmp(
     nz = lengths > 0
     max_impact[nz] = np.maximum.reduceat(csc.data, csc.indptr[:-1][nz]).astype(np.uint16)
     index_dtype = np.uint16 if vocab <= 65536 else np.int32
-    np.savez(
+    save_stored(
         directory / BMP_META,
+        impacts,
+        indices_dtype=index_dtype,
+        data_dtype=np.uint8,
         kth=_kth_table(csc),
         max_impact=max_impact,
-        indptr=impacts.indptr.astype(np.int64),
-        indices=impacts.indices.astype(index_dtype),
-        data=impacts.data.astype(np.uint8),
-        shape=np.array([n_docs, vocab], dtype=np.int64),
         scale=np.array([scale], dtype=np.float64),
     )
     return {"file": BMP_FILE, "meta": BMP_META, "bsize": bsize, "scale": float(scale)}
@@ -239,18 +239,11 @@ class BmpEngine:
         meta_path = directory / BMP_META
         if not self._path.is_file() or not meta_path.is_file():
             raise IndexFormatError(f"{directory}: bmp index files not found ({BMP_FILE})")
-        try:
-            with np.load(meta_path) as meta:
-                self.kth = meta["kth"].astype(np.int64)
-                self.max_impact = meta["max_impact"].astype(np.int64)
-                shape = tuple(int(x) for x in meta["shape"])
-                self.impacts = sp.csr_matrix(
-                    (meta["data"], meta["indices"].astype(np.int32), meta["indptr"]), shape=shape
-                )
-                self.scale = float(meta["scale"][0])
-        except (OSError, KeyError, ValueError) as exc:
-            raise IndexFormatError(f"{meta_path}: unreadable bmp metadata ({exc})") from exc
-        self.n_docs, self.vocab_size = shape
+        self.impacts, meta = load_stored(meta_path, "bmp", ("kth", "max_impact", "scale"))
+        self.kth = meta["kth"].astype(np.int64)
+        self.max_impact = meta["max_impact"].astype(np.int64)
+        self.scale = float(meta["scale"][0])
+        self.n_docs, self.vocab_size = self.impacts.shape
         if n_docs is not None and n_docs != self.n_docs:
             raise IndexFormatError(
                 f"{directory}: bmp index holds {self.n_docs} images, not {n_docs}"
@@ -342,8 +335,7 @@ class BmpEngine:
 
     def doc_weights(self, rows: np.ndarray, terms: np.ndarray) -> np.ndarray:
         """Stored (dequantised) weights of ``rows`` at ``terms``."""
-        sub = self.impacts[np.asarray(rows, dtype=np.int64)][:, np.asarray(terms, dtype=np.int64)]
-        return (sub.toarray().astype(np.float32) * np.float32(self.scale)).astype(np.float32)
+        return stored_weights(self.impacts, rows, terms, self.scale)
 
     def close(self) -> None:
         """Nothing to release."""

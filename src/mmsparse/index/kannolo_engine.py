@@ -27,6 +27,7 @@ import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError, MMSparseError, require_extra
 from mmsparse.index.inverted import SearchHits
+from mmsparse.index.stored import load_stored, save_stored, stored_weights
 
 KANNOLO_FILE = "kannolo.hnsw"
 KANNOLO_META = "kannolo_meta.npz"
@@ -85,13 +86,7 @@ def build_kannolo(
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise MMSparseError(f"kannolo build failed ({type(exc).__name__}: {exc})") from exc
-    np.savez(
-        directory / KANNOLO_META,
-        indptr=csr.indptr.astype(np.int64),
-        indices=csr.indices.astype(np.int32),
-        data=csr.data.astype(np.float32),
-        shape=np.array(csr.shape, dtype=np.int64),
-    )
+    save_stored(directory / KANNOLO_META, csr)
     return {
         "file": KANNOLO_FILE,
         "meta": KANNOLO_META,
@@ -111,15 +106,8 @@ class KannoloEngine:
         meta_path = directory / KANNOLO_META
         if not self._path.is_file() or not meta_path.is_file():
             raise IndexFormatError(f"{directory}: kannolo index files not found ({KANNOLO_FILE})")
-        try:
-            with np.load(meta_path) as meta:
-                shape = tuple(int(x) for x in meta["shape"])
-                self.docs = sp.csr_matrix(
-                    (meta["data"], meta["indices"], meta["indptr"]), shape=shape
-                )
-        except (OSError, KeyError, ValueError) as exc:
-            raise IndexFormatError(f"{meta_path}: unreadable kannolo metadata ({exc})") from exc
-        self.n_docs, self.vocab_size = shape
+        self.docs, _ = load_stored(meta_path, "kannolo")
+        self.n_docs, self.vocab_size = self.docs.shape
         self.known = np.zeros(self.vocab_size, dtype=bool)
         self.known[np.unique(self.docs.indices)] = True
         try:
@@ -204,8 +192,7 @@ class KannoloEngine:
 
     def doc_weights(self, rows: np.ndarray, terms: np.ndarray) -> np.ndarray:
         """Stored weights of ``rows`` at ``terms``."""
-        sub = self.docs[np.asarray(rows, dtype=np.int64)][:, np.asarray(terms, dtype=np.int64)]
-        return sub.toarray().astype(np.float32)
+        return stored_weights(self.docs, rows, terms)
 
     def close(self) -> None:
         """Nothing to release."""
