@@ -349,14 +349,14 @@ class SparseDenseModel(nn.Module):
         """Caption features ``(B, d_txt)`` to dense and sparse vectors."""
         h = self._as_input(h_txt, self.d_txt, "caption")
         e = F.normalize(self.text_proj(h), dim=-1)
-        z = self.sparse_head(h if self.sparse_input == "features" else e, "text")
+        z = self.sparse_head(self._sparse_source(h, e), "text")
         return EncoderOutput(dense=e, sparse=self.expand_terms(z))
 
     def encode_image(self, h_img: torch.Tensor | np.ndarray) -> EncoderOutput:
         """Image features ``(B, d_img)`` to dense and sparse vectors."""
         h = self._as_input(h_img, self.d_img, "image")
         e = F.normalize(self.vision_proj(h), dim=-1)
-        z = self.sparse_head(h if self.sparse_input == "features" else e, "image")
+        z = self.sparse_head(self._sparse_source(h, e), "image")
         return EncoderOutput(dense=e, sparse=self.expand_terms(z))
 
     def forward(
@@ -390,18 +390,24 @@ class SparseDenseModel(nn.Module):
         if not with_sparse:
             empty = e_img.new_zeros((e_img.shape[0], 0))
             return ModelOutput(e_img, e_txt, empty, empty, self.tau)
-        if self.sparse_input == "features":
-            s_img, s_txt = h_i, h_t  # the features carry no gradient into the dense heads
-        elif sparse_stop_grad:
-            s_img, s_txt = e_img.detach(), e_txt.detach()
-        else:
-            s_img, s_txt = e_img, e_txt
-        x_img = self.sparse_head.logits(s_img, "image")
-        x_txt = self.sparse_head.logits(s_txt, "text")
+        x_img = self.sparse_head.logits(self._sparse_source(h_i, e_img, sparse_stop_grad), "image")
+        x_txt = self.sparse_head.logits(self._sparse_source(h_t, e_txt, sparse_stop_grad), "text")
         z_img, z_txt = torch.log1p(torch.relu(x_img)), torch.log1p(torch.relu(x_txt))
         if not with_logits:
             return ModelOutput(e_img, e_txt, z_img, z_txt, self.tau)
         return ModelOutput(e_img, e_txt, z_img, z_txt, self.tau, x_img, x_txt)
+
+    def _sparse_source(
+        self, h: torch.Tensor, e: torch.Tensor, stop_grad: bool = False
+    ) -> torch.Tensor:
+        """What the sparse head reads.
+
+        The features ``h`` with ``sparse_input=features`` (they carry no gradient into the
+        dense heads), else the dense vector ``e`` (detached with ``stop_grad``).
+        """
+        if self.sparse_input == "features":
+            return h
+        return e.detach() if stop_grad else e
 
     def _as_input(self, h: torch.Tensor | np.ndarray, dim: int, what: str) -> torch.Tensor:
         if isinstance(h, np.ndarray):
