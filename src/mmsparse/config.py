@@ -212,6 +212,9 @@ class TrainConfig:
         dense_lr_scale: Learning rate of the dense heads (``text_proj``, ``vision_proj``)
             as a multiple of ``lr``; ``0`` keeps them where ``model.init_from`` left them
             (the joint objective then cannot overfit the dense side); ``1``: one rate.
+        tau_lr_scale: Learning rate of the temperature ``tau`` as a multiple of ``lr``;
+            ``0`` keeps it at the ``model.init_from`` fit (with ``dense_lr_scale`` 0 the
+            teacher's dense part is then exactly the stage-0 model, as in D2S).
     """
 
     epochs: int = 200
@@ -235,6 +238,7 @@ class TrainConfig:
     log_every: int = 0
     sparse_lr_scale: float = 1.0
     dense_lr_scale: float = 1.0
+    tau_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -457,6 +461,7 @@ def validate_config(cfg: RunConfig, where: str = "<config>") -> None:
         ),
         (cfg.train.sparse_lr_scale > 0, "train.sparse_lr_scale must be > 0"),
         (cfg.train.dense_lr_scale >= 0, "train.dense_lr_scale must be non-negative"),
+        (cfg.train.tau_lr_scale >= 0, "train.tau_lr_scale must be non-negative"),
         (
             cfg.model.sparse_init != "dense-compose" or cfg.model.sparse_input == "features",
             "model.sparse_init=dense-compose starts the feature maps from the dense heads: "

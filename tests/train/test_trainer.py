@@ -316,6 +316,14 @@ def test_learning_rate_scales_of_the_dense_and_sparse_heads(tmp_path, tiny_store
     assert {scales[id(p)] for p in model.dense_parameters()} == {0.5}
     assert {scales[id(p)] for p in model.sparse_head.parameters()} == {2.0}
     assert scales[id(model.tau)] == 1.0
+    assert len(trainer.optimizer.param_groups) == 3  # tau in the rest: older optimizers load
+
+    cfg = _cfg("train.epochs=1", "train.dense_lr_scale=0", "train.tau_lr_scale=0")
+    train(cfg, tmp_path / "tau", store=tiny_store)
+    kept = SparseDenseModel.from_pretrained(tmp_path / "tau" / "best")
+    torch.testing.assert_close(kept.tau, init.tau)  # rate 0: the temperature is kept
+    torch.testing.assert_close(kept.vision_proj.weight, init.vision_proj.weight)
+    assert not torch.equal(kept.sparse_head.U.weight, init.sparse_head.U.weight)
 
 
 def test_a_sparse_head_on_features_trains_from_a_stage0_start(tmp_path, tiny_store):

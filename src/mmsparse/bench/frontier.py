@@ -77,7 +77,7 @@ OPTION_KEYS: dict[str, tuple[str, ...]] = {
     "scale": ("objective.sparse_scale", "objective.sparse_scale_init"),
     "stop-grad": ("objective.sparse_stop_grad",),
     "lexical": ("objective.lexical_weight",),
-    "dense-rate": ("train.dense_lr_scale",),
+    "dense-rate": ("train.dense_lr_scale", "train.tau_lr_scale"),
     "expansion": (
         "objective.expansion_control",
         "objective.expansion_p0",
@@ -103,7 +103,7 @@ OPTION_DESCRIPTIONS: dict[str, str] = {
     "scale": "learned scale of the sparse scores in the loss",
     "stop-grad": "sparse losses do not move the dense heads",
     "lexical": "lexical grounding of the sparse head",
-    "dense-rate": "learning rate of the dense heads (0: kept at the stage-0 fit)",
+    "dense-rate": "learning rates of the dense heads and tau (0: kept at the stage-0 fit)",
     "expansion": "expansion control of caption vectors",
     "schedule": "epochs, learning rates, batch size",
 }

@@ -269,17 +269,24 @@ class Trainer:
         """AdamW parameter groups with their learning-rate scales.
 
         The sparse head runs at ``train.sparse_lr_scale`` times the rate, the dense heads
-        at ``train.dense_lr_scale`` times it, the rest (``tau``, the sparse scale) at the
-        rate itself.
+        at ``train.dense_lr_scale`` times it, ``tau`` at ``train.tau_lr_scale`` times it
+        (its own group only when that is not 1), the rest (the sparse scale) at the rate
+        itself.
         """
         train = self.cfg.train
-        sparse_ids = {id(p) for p in self.model.sparse_head.parameters()}
-        dense_ids = {id(p) for p in self.model.dense_parameters()}
-        scales = {"dense": train.dense_lr_scale, "rest": 1.0, "sparse": train.sparse_lr_scale}
+        group_of = {id(p): "sparse" for p in self.model.sparse_head.parameters()}
+        group_of.update({id(p): "dense" for p in self.model.dense_parameters()})
+        if train.tau_lr_scale != 1.0:  # else in "rest": the groups of older runs' optimizers
+            group_of[id(self.model.tau)] = "tau"
+        scales = {
+            "dense": train.dense_lr_scale,
+            "rest": 1.0,
+            "sparse": train.sparse_lr_scale,
+            "tau": train.tau_lr_scale,
+        }
         members: dict[str, list[torch.nn.Parameter]] = {name: [] for name in scales}
         for p in self.params:
-            name = "sparse" if id(p) in sparse_ids else "dense" if id(p) in dense_ids else "rest"
-            members[name].append(p)
+            members[group_of.get(id(p), "rest")].append(p)
         return [
             {"params": members[name], "lr_scale": scale}
             for name, scale in scales.items()
