@@ -160,3 +160,15 @@ def test_parallel_training_names_the_failed_runs(tmp_path, tiny_release):
     ):
         run_frontier_bench(spec)
     assert not (tmp_path / "runs" / "d2s-s1").exists()  # nothing starts from a failed stage 0
+
+
+def test_a_run_with_another_config_is_refused_before_anything_trains(tmp_path, tiny_release):
+    spec = _small_spec(tmp_path, tiny_release, "runs", 2)
+    run_frontier_bench(dataclasses.replace(spec, curves=(), seeds=(1,)))
+    changed = dataclasses.replace(spec, seeds=(1,), overrides=("objective.q_reg=0.01",))
+    with pytest.raises(
+        ConfigError,
+        match=r"2 run\(s\) hold another config .*: d2s-s1 \(keys objective.q_reg\); joint-s1 ",
+    ):
+        run_frontier_bench(changed)
+    assert not (tmp_path / "runs" / "d2s-reg0.5-s1").exists()  # nothing was trained

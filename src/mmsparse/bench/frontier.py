@@ -55,6 +55,7 @@ from mmsparse.config import RunConfig, apply_overrides, load_config
 from mmsparse.errors import ConfigError, MMSparseError
 from mmsparse.evaluate.report import format_table
 from mmsparse.io_utils import atomic_write_json
+from mmsparse.train.trainer import resume_conflicts
 
 logger = logging.getLogger("mmsparse.bench")
 
@@ -227,6 +228,7 @@ def run_frontier_bench(
     records: dict[str, list[RunRecord]] = {}
     readability: dict[str, list[dict[str, float]]] = {}
     plan, curve_points = _plan(spec, stage0_base, paper, recipe, options)
+    _check_reusable(plan, out)
     if spec.jobs > 1:
         _train_parallel(plan, out, spec.jobs)
 
@@ -385,6 +387,24 @@ def _plan(
                 add(name, "curve", cfg, main, ("sparse",))
                 points.append((f"{which}-{method}", scale, q_reg, d_reg, name))
     return plan, points
+
+
+def _check_reusable(plan: Sequence[_Planned], out: Path) -> None:
+    """Refuse, before anything trains, run directories in ``out`` that hold another config.
+
+    Raises:
+        ConfigError: Naming each such run and the keys that differ (nothing is trained).
+    """
+    stale = []
+    for p in plan:
+        diff = resume_conflicts(p.cfg, out / f"{p.name}-s{p.seed}")
+        if diff:
+            stale.append(f"{p.name}-s{p.seed} (keys {', '.join(diff)})")
+    if stale:
+        raise ConfigError(
+            f"{out}: {len(stale)} run(s) hold another config than this benchmark's: "
+            f"{'; '.join(stale)}; move them away or choose another --out (nothing was trained)"
+        )
 
 
 def _train_worker(cfg: RunConfig, run_dir: str, threads: int) -> float:

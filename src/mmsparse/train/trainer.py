@@ -881,10 +881,7 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
                 f"{run_dir}: already holds a run; pass --resume to continue it or choose "
                 f"another --out (nothing was overwritten)"
             )
-        old = config_from_dict(json.loads(saved.read_text(encoding="utf-8")), str(saved))
-        diff = _config_diff(old.to_dict(), cfg.to_dict())
-        # Display and speed settings may change between sessions of a run.
-        diff = [d for d in diff if d not in RESUME_FREE_KEYS]
+        diff = resume_conflicts(cfg, run_dir)
         if diff:
             raise ConfigError(
                 f"{saved}: --resume with a different config (keys {', '.join(diff)}); "
@@ -894,6 +891,19 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, saved)
     return cfg
+
+
+def resume_conflicts(cfg: RunConfig, run_dir: str | Path) -> list[str]:
+    """Config keys in which ``cfg`` differs from the run saved in ``run_dir``.
+
+    Display and speed settings (``RESUME_FREE_KEYS``) may change between the sessions of a
+    run and are not listed. Empty when the configs agree or ``run_dir`` holds no run.
+    """
+    saved = Path(run_dir) / "config.json"
+    if not saved.is_file():
+        return []
+    old = config_from_dict(json.loads(saved.read_text(encoding="utf-8")), str(saved))
+    return [d for d in _config_diff(old.to_dict(), cfg.to_dict()) if d not in RESUME_FREE_KEYS]
 
 
 def has_progress(run_dir: str | Path) -> bool:
