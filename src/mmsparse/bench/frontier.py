@@ -350,23 +350,22 @@ def _plan(
         stage0 = out / f"dense-backbone-s{seed}"
         return apply_overrides(base, [f"train.seed={seed}", f"model.init_from={stage0}", *extra])
 
-    all3 = ALL_SCORES
     main = spec.seeds[0]
     for seed in spec.seeds:
         stage0 = apply_overrides(stage0_base, [f"train.seed={seed}"])
         add("dense-backbone", "main", stage0, seed, ("dense",))
     for seed in spec.seeds:
         add("d2s", "main", derived(recipe, seed, "objective.method=d2s"), seed, ("sparse",))
-        add("joint", "main", derived(recipe, seed), seed, all3)
+        add("joint", "main", derived(recipe, seed), seed, ALL_SCORES)
     if spec.paper or spec.ablation or "paper" in spec.curves:
         add("paper-d2s", "paper", derived(paper, main, "objective.method=d2s"), main, ("sparse",))
-        add("paper-joint", "paper", derived(paper, main), main, all3)
+        add("paper-joint", "paper", derived(paper, main), main, ALL_SCORES)
     if spec.ablation:
         for option, values in options.items():
             minus = derived(recipe, main, *_set(values, 0))
-            add(f"joint-minus-{option}", "ablation", minus, main, all3)
+            add(f"joint-minus-{option}", "ablation", minus, main, ALL_SCORES)
             alone = derived(paper, main, *_set(values, 1))
-            add(f"paper-plus-{option}", "ablation", alone, main, all3)
+            add(f"paper-plus-{option}", "ablation", alone, main, ALL_SCORES)
     points: list[tuple[str, float, float, float, str]] = []
     bases = {"recipe": recipe, "paper": paper}
     for which in spec.curves:
@@ -437,8 +436,8 @@ def _train_parallel(plan: Sequence[_Planned], out: Path, jobs: int) -> None:
     if not todo:
         return
     threads = max(1, torch.get_num_threads() // jobs)
-    stage0 = [p for p in todo if p.group == "main" and p.name == "dense-backbone"]
-    rest = [p for p in todo if p not in stage0]
+    stage0 = [p for p in todo if p.name == "dense-backbone"]
+    rest = [p for p in todo if p.name != "dense-backbone"]
     failed: list[str] = []
     bar = tqdm(total=len(todo), unit="run", desc=f"training, {jobs} at a time", dynamic_ncols=True)
     ctx = multiprocessing.get_context("spawn")  # fresh torch thread pools in each worker
