@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,3 +44,27 @@ def flickr8k_or_skip() -> Path:
     if not (FLICKR8K / "dataset_meta.json").is_file():
         pytest.skip(f"Flickr8k features not found at {FLICKR8K} (set MMSPARSE_FLICKR8K)")
     return FLICKR8K
+
+
+def write_bench_config(path: Path, objective: dict[str, Any], **sections: Any) -> Path:
+    """Write a one-epoch config of the benchmark tests (tiny release) to ``path``.
+
+    ``objective`` is its objective block; ``sections`` replace whole blocks (``model``,
+    ``eval``, ...).
+    """
+    cfg = {
+        "model": {"dense_dim": 16},
+        "data": {"train_splits": ["train"]},
+        "train": {
+            "epochs": 1,
+            "batch_size": 32,
+            "lr": 3e-3,
+            "patience": 0,
+            "progress": False,
+            "plot": False,
+        },
+        "objective": objective,
+        **sections,
+    }
+    path.write_text(json.dumps(cfg))
+    return path

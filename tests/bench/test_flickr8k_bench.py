@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmsparse.bench.flickr8k import Flickr8kBench, paired_permutation_test, run_flickr8k_bench
+from tests.helpers import write_bench_config
 
 
 def test_paired_permutation_test_by_hand():
@@ -21,30 +22,12 @@ def test_paired_permutation_test_by_hand():
 
 
 def test_bench_pipeline_on_tiny_data(tmp_path, tiny_release):
-    common = {
-        "model": {"dense_dim": 16},
-        "data": {"train_splits": ["train"]},
-        "train": {
-            "epochs": 1,
-            "batch_size": 32,
-            "lr": 3e-3,
-            "patience": 0,
-            "progress": False,
-            "plot": False,
-        },
-    }
-    stage0 = tmp_path / "s0.json"
-    stage0.write_text(json.dumps({**common, "objective": {"method": "dense"}}))
-    joint = tmp_path / "j.json"
+    stage0 = write_bench_config(tmp_path / "s0.json", {"method": "dense"})
     # an eval block as configs/flickr8k.json has: the runs still select on unpruned vectors
-    joint.write_text(
-        json.dumps(
-            {
-                **common,
-                "objective": {"q_reg": 1e-3, "d_reg": 1e-3},
-                "eval": {"text_topk": 4, "image_topk": 4},
-            }
-        )
+    joint = write_bench_config(
+        tmp_path / "j.json",
+        {"q_reg": 1e-3, "d_reg": 1e-3},
+        eval={"text_topk": 4, "image_topk": 4},
     )
     spec = Flickr8kBench(
         data=str(tiny_release),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import shutil
 
 import pytest
 
 from mmsparse.bench.frontier import FrontierBench, recipe_options, run_frontier_bench
 from mmsparse.config import RunConfig, apply_overrides
 from mmsparse.errors import ConfigError, MMSparseError
+from tests.helpers import write_bench_config
 
 
 def test_recipe_options_group_the_differences():
@@ -31,31 +32,12 @@ def test_recipe_options_group_the_differences():
 
 
 def test_frontier_pipeline_on_tiny_data(tmp_path, tiny_release):
-    common = {
-        "model": {"dense_dim": 16},
-        "data": {"train_splits": ["train"]},
-        "train": {
-            "epochs": 1,
-            "batch_size": 32,
-            "lr": 3e-3,
-            "patience": 0,
-            "progress": False,
-            "plot": False,
-        },
-    }
-    stage0 = tmp_path / "s0.json"
-    stage0.write_text(json.dumps({**common, "objective": {"method": "dense"}}))
-    paper = tmp_path / "paper.json"
-    paper.write_text(json.dumps({**common, "objective": {"q_reg": 1e-3, "d_reg": 1e-3}}))
-    recipe = tmp_path / "recipe.json"
-    recipe.write_text(
-        json.dumps(
-            {
-                **common,
-                "model": {"dense_dim": 16, "vocab_restrict": "train-captions"},
-                "objective": {"q_reg": 1e-3, "d_reg": 1e-3, "train_text_topk": 6},
-            }
-        )
+    stage0 = write_bench_config(tmp_path / "s0.json", {"method": "dense"})
+    paper = write_bench_config(tmp_path / "paper.json", {"q_reg": 1e-3, "d_reg": 1e-3})
+    recipe = write_bench_config(
+        tmp_path / "recipe.json",
+        {"q_reg": 1e-3, "d_reg": 1e-3, "train_text_topk": 6},
+        model={"dense_dim": 16, "vocab_restrict": "train-captions"},
     )
     spec = FrontierBench(
         data=str(tiny_release),
@@ -98,15 +80,8 @@ def test_frontier_pipeline_on_tiny_data(tmp_path, tiny_release):
 
 
 def _small_spec(tmp_path, tiny_release, out: str, jobs: int) -> FrontierBench:
-    common = {
-        "model": {"dense_dim": 16},
-        "data": {"train_splits": ["train"]},
-        "train": {"epochs": 1, "batch_size": 32, "lr": 3e-3, "patience": 0, "plot": False},
-    }
-    stage0 = tmp_path / "s0.json"
-    stage0.write_text(json.dumps({**common, "objective": {"method": "dense"}}))
-    cfg = tmp_path / "recipe.json"
-    cfg.write_text(json.dumps({**common, "objective": {"q_reg": 1e-3, "d_reg": 1e-3}}))
+    stage0 = write_bench_config(tmp_path / "s0.json", {"method": "dense"})
+    cfg = write_bench_config(tmp_path / "recipe.json", {"q_reg": 1e-3, "d_reg": 1e-3})
     return FrontierBench(
         data=str(tiny_release),
         bundle=str(tiny_release / "bundle"),
@@ -172,3 +147,12 @@ def test_a_run_with_another_config_is_refused_before_anything_trains(tmp_path, t
     ):
         run_frontier_bench(changed)
     assert not (tmp_path / "runs" / "d2s-reg0.5-s1").exists()  # nothing was trained
+    # a start that never checkpointed is begun afresh by training: not refused
+    for name in ("d2s-s1", "joint-s1"):
+        for f in (tmp_path / "runs" / name).iterdir():
+            if f.name != "config.json":
+                if f.is_dir():
+                    shutil.rmtree(f)
+                else:
+                    f.unlink()
+    assert run_frontier_bench(changed)["rows"]["d2s"]["seeds"] == [1]

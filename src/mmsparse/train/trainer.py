@@ -897,10 +897,11 @@ def resume_conflicts(cfg: RunConfig, run_dir: str | Path) -> list[str]:
     """Config keys in which ``cfg`` differs from the run saved in ``run_dir``.
 
     Display and speed settings (``RESUME_FREE_KEYS``) may change between the sessions of a
-    run and are not listed. Empty when the configs agree or ``run_dir`` holds no run.
+    run and are not listed. Empty when the configs agree or ``run_dir`` holds no run with a
+    completed checkpoint (such a start is begun afresh, see :func:`_prepare_run_dir`).
     """
     saved = Path(run_dir) / "config.json"
-    if not saved.is_file():
+    if not saved.is_file() or not has_progress(run_dir):
         return []
     old = config_from_dict(json.loads(saved.read_text(encoding="utf-8")), str(saved))
     return [d for d in _config_diff(old.to_dict(), cfg.to_dict()) if d not in RESUME_FREE_KEYS]
