@@ -43,6 +43,8 @@ def test_type_errors_name_the_key():
         config_from_dict({"train": {"batch_size": 1}})
     with pytest.raises(ConfigError, match="objective.contrastive_weight must be non-negative"):
         config_from_dict({"objective": {"contrastive_weight": -1}})
+    with pytest.raises(ConfigError, match="train.tau_lr_scale must be non-negative"):
+        config_from_dict({"train": {"tau_lr_scale": -0.5}})
 
 
 def test_overrides_parse_values():
