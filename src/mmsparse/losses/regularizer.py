@@ -35,14 +35,27 @@ def flops_reg(Z: torch.Tensor) -> torch.Tensor:
 
 
 REGULARIZERS = {"l1": l1, "flops": flops_reg}
+REG_KINDS = ("l1", "flops", "df-flops")
 
 
-def sparsity_penalty(Z: torch.Tensor, kind: str = "l1") -> torch.Tensor:
-    """The sparsity penalty ``objective.reg`` names (``l1`` or ``flops``) of ``Z``."""
+def sparsity_penalty(
+    Z: torch.Tensor, kind: str = "l1", df_alpha: float = 0.1, df_beta: float = 2.0
+) -> torch.Tensor:
+    """The sparsity penalty ``objective.reg`` names of ``Z``.
+
+    ``l1``, ``flops`` or ``df-flops`` (:func:`mmsparse.losses.postings.df_flops` with
+    ``df_alpha`` and ``df_beta``).
+    """
+    if kind == "df-flops":
+        from mmsparse.losses.postings import df_flops
+
+        return df_flops(Z, df_alpha, df_beta)
     try:
         return REGULARIZERS[kind](Z)
     except KeyError:
-        raise ValueError(f"objective.reg must be one of l1, flops; got {kind!r}") from None
+        raise ValueError(
+            f"objective.reg must be one of {', '.join(REG_KINDS)}; got {kind!r}"
+        ) from None
 
 
 @dataclass

@@ -80,7 +80,8 @@ def term_names(method: str, objective: Any = None) -> tuple[str, ...]:
     """Names of the loss terms a step of ``method`` logs, in their fixed order.
 
     With an :class:`~mmsparse.config.ObjectiveConfig`, the terms of the options it switches
-    on follow: ``lexical`` (``lexical_weight > 0``) and ``sparse_scale`` (``learned``).
+    on follow: ``lexical`` (``lexical_weight > 0``), ``sparse_scale`` (``learned``) and
+    ``gate`` (``gate_weight > 0``).
     """
     if method == "dense":
         return DENSE_TERMS
@@ -90,6 +91,8 @@ def term_names(method: str, objective: Any = None) -> tuple[str, ...]:
         extra += ("lexical",)
     if objective is not None and objective.sparse_scale == "learned":
         extra += ("sparse_scale",)
+    if objective is not None and objective.gate_weight > 0:
+        extra += ("gate",)
     return base + extra
 
 

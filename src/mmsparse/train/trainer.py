@@ -66,6 +66,7 @@ from mmsparse.losses import (
     sparsity_penalty,
     token_mask,
 )
+from mmsparse.losses.postings import annealed_topk, caption_gate
 from mmsparse.model.model import SparseDenseModel
 from mmsparse.paths import resolve_run_paths
 from mmsparse.runs import build_model, hybrid_weights, resolve_device
@@ -256,6 +257,25 @@ class Trainer:
                 )
             indptr, indices = self._caption_terms(content_only=True)
             self.lexical_ids = padded_token_ids(indptr, indices, pad=n_terms).to(self.device)
+        # Inference-free queries: every caption's own terms (model.query_encoder=lookup).
+        self.query_ids: torch.Tensor | None = None
+        if self.model.inference_free:
+            if not self.vocab.named:
+                raise ConfigError(
+                    "model.query_encoder=lookup needs a named vocabulary (a backbone bundle "
+                    "with vocab.txt): a query is its own terms"
+                )
+            indptr, indices = self._caption_terms(content_only=False)
+            self.query_ids = padded_token_ids(indptr, indices, pad=n_terms).to(self.device)
+        # Caption gate: the terms of all of an image's training captions (objective.gate_weight).
+        self.gate_ids: torch.Tensor | None = None
+        if cfg.objective.gate_weight > 0 and self.method in SPARSE_METHODS:
+            if not self.vocab.named:
+                raise ConfigError(
+                    "objective.gate_weight > 0 needs a named vocabulary (a backbone bundle "
+                    "with vocab.txt): an image's captions must map to vocabulary terms"
+                )
+            self.gate_ids = self._image_terms().to(self.device)
         self.term_names = term_names(self.method, cfg.objective)
         self.compile_mode = cfg.train.compile
         self._cuda_graphs = uses_cuda_graphs(self.compile_mode, self.device)
@@ -270,19 +290,22 @@ class Trainer:
 
         The sparse head runs at ``train.sparse_lr_scale`` times the rate, the dense heads
         at ``train.dense_lr_scale`` times it, ``tau`` at ``train.tau_lr_scale`` times it
-        (its own group only when that is not 1), the rest (the sparse scale) at the rate
-        itself.
+        (its own group only when that is not 1), the lookup's query weights at
+        ``train.query_lr_scale`` times it, the rest (the sparse scale) at the rate itself.
         """
         train = self.cfg.train
         group_of = {id(p): "sparse" for p in self.model.sparse_head.parameters()}
         group_of.update({id(p): "dense" for p in self.model.dense_parameters()})
         if train.tau_lr_scale != 1.0:  # else in "rest": the groups of older runs' optimizers
             group_of[id(self.model.tau)] = "tau"
+        if self.model.query_weight is not None:
+            group_of[id(self.model.query_weight)] = "query"
         scales = {
             "dense": train.dense_lr_scale,
             "rest": 1.0,
             "sparse": train.sparse_lr_scale,
             "tau": train.tau_lr_scale,
+            "query": train.query_lr_scale,
         }
         members: dict[str, list[torch.nn.Parameter]] = {name: [] for name in scales}
         for p in self.params:
@@ -333,6 +356,41 @@ class Trainer:
         new_indptr = np.zeros_like(indptr)
         np.add.at(new_indptr, rows + 1, 1)
         return np.cumsum(new_indptr), column[indices[ok]]
+
+    def _image_terms(self) -> torch.Tensor:
+        """``(n_images, L)`` padded head columns of the union of each image's training captions.
+
+        Images without a training caption get an empty row (all padding): the caption gate
+        then penalises all of their activation, but no such image is ever in a batch.
+        """
+        import numpy as np
+
+        indptr, indices = self._caption_terms(content_only=False)
+        rows = self.train_split.caption_rows
+        images = self.store.caption_image[rows]
+        lengths = np.diff(indptr)[rows]
+        img_of = np.repeat(images, lengths)
+        cols = np.concatenate([indices[indptr[r] : indptr[r + 1]] for r in rows] or [[]])
+        pairs = np.unique(np.stack([img_of, cols.astype(np.int64)], axis=1), axis=0)
+        n_images = len(self.store.image_ids)
+        img_indptr = np.zeros(n_images + 1, dtype=np.int64)
+        np.add.at(img_indptr, pairs[:, 0] + 1, 1)
+        return padded_token_ids(np.cumsum(img_indptr), pairs[:, 1], pad=self.model.n_terms)
+
+    def _train_topk(self, step: int) -> tuple[int | None, int | None]:
+        """The training caps ``(text, image)`` at ``step`` (annealed when asked)."""
+        obj = self.cfg.objective
+        return tuple(  # type: ignore[return-value]
+            annealed_topk(
+                k,
+                step,
+                self.total_steps,
+                obj.topk_anneal_factor,
+                obj.topk_anneal_frac,
+                self.model.n_terms,
+            )
+            for k in (obj.train_text_topk, obj.train_image_topk)
+        )
 
     # -- state --------------------------------------------------------------------
 
@@ -463,12 +521,14 @@ class Trainer:
         txt_sparse: torch.Tensor,
         tau: torch.Tensor,
         eta: torch.Tensor,
-        lexical: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        lexical: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None,
+        gate: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Named loss terms from float32 vectors of a batch (the total under ``total``).
 
         ``eta`` holds the regulariser weights ``(eta_t, eta_i)`` of the step; ``lexical``
-        the image logits, caption logits and target mask of lexical grounding.
+        the image logits, caption logits (``None`` for lookup queries) and target mask of
+        lexical grounding; ``gate`` the caption-gate mask of the images.
         """
         obj = self.cfg.objective
         if self.method == "dense":
@@ -499,22 +559,33 @@ class Trainer:
         # R = (eta_t · reg(Z_txt) + eta_i · reg(Z_img)) / 2, as SparsityRegularizer, with
         # the step's weights read from the device table instead of the host; reg is l1 or
         # FLOPS (objective.reg). l1_txt / l1_img are logged either way.
+        # objective.reg_text / reg_image choose each side's kind (default: objective.reg).
         l1_txt, l1_img = l1(txt_sparse), l1(img_sparse)
-        if obj.reg == "l1":
-            p_txt, p_img = l1_txt, l1_img
-        else:
-            p_txt, p_img = (
-                sparsity_penalty(txt_sparse, obj.reg),
-                sparsity_penalty(img_sparse, obj.reg),
-            )
+        kind_txt, kind_img = obj.reg_text or obj.reg, obj.reg_image or obj.reg
+        p_txt = (
+            l1_txt
+            if kind_txt == "l1"
+            else sparsity_penalty(txt_sparse, kind_txt, obj.df_alpha, obj.df_beta)
+        )
+        p_img = (
+            l1_img
+            if kind_img == "l1"
+            else sparsity_penalty(img_sparse, kind_img, obj.df_alpha, obj.df_beta)
+        )
         terms["reg"] = (eta[0] * p_txt + eta[1] * p_img) / 2
         terms["l1_txt"], terms["l1_img"] = l1_txt, l1_img
         terms["total"] = terms["loss"] + terms["reg"]
         if lexical is not None:
             x_img, x_txt, target = lexical
-            lex = (lexical_grounding(x_img, target) + lexical_grounding(x_txt, target)) / 2
+            # A lookup query has no logits: its half of the mean is 0 (the image's weight
+            # stays that of the recipe).
+            lex_txt = lexical_grounding(x_txt, target) if x_txt is not None else 0.0
+            lex = (lexical_grounding(x_img, target) + lex_txt) / 2
             terms["lexical"] = lex
             terms["total"] = terms["total"] + obj.lexical_weight * lex
+        if gate is not None:
+            terms["gate"] = caption_gate(img_sparse, gate)
+            terms["total"] = terms["total"] + obj.gate_weight * terms["gate"]
         if obj.sparse_scale == "learned":
             terms["sparse_scale"] = torch.as_tensor(scale).detach()
         return terms
@@ -526,13 +597,18 @@ class Trainer:
         eta: torch.Tensor,
         expand: tuple[torch.Tensor, torch.Tensor] | None,
         lex_target: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
+        gate: torch.Tensor | None = None,
+        topk: tuple[int | None, int | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward pass and loss of this rank's rows: ``(total, stacked terms (K,))``.
 
         The model runs under autocast when mixed precision is on; its outputs are cast to
         float32 and the whole loss is computed in float32. With several processes the
         vectors of all ranks are gathered (with gradients) first. Expansion control, then
-        the training cap (``objective.train_*_topk``), apply to the sparse vectors.
+        the training cap (``objective.train_*_topk``, or ``topk`` when it is annealed),
+        apply to the sparse vectors. With ``query_mask`` (``model.query_encoder=lookup``)
+        the caption vectors are the lookup of their own terms, not the head's output.
         """
         obj = self.cfg.objective
         autocast = (
@@ -550,23 +626,29 @@ class Trainer:
             )
         img_dense, txt_dense = out.img_dense.float(), out.txt_dense.float()
         img_sparse, txt_sparse = out.img_sparse.float(), out.txt_sparse.float()
+        if query_mask is not None:
+            txt_sparse = self.model.query_vectors(query_mask)
         if expand is not None:
             masked, keep = expand
             txt_sparse = torch.where(masked, txt_sparse * keep, txt_sparse)
         if self.method != "dense":
             # Train as you serve: only the k heaviest terms of each vector score.
-            txt_sparse = prune(txt_sparse, obj.train_text_topk)
-            img_sparse = prune(img_sparse, obj.train_image_topk)
+            k_txt, k_img = topk if topk is not None else (obj.train_text_topk, obj.train_image_topk)
+            txt_sparse = prune(txt_sparse, k_txt)
+            img_sparse = prune(img_sparse, k_img)
         lexical = None
         if lex_target is not None:
             assert out.img_logits is not None and out.txt_logits is not None
-            lexical = (out.img_logits, out.txt_logits, lex_target)
+            x_txt = None if query_mask is not None else out.txt_logits
+            lexical = (out.img_logits, x_txt, lex_target)
         if self.dist.enabled:
             img_dense, txt_dense = gather_with_grad(img_dense), gather_with_grad(txt_dense)
             if self.method != "dense":
                 img_sparse = gather_with_grad(img_sparse)
                 txt_sparse = gather_with_grad(txt_sparse)
-        terms = self._terms(img_dense, txt_dense, img_sparse, txt_sparse, out.tau, eta, lexical)
+        terms = self._terms(
+            img_dense, txt_dense, img_sparse, txt_sparse, out.tau, eta, lexical, gate
+        )
         stacked = torch.stack([terms[k].float() for k in self.term_names]).detach()
         return terms["total"], stacked
 
@@ -600,9 +682,15 @@ class Trainer:
         lex_target = None
         if self.lexical_ids is not None:
             lex_target = token_mask(self.lexical_ids[local], self.model.n_terms)
+        query_mask = gate = None
+        if self.query_ids is not None:
+            query_mask = token_mask(self.query_ids[local], self.model.n_terms)
+        if self.gate_ids is not None:
+            gate = token_mask(self.gate_ids[image_rows], self.model.n_terms)
+        topk = self._train_topk(step) if self.cfg.objective.topk_anneal_factor > 1 else None
         if self._cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        return self._loss_fn(h_img, h_txt, eta, expand, lex_target)
+        return self._loss_fn(h_img, h_txt, eta, expand, lex_target, query_mask, gate, topk)
 
     def train_step(self, caption_rows: torch.Tensor, gen: torch.Generator | None) -> StepTerms:
         """One optimisation step on the global batch of caption rows.
