@@ -157,7 +157,12 @@ class _BatchEncoder:
             self.batches += 1
             self.encoded += len(live)
             for i, (_, fut) in enumerate(live):
-                fut.set_result((dense[i : i + 1], sparse[i]))
+                # dense is None for inference-free queries (no dense query side). A failure
+                # here goes to the request: the loop must live on, or later requests hang.
+                try:
+                    fut.set_result((None if dense is None else dense[i : i + 1], sparse[i]))
+                except BaseException as exc:
+                    fut.set_exception(exc)
 
     def stats(self) -> dict[str, Any]:
         return {"mode": "batch", "batches": self.batches, "queries": self.encoded}
@@ -442,6 +447,12 @@ class SearchService:
         mode = "sparse" if mode in (None, "") else str(mode)
         if mode not in SEARCH_MODES:
             raise BadRequest(f"unknown mode {mode[:40]!r} (sparse, dense or hybrid)")
+        if mode != "sparse" and self.searcher.inference_free:
+            raise BadRequest(
+                f"mode={mode} needs a dense query vector, and this run's queries are "
+                "inference-free (model.query_encoder=lookup: no text encoder, no dense query "
+                "side); use mode=sparse"
+            )
         if mode != "sparse" and "dense" not in self.modes:
             raise BadRequest(
                 f"mode={mode} needs dense vectors, which this {self.manifest.engine} index does "
@@ -451,7 +462,12 @@ class SearchService:
 
     @property
     def modes(self) -> list[str]:
-        """Search modes this index supports (dense and hybrid where it holds dense vectors)."""
+        """Search modes this index supports (dense and hybrid where it holds dense vectors).
+
+        Only ``sparse`` for a run with inference-free queries (no dense query side).
+        """
+        if self.searcher.inference_free:
+            return ["sparse"]
         return (
             list(SEARCH_MODES) if getattr(self.searcher.engine, "has_dense", False) else ["sparse"]
         )
@@ -509,7 +525,9 @@ class SearchService:
                 query_text = None
                 result = await self._on_engine(self._search_like, row, k_, mode_, explain_)
             else:
-                text, piece_cut = cap_query(text, self.searcher.vocab)
+                piece_cut = False
+                if not self.searcher.inference_free:  # a lookup has no length limit
+                    text, piece_cut = cap_query(text, self.searcher.vocab)
                 if piece_cut:
                     notes.append(
                         f"query cut to its first {len(text.split())} words ({MAX_QUERY_PIECES} "
@@ -652,6 +670,7 @@ class SearchService:
                 "quantize": m.options.quantize,
             },
             "modes": self.modes,
+            "query_encoder": "lookup" if self.searcher.inference_free else "head",
             "text_search": self.text_error is None,
             "text_search_error": self.text_error,
             "image_files": self.images_dir is not None,
