@@ -8,17 +8,9 @@ the scores and the loss are computed in float32. Validation runs every ``eval_ev
 epochs; the best epoch by ``select_metric`` is kept in ``best/`` and training stops after
 ``patience`` validations without improvement.
 
-Which parameters train depends on ``objective.method``:
-
-=============== ===================== ============= ======
-method          dense heads           sparse head   tau
-=============== ===================== ============= ======
-``joint``       yes                   yes           yes
-``no_distill``  yes                   yes           yes
-``frozen_dense`` no                   yes           yes
-``d2s``         no                    yes           no
-``dense``       yes                   (unused)      yes
-=============== ===================== ============= ======
+The objective (its named terms, and which parameters train for each
+``objective.method``) is :class:`mmsparse.losses.Objective`, built once from the config;
+the trainer sums and logs the terms it returns.
 
 Determinism: the batch order of epoch ``e`` comes from a generator seeded with
 ``(seed, e)`` and expansion-control draws from ``(seed, e, 1)``, and every epoch ends with
@@ -54,22 +46,10 @@ from mmsparse.data.store import FeatureStore, load_feature_store
 from mmsparse.errors import CheckpointError, ConfigError
 from mmsparse.evaluate.retrieval import EvalResult, encode_split, evaluate_encoded
 from mmsparse.io_utils import atomic_write_json, make_public_dir
-from mmsparse.losses import (
-    ExpansionControl,
-    SparsityRegularizer,
-    d2s_objective,
-    dense_objective,
-    joint_objective,
-    l1,
-    lexical_grounding,
-    padded_token_ids,
-    sparsity_penalty,
-    token_mask,
-)
+from mmsparse.losses import Objective, StepInputs, method_spec
 from mmsparse.model.model import SparseDenseModel
 from mmsparse.paths import resolve_run_paths
 from mmsparse.runs import build_model, hybrid_weights, resolve_device
-from mmsparse.sparse.ops import prune
 from mmsparse.train.checkpoint import (
     TrainerState,
     load_checkpoint,
@@ -92,13 +72,11 @@ from mmsparse.train.step import (
     StepTerms,
     compile_step,
     make_optimizer,
-    term_names,
     uses_cuda_graphs,
 )
 
 logger = logging.getLogger("mmsparse.train")
 
-SPARSE_METHODS = ("joint", "no_distill", "frozen_dense", "d2s")
 # Config keys that may differ between the sessions of a resumed run.
 RESUME_FREE_KEYS = ("train.progress", "train.plot", "train.compile", "train.log_every")
 
@@ -132,7 +110,7 @@ def selection_metric(cfg: RunConfig) -> str:
     """The validation metric that selects the model (resolving ``auto``)."""
     if cfg.train.select_metric != "auto":
         return cfg.train.select_metric
-    return "t2i/dense/R@1" if cfg.objective.method == "dense" else "t2i/sparse/R@1"
+    return method_spec(cfg.objective.method).select_metric
 
 
 def lr_factor(step: int, total_steps: int, warmup_frac: float) -> float:
@@ -144,18 +122,11 @@ def lr_factor(step: int, total_steps: int, warmup_frac: float) -> float:
 
 
 def set_trainable(model: SparseDenseModel, method: str) -> list[torch.nn.Parameter]:
-    """Freeze what ``method`` keeps fixed; return the parameters to optimise."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    if method in ("d2s", "frozen_dense"):
-        for p in model.dense_parameters():
-            p.requires_grad_(False)
-    if method == "d2s":
-        model.tau.requires_grad_(False)
-    if method == "dense":
-        for p in model.sparse_head.parameters():
-            p.requires_grad_(False)
-    return [p for p in model.parameters() if p.requires_grad]
+    """Freeze what ``method`` keeps fixed; return the parameters to optimise.
+
+    The table of :data:`mmsparse.losses.METHODS` says what each method freezes.
+    """
+    return method_spec(method).set_trainable(model)
 
 
 def _amp(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -206,11 +177,6 @@ class Trainer:
         self.model = build_model(cfg, store).to(self.device)
         if len(self.vocab) != self.model.vocab_size:
             self.vocab = self.vocab.fallback(self.model.vocab_size)
-        self.params = set_trainable(self.model, self.method)
-        self.dist.broadcast_parameters(list(self.model.parameters()))
-        self.optimizer = make_optimizer(self._param_groups(), cfg.train, self.device)
-        self.amp_dtype = _amp(cfg, self.device)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
         # Features stay resident on the device; batches are gathered by index.
         self.image_feats = torch.from_numpy(store.image_feats).to(self.device)
@@ -223,45 +189,22 @@ class Trainer:
         self.steps_per_epoch = max(1, n // self.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
 
-        self.regularizer = SparsityRegularizer(
-            cfg.objective.q_reg,
-            cfg.objective.d_reg,
-            self.total_steps,
-            cfg.objective.reg_warmup_frac,
+        self.objective = Objective(
+            cfg.objective,
+            n_terms=self.model.n_terms,
+            total_steps=self.total_steps,
+            caption_terms=self._caption_terms if self.vocab.named else None,
+            device=self.device,
         )
-        self._check_train_topk()
-        self.expansion = None
-        n_terms = self.model.n_terms
-        if cfg.objective.expansion_control and self.method in SPARSE_METHODS:
-            if not self.vocab.named:
-                raise ConfigError(
-                    "objective.expansion_control needs a named vocabulary (a backbone bundle "
-                    "with vocab.txt): captions must map to vocabulary ids"
-                )
-            indptr, indices = self._caption_terms(content_only=False)
-            self.expansion = ExpansionControl(
-                padded_token_ids(indptr, indices, pad=n_terms).to(self.device),
-                n_terms,
-                self.total_steps,
-                cfg.objective.expansion_p0,
-                cfg.objective.expansion_decay_frac,
-            )
-        # Lexical grounding: every caption's content words, as the head's columns.
-        self.lexical_ids: torch.Tensor | None = None
-        if cfg.objective.lexical_weight > 0 and self.method in SPARSE_METHODS:
-            if not self.vocab.named:
-                raise ConfigError(
-                    "objective.lexical_weight > 0 needs a named vocabulary (a backbone bundle "
-                    "with vocab.txt): captions must map to vocabulary terms"
-                )
-            indptr, indices = self._caption_terms(content_only=True)
-            self.lexical_ids = padded_token_ids(indptr, indices, pad=n_terms).to(self.device)
-        self.term_names = term_names(self.method, cfg.objective)
+        self.term_names = self.objective.term_names
+        self.params = self.objective.set_trainable(self.model)
+        self.dist.broadcast_parameters(list(self.model.parameters()))
+        self.optimizer = make_optimizer(self._param_groups(), cfg.train, self.device)
+        self.amp_dtype = _amp(cfg, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.compile_mode = cfg.train.compile
         self._cuda_graphs = uses_cuda_graphs(self.compile_mode, self.device)
         self._loss_fn = compile_step(self._forward_loss, self.compile_mode, self.device)
-        self._eta_table: torch.Tensor | None = None
-        self._eta = torch.zeros(2, device=self.device)
         self.state = TrainerState(config_json=cfg.to_dict())
         self.log_path = run_dir / "metrics.jsonl"
 
@@ -292,17 +235,6 @@ class Trainer:
             for name, scale in scales.items()
             if members[name]
         ]
-
-    def _check_train_topk(self) -> None:
-        """``objective.train_*_topk`` must fit the sparse head's number of terms."""
-        n_terms = self.model.n_terms
-        for key in ("train_text_topk", "train_image_topk"):
-            k = getattr(self.cfg.objective, key)
-            if k is not None and k > n_terms:
-                raise ConfigError(
-                    f"objective.{key}={k} exceeds the sparse head's {n_terms} terms "
-                    "(lower it, or null to switch the cap off)"
-                )
 
     def _caption_terms(self, content_only: bool) -> tuple[Any, Any]:
         """Every caption's own terms as CSR arrays of the sparse head's columns.
@@ -359,8 +291,7 @@ class Trainer:
         load_optimizer_tensors(
             self.optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}
         )
-        self.regularizer.load_state_dict(state.regularizer)
-        self._eta_table = None
+        self.objective.load_state_dict(state.regularizer)
         if self.scaler is not None and state.scaler:
             self.scaler.load_state_dict(state.scaler)
         self.state = state
@@ -372,7 +303,7 @@ class Trainer:
         return True
 
     def _checkpoint(self) -> None:
-        self.state.regularizer = self.regularizer.state_dict()
+        self.state.regularizer = self.objective.state_dict()
         self.state.scaler = self.scaler.state_dict() if self.scaler is not None else None
         save_checkpoint(self.run_dir / "checkpoints", self.state, self.model, self.optimizer)
 
@@ -424,7 +355,7 @@ class Trainer:
         perm = torch.randperm(self.train_captions.numel(), generator=_epoch_generator(seed, epoch))
         perm = perm.to(self.device)
         gen = None
-        if self.expansion is not None:
+        if self.objective.expansion is not None:
             gen = torch.Generator(device=self.device).manual_seed(
                 int(_epoch_generator(seed, epoch, 1).initial_seed())
             )
@@ -434,107 +365,15 @@ class Trainer:
         """Caption rows of the ``step``-th global batch (0-based) of an epoch's order."""
         return self.train_captions[perm[step * self.batch_size : (step + 1) * self.batch_size]]
 
-    def _expansion_draw(
-        self, caption_rows: torch.Tensor, step: int, gen: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(masked (b, 1), keep (b, V))`` for this rank's captions, or ``None``.
-
-        The uniform draws cover the whole global batch (as one process would draw them) and
-        each rank keeps its own slice, so N processes mask exactly what one would.
-        """
-        if self.expansion is None:
-            return None
-        p = self.expansion.probability(step)
-        if p <= 0.0:
-            return None
-        u = torch.rand(caption_rows.shape[0], device=self.device, generator=gen)
-        ids = self.expansion.token_ids[caption_rows[self.local_rows]]
-        # A caption with no term of the (restricted) vocabulary is never masked to nothing.
-        has_terms = (ids < self.model.n_terms).any(dim=1, keepdim=True)
-        masked = (u[self.local_rows] < p).unsqueeze(1) & has_terms  # (b, 1)
-        keep = token_mask(ids, self.model.n_terms)
-        return masked, keep
-
-    def _terms(
-        self,
-        img_dense: torch.Tensor,
-        txt_dense: torch.Tensor,
-        img_sparse: torch.Tensor,
-        txt_sparse: torch.Tensor,
-        tau: torch.Tensor,
-        eta: torch.Tensor,
-        lexical: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Named loss terms from float32 vectors of a batch (the total under ``total``).
-
-        ``eta`` holds the regulariser weights ``(eta_t, eta_i)`` of the step; ``lexical``
-        the image logits, caption logits and target mask of lexical grounding.
-        """
-        obj = self.cfg.objective
-        if self.method == "dense":
-            terms = dense_objective(img_dense, txt_dense, tau=tau)
-            terms["total"] = terms["loss"]
-            return terms
-        scale = self.model.sparse_scale()
-        if self.method == "d2s":
-            terms = d2s_objective(
-                img_dense, txt_dense, img_sparse, txt_sparse, tau=tau, sparse_scale=scale
-            )
-        else:
-            terms = joint_objective(
-                img_dense,
-                txt_dense,
-                img_sparse,
-                txt_sparse,
-                tau=tau,
-                w1=obj.w1,
-                w2=obj.w2,
-                lam1=obj.lam1,
-                lam2=obj.lam2,
-                distill_teacher=obj.distill_teacher,
-                distill=self.method != "no_distill",
-                sparse_scale=scale,
-                contrastive_weight=obj.contrastive_weight,
-            )
-        # R = (eta_t · reg(Z_txt) + eta_i · reg(Z_img)) / 2, as SparsityRegularizer, with
-        # the step's weights read from the device table instead of the host; reg is l1 or
-        # FLOPS (objective.reg). l1_txt / l1_img are logged either way.
-        l1_txt, l1_img = l1(txt_sparse), l1(img_sparse)
-        if obj.reg == "l1":
-            p_txt, p_img = l1_txt, l1_img
-        else:
-            p_txt, p_img = (
-                sparsity_penalty(txt_sparse, obj.reg),
-                sparsity_penalty(img_sparse, obj.reg),
-            )
-        terms["reg"] = (eta[0] * p_txt + eta[1] * p_img) / 2
-        terms["l1_txt"], terms["l1_img"] = l1_txt, l1_img
-        terms["total"] = terms["loss"] + terms["reg"]
-        if lexical is not None:
-            x_img, x_txt, target = lexical
-            lex = (lexical_grounding(x_img, target) + lexical_grounding(x_txt, target)) / 2
-            terms["lexical"] = lex
-            terms["total"] = terms["total"] + obj.lexical_weight * lex
-        if obj.sparse_scale == "learned":
-            terms["sparse_scale"] = torch.as_tensor(scale).detach()
-        return terms
-
     def _forward_loss(
-        self,
-        h_img: torch.Tensor,
-        h_txt: torch.Tensor,
-        eta: torch.Tensor,
-        expand: tuple[torch.Tensor, torch.Tensor] | None,
-        lex_target: torch.Tensor | None = None,
+        self, h_img: torch.Tensor, h_txt: torch.Tensor, inputs: StepInputs
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward pass and loss of this rank's rows: ``(total, stacked terms (K,))``.
 
-        The model runs under autocast when mixed precision is on; its outputs are cast to
-        float32 and the whole loss is computed in float32. With several processes the
-        vectors of all ranks are gathered (with gradients) first. Expansion control, then
-        the training cap (``objective.train_*_topk``), apply to the sparse vectors.
+        The model runs under autocast when mixed precision is on; the objective casts its
+        outputs to float32 and computes every term in float32. With several processes it
+        gathers the vectors of all ranks (with gradients) first.
         """
-        obj = self.cfg.objective
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
@@ -544,40 +383,17 @@ class Trainer:
             out = self.model(
                 h_img,
                 h_txt,
-                with_sparse=self.method != "dense",
-                sparse_stop_grad=obj.sparse_stop_grad,
-                with_logits=lex_target is not None,
+                with_sparse=self.objective.uses_sparse,
+                sparse_stop_grad=self.cfg.objective.sparse_stop_grad,
+                with_logits=self.objective.with_logits,
             )
-        img_dense, txt_dense = out.img_dense.float(), out.txt_dense.float()
-        img_sparse, txt_sparse = out.img_sparse.float(), out.txt_sparse.float()
-        if expand is not None:
-            masked, keep = expand
-            txt_sparse = torch.where(masked, txt_sparse * keep, txt_sparse)
-        if self.method != "dense":
-            # Train as you serve: only the k heaviest terms of each vector score.
-            txt_sparse = prune(txt_sparse, obj.train_text_topk)
-            img_sparse = prune(img_sparse, obj.train_image_topk)
-        lexical = None
-        if lex_target is not None:
-            assert out.img_logits is not None and out.txt_logits is not None
-            lexical = (out.img_logits, out.txt_logits, lex_target)
-        if self.dist.enabled:
-            img_dense, txt_dense = gather_with_grad(img_dense), gather_with_grad(txt_dense)
-            if self.method != "dense":
-                img_sparse = gather_with_grad(img_sparse)
-                txt_sparse = gather_with_grad(txt_sparse)
-        terms = self._terms(img_dense, txt_dense, img_sparse, txt_sparse, out.tau, eta, lexical)
-        stacked = torch.stack([terms[k].float() for k in self.term_names]).detach()
-        return terms["total"], stacked
-
-    def _step_eta(self, step: int) -> torch.Tensor:
-        """The regulariser weights of ``step`` in a fixed device buffer (no host copy)."""
-        if self._eta_table is None:
-            reg = self.regularizer
-            table = [(reg.eta_t(s), reg.eta_i(s)) for s in range(max(1, self.total_steps))]
-            self._eta_table = torch.tensor(table, dtype=torch.float32, device=self.device)
-        self._eta.copy_(self._eta_table[min(step, self._eta_table.shape[0] - 1)])
-        return self._eta
+        terms = self.objective(
+            out,
+            inputs,
+            sparse_scale=self.model.sparse_scale(),
+            gather=gather_with_grad if self.dist.enabled else None,
+        )
+        return terms["total"], self.objective.stack(terms)
 
     def forward_terms(
         self, caption_rows: torch.Tensor, gen: torch.Generator | None = None
@@ -591,18 +407,14 @@ class Trainer:
             ``(total, terms)``: the loss to differentiate and the detached ``(K,)`` vector
             of the terms named by :attr:`term_names`.
         """
-        step = self.state.global_step
         local = caption_rows[self.local_rows]
-        image_rows = self.caption_image[local]
-        h_img, h_txt = self.image_feats[image_rows], self.caption_feats[local]
-        expand = self._expansion_draw(caption_rows, step, gen)
-        eta = self._step_eta(step)
-        lex_target = None
-        if self.lexical_ids is not None:
-            lex_target = token_mask(self.lexical_ids[local], self.model.n_terms)
+        h_img, h_txt = self.image_feats[self.caption_image[local]], self.caption_feats[local]
+        inputs = self.objective.step_inputs(
+            caption_rows, self.state.global_step, gen, self.local_rows
+        )
         if self._cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        return self._loss_fn(h_img, h_txt, eta, expand, lex_target)
+        return self._loss_fn(h_img, h_txt, inputs)
 
     def train_step(self, caption_rows: torch.Tensor, gen: torch.Generator | None) -> StepTerms:
         """One optimisation step on the global batch of caption rows.
@@ -639,34 +451,9 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.params, clip)
             self.optimizer.step()
         self.model.clamp_temperature()
-        self.regularizer.step_once()
+        self.objective.step_once()
         self.state.global_step += 1
         return StepTerms(self.term_names, stacked)
-
-    def objective(
-        self, out: Any, caption_rows: torch.Tensor, gen: torch.Generator | None
-    ) -> dict[str, torch.Tensor]:
-        """Named loss terms of one batch of model outputs (the total under ``total``).
-
-        Single-process form of the step's loss: expansion control and the regulariser at
-        the current step, everything in float32.
-        """
-        step = self.state.global_step
-        obj = self.cfg.objective
-        txt_sparse = out.txt_sparse.float()
-        if self.expansion is not None:
-            txt_sparse = self.expansion(txt_sparse, caption_rows, step, gen)
-        eta = torch.tensor(
-            [self.regularizer.eta_t(step), self.regularizer.eta_i(step)], device=self.device
-        )
-        return self._terms(
-            out.img_dense.float(),
-            out.txt_dense.float(),
-            prune(out.img_sparse.float(), obj.train_image_topk),
-            prune(txt_sparse, obj.train_text_topk),
-            out.tau,
-            eta,
-        )
 
     @torch.no_grad()
     def validate(self) -> EvalResult:
@@ -679,9 +466,8 @@ class Trainer:
             self.device,
             image_feats=self.image_feats,
             caption_feats=self.caption_feats,
-            with_sparse=self.method != "dense",
+            with_sparse=self.objective.uses_sparse,
         )
-        score_types = ("dense",) if self.method == "dense" else ("dense", "sparse", "hybrid")
         hybrid = hybrid_weights(self.cfg, self.model)
         return evaluate_encoded(
             enc,
@@ -689,7 +475,7 @@ class Trainer:
             w2=hybrid[1],
             eval_cfg=self.cfg.serving,
             split_name=self.val_split.name,
-            score_types=score_types,
+            score_types=self.objective.score_types,
         )
 
     def fit(self) -> TrainResult:
@@ -746,8 +532,7 @@ class Trainer:
                 step=self.state.global_step,
                 lr=self.optimizer.param_groups[0]["lr"],
                 tau=float(self.model.tau.detach()),
-                eta_t=self.regularizer.eta_t(self.regularizer.step),
-                eta_i=self.regularizer.eta_i(self.regularizer.step),
+                **self.objective.schedule_values(),
                 seconds=seconds,
             )
             self._log(train_rec)
