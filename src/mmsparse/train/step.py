@@ -114,6 +114,41 @@ def make_optimizer(
     return torch.optim.AdamW(params, **kwargs)
 
 
+def param_groups(
+    model: Any, params: Sequence[torch.nn.Parameter], train_cfg: TrainConfig
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups of ``params`` with their learning-rate scales.
+
+    The sparse head runs at ``train.sparse_lr_scale`` times the rate, the dense heads at
+    ``train.dense_lr_scale`` times it, ``tau`` at ``train.tau_lr_scale`` times it (its own
+    group only when that is not 1, so that older runs' optimizers still load), the rest
+    (the sparse scale) at the rate itself.
+
+    Args:
+        model: The :class:`~mmsparse.model.SparseDenseModel`.
+        params: The parameters to optimise (the method's trainable ones).
+        train_cfg: The run's ``train`` group.
+    """
+    group_of = {id(p): "sparse" for p in model.sparse_head.parameters()}
+    group_of.update({id(p): "dense" for p in model.dense_parameters()})
+    if train_cfg.tau_lr_scale != 1.0:
+        group_of[id(model.tau)] = "tau"
+    scales = {
+        "dense": train_cfg.dense_lr_scale,
+        "rest": 1.0,
+        "sparse": train_cfg.sparse_lr_scale,
+        "tau": train_cfg.tau_lr_scale,
+    }
+    members: dict[str, list[torch.nn.Parameter]] = {name: [] for name in scales}
+    for p in params:
+        members[group_of.get(id(p), "rest")].append(p)
+    return [
+        {"params": members[name], "lr_scale": scale}
+        for name, scale in scales.items()
+        if members[name]
+    ]
+
+
 def compile_step(fn: Callable[..., Any], mode: str, device: torch.device) -> Callable[..., Any]:
     """``fn`` compiled as ``train.compile`` asks (``off``: ``fn`` itself).
 

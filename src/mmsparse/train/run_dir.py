@@ -1,0 +1,283 @@
+"""A run directory's lifecycle: checked, created, resumed, checkpointed, finished.
+
+The layout (``mmsparse.runs`` reads it)::
+
+    RUN_DIR/config.json      the RunConfig, paths resolved (written when the run starts)
+    RUN_DIR/metrics.jsonl    one JSON object per logged step, epoch and validation
+    RUN_DIR/checkpoints/     the resumable state (checksummed, replaced atomically)
+    RUN_DIR/best/            the selected model (checksummed, swapped in with renames)
+    RUN_DIR/final.json       the summary, written when training ends
+    RUN_DIR/curves.png       training curves (``train.plot``)
+
+:class:`RunDirectory` names these files and does every write of a run to them; the
+functions below answer questions about a run directory without opening it for writing
+(``bench frontier`` asks :func:`resume_conflicts` before it trains anything).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmsparse.config import RunConfig, config_from_dict, save_config
+from mmsparse.errors import CheckpointError, ConfigError
+from mmsparse.io_utils import atomic_write_json, make_public_dir
+from mmsparse.train.checkpoint import (
+    TrainerState,
+    load_checkpoint,
+    repair_directory,
+    save_checkpoint,
+    swap_in_directory,
+    truncate_log,
+)
+
+logger = logging.getLogger("mmsparse.train")
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+FINAL_NAME = "final.json"
+CURVES_NAME = "curves.png"
+BEST_NAME = "best"
+CHECKPOINTS_NAME = "checkpoints"
+SELECTION_NAME = "selection.json"
+
+# Config keys that may differ between the sessions of a resumed run.
+RESUME_FREE_KEYS = ("train.progress", "train.plot", "train.compile", "train.log_every")
+
+
+class RunDirectory:
+    """The files of one run directory, and every write a training makes to them.
+
+    Args:
+        path: The run directory (it need not exist yet).
+
+    Attributes:
+        path: The run directory.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDirectory({str(self.path)!r})"
+
+    @property
+    def config_path(self) -> Path:
+        """``config.json``."""
+        return self.path / CONFIG_NAME
+
+    @property
+    def metrics_path(self) -> Path:
+        """``metrics.jsonl``."""
+        return self.path / METRICS_NAME
+
+    @property
+    def final_path(self) -> Path:
+        """``final.json``."""
+        return self.path / FINAL_NAME
+
+    @property
+    def curves_path(self) -> Path:
+        """``curves.png``."""
+        return self.path / CURVES_NAME
+
+    @property
+    def best_dir(self) -> Path:
+        """``best/``: the selected model."""
+        return self.path / BEST_NAME
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """``checkpoints/``: the resumable state."""
+        return self.path / CHECKPOINTS_NAME
+
+    # -- questions --------------------------------------------------------------------
+
+    def has_progress(self) -> bool:
+        """Whether the directory holds a completed checkpoint or a selected model."""
+        return has_progress(self.path)
+
+    def saved_config(self) -> RunConfig:
+        """The config saved in the directory.
+
+        Raises:
+            CheckpointError: If there is none or it is unreadable.
+        """
+        return resume_config(self.path)
+
+    def resume_conflicts(self, cfg: RunConfig) -> list[str]:
+        """Config keys in which ``cfg`` differs from the saved run (:func:`resume_conflicts`)."""
+        return resume_conflicts(cfg, self.path)
+
+    # -- starting ---------------------------------------------------------------------
+
+    def prepare(self, cfg: RunConfig, resume: bool) -> RunConfig:
+        """Create the directory, or check it for resuming; returns the config to use.
+
+        A directory whose start failed before its first checkpoint (bad data, a typo in
+        the config) holds nothing to protect: the run starts afresh there.
+
+        Raises:
+            ConfigError: If the directory holds a run and ``resume`` is false, or
+                ``resume`` with a config that differs from the run's.
+        """
+        saved = self.config_path
+        if saved.is_file() and not self.has_progress():
+            logger.info("%s holds no completed checkpoint; starting the run afresh", self.path)
+            save_config(cfg, saved)
+            truncate_log(self.metrics_path, 0)
+            return cfg
+        if saved.is_file():
+            if not resume:
+                raise ConfigError(
+                    f"{self.path}: already holds a run; pass --resume to continue it or "
+                    f"choose another --out (nothing was overwritten)"
+                )
+            diff = self.resume_conflicts(cfg)
+            if diff:
+                raise ConfigError(
+                    f"{saved}: --resume with a different config (keys {', '.join(diff)}); "
+                    f"resume with the run's own config"
+                )
+            return cfg
+        self.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, saved)
+        return cfg
+
+    def start(self, cfg: RunConfig, resume: bool) -> RunConfig:
+        """:meth:`prepare`, and without ``resume`` drop any earlier checkpoints."""
+        cfg = self.prepare(cfg, resume)
+        if not resume and self.checkpoints_dir.exists():
+            shutil.rmtree(self.checkpoints_dir)
+        return cfg
+
+    def repair(self) -> None:
+        """Undo a swap of ``best/`` that a kill interrupted (before resuming)."""
+        repair_directory(self.best_dir)
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def load_state(self) -> tuple[TrainerState, dict[str, torch.Tensor]] | None:
+        """The latest complete checkpoint, or ``None`` when there is none (verified).
+
+        Raises:
+            CheckpointError: If the checkpoint is broken.
+        """
+        return load_checkpoint(self.checkpoints_dir)
+
+    def save_state(
+        self, state: TrainerState, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    ) -> Path:
+        """Write the epoch's checkpoint (the previous one stays until it is complete)."""
+        return save_checkpoint(self.checkpoints_dir, state, model, optimizer)
+
+    def save_best(
+        self,
+        model: Any,
+        selection: dict[str, Any],
+        *,
+        vocab_tokens: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Replace ``best/`` by ``model`` with its ``selection.json`` (renames: atomic).
+
+        Args:
+            model: A :class:`~mmsparse.model.SparseDenseModel`.
+            selection: Written as ``best/selection.json`` (epoch, metric, validation).
+            vocab_tokens: Term names saved beside the weights.
+            extra: More fields of ``model.json``.
+        """
+        tmp = make_public_dir(tempfile.mkdtemp(prefix=".best.tmp-", dir=self.path))
+        model.save_pretrained(tmp, vocab_tokens=vocab_tokens, extra=extra)
+        atomic_write_json(tmp / SELECTION_NAME, selection)
+        swap_in_directory(tmp, self.best_dir)
+
+    def read_selection(self) -> dict[str, Any]:
+        """``best/selection.json``.
+
+        Raises:
+            CheckpointError: If training selected no model.
+        """
+        path = self.best_dir / SELECTION_NAME
+        if not path.is_file():
+            raise CheckpointError(f"{self.path}: training ended without a selected model")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    # -- logs and summary -------------------------------------------------------------
+
+    def truncate_metrics(self, last_epoch: int) -> None:
+        """Keep the ``metrics.jsonl`` records of epochs ``<= last_epoch`` (resume)."""
+        truncate_log(self.metrics_path, last_epoch)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one record to ``metrics.jsonl``."""
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def write_final(self, summary: dict[str, Any]) -> None:
+        """Write ``final.json`` (atomically)."""
+        atomic_write_json(self.final_path, summary)
+
+    def plot(self) -> Path | None:
+        """Draw ``curves.png`` from ``metrics.jsonl`` (``None`` without matplotlib)."""
+        from mmsparse.train.curves import plot_curves
+
+        return plot_curves(self.metrics_path, self.curves_path)
+
+
+def has_progress(run_dir: str | Path) -> bool:
+    """Whether a run directory holds a completed checkpoint or a selected model."""
+    run_dir = Path(run_dir)
+    return any(
+        p.exists()
+        for p in (
+            run_dir / CHECKPOINTS_NAME / "latest.json",
+            run_dir / BEST_NAME,
+            run_dir / f"{BEST_NAME}.old",
+            run_dir / FINAL_NAME,
+        )
+    )
+
+
+def resume_conflicts(cfg: RunConfig, run_dir: str | Path) -> list[str]:
+    """Config keys in which ``cfg`` differs from the run saved in ``run_dir``.
+
+    Display and speed settings (``RESUME_FREE_KEYS``) may change between the sessions of a
+    run and are not listed. Empty when the configs agree or ``run_dir`` holds no run with a
+    completed checkpoint (such a start is begun afresh, see :meth:`RunDirectory.prepare`).
+    """
+    saved = Path(run_dir) / CONFIG_NAME
+    if not saved.is_file() or not has_progress(run_dir):
+        return []
+    old = config_from_dict(json.loads(saved.read_text(encoding="utf-8")), str(saved))
+    return [d for d in config_diff(old.to_dict(), cfg.to_dict()) if d not in RESUME_FREE_KEYS]
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def resume_config(run_dir: str | Path) -> RunConfig:
+    """The config saved in a run directory (to resume it without the original file).
+
+    Raises:
+        CheckpointError: If the run directory has no readable config.
+    """
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no run to resume (config.json not found)")
+    return config_from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
