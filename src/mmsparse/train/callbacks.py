@@ -106,7 +106,13 @@ class MetricsLog(Callback):
 
     def on_fit_begin(self, trainer: Trainer) -> None:  # noqa: D102
         self._trainer = trainer
-        self._steps = AsyncTermLog(trainer.term_names, trainer.device, self.write)
+        self._steps = AsyncTermLog(trainer.term_names, trainer.device, self._write_step)
+
+    def _write_step(self, record: dict[str, Any]) -> None:
+        # A diverged window is not written: training stops at the epoch's end and keeps
+        # the last finite epoch; its log ends with the last finite steps.
+        if all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
+            self.write(record)
 
     def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:  # noqa: D102
         if self.log_every:

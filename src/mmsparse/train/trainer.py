@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ import torch
 
 from mmsparse.config import EvalConfig, RunConfig
 from mmsparse.data.store import FeatureStore, load_feature_store
+from mmsparse.errors import NonFiniteError
 from mmsparse.evaluate.retrieval import EncodedSplit, EvalResult, encode_split, evaluate_encoded
 from mmsparse.losses import Objective, StepInputs, method_spec
 from mmsparse.model.model import SparseDenseModel
@@ -565,12 +567,20 @@ class Trainer:
         self.model.train()
         perm, gen = self.epoch_order(epoch)
         sums = torch.zeros(len(self.term_names), device=self.device)
+        # Steps before the first non-finite term, counted on the device: read once, at the
+        # epoch's end, with the sums (no host-device sync per step).
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        finite_steps = torch.zeros((), dtype=torch.int64, device=self.device)
         self._emit("on_epoch_begin", epoch)
         for step in range(self.steps_per_epoch):
             terms = self.train_step(self.batch_rows(perm, step), gen).vector
             sums += terms
+            finite &= torch.isfinite(terms).all()
+            finite_steps += finite
             self._emit("on_step_end", epoch, step, terms, sums)
-        means = [v / self.steps_per_epoch for v in sums.tolist()]
+        *totals, n_finite = torch.cat([sums, finite_steps.to(sums.dtype)[None]]).tolist()
+        self._check_finite(epoch, int(n_finite), totals)
+        means = [v / self.steps_per_epoch for v in totals]
         seconds = time.perf_counter() - t0
         self.state.train_seconds += seconds
         self.state.epoch = epoch
@@ -585,6 +595,31 @@ class Trainer:
             seconds=seconds,
         )
         return record
+
+    def _check_finite(self, epoch: int, finite_steps: int, sums: list[float]) -> None:
+        """Stop a diverged run before its epoch is saved (rank 0 decides for every rank).
+
+        Raises:
+            NonFiniteError: Naming the first non-finite step, the likely cause and what is
+                kept.
+        """
+        diverged = finite_steps < self.steps_per_epoch or not all(map(math.isfinite, sums))
+        diverged = self.dist.broadcast_object(diverged)
+        if not diverged:
+            return
+        step = self.state.global_step - self.steps_per_epoch + finite_steps + 1
+        value = "NaN" if any(map(math.isnan, sums)) else "infinite"
+        kept = (
+            f"epoch {self.state.epoch} is kept (the last finite checkpoint, in "
+            f"{self.run.checkpoints_dir})"
+            if self.state.epoch > 0
+            else "nothing was saved (no epoch ended with a finite loss)"
+        )
+        raise NonFiniteError(
+            f"training diverged: the loss is {value} at step {step} (epoch {epoch}); the "
+            f"likely cause is the learning rate (train.lr={self.cfg.train.lr:g}): lower it "
+            f"and train again; {kept}"
+        )
 
     def _finish(self) -> TrainResult:
         selection = self.run.read_selection()
@@ -640,6 +675,8 @@ def train(
         ConfigError: If ``run_dir`` holds another run, or on a bad configuration.
         DataError: On bad input data.
         CheckpointError: On a broken checkpoint.
+        NonFiniteError: If the loss became NaN or infinite (the diverged epoch is not
+            saved; the last finite checkpoint is kept).
     """
     run = RunDirectory(run_dir)
     cfg = resolve_run_paths(cfg)  # recorded absolute: the run works from any folder
