@@ -47,6 +47,24 @@ BEST_NAME = "best"
 CHECKPOINTS_NAME = "checkpoints"
 SELECTION_NAME = "selection.json"
 
+LOCK_NAME = ".train.lock"
+# Names a run (or ``mmsparse evaluate``) writes in its folder; hidden temporary files of
+# atomic writes (``.NAME.*.tmp``, ``.best.tmp-*``) too.
+RUN_ENTRIES = frozenset(
+    {
+        CONFIG_NAME,
+        METRICS_NAME,
+        FINAL_NAME,
+        CURVES_NAME,
+        BEST_NAME,
+        f"{BEST_NAME}.old",
+        CHECKPOINTS_NAME,
+        LOCK_NAME,
+    }
+)
+# The top-level keys of a saved RunConfig (a run writes every one of them).
+RUN_CONFIG_KEYS = frozenset(RunConfig().to_dict())
+
 # Config keys that may differ between the sessions of a resumed run.
 RESUME_FREE_KEYS = ("train.progress", "train.plot", "train.compile", "train.log_every")
 
@@ -117,6 +135,39 @@ class RunDirectory:
 
     # -- starting ---------------------------------------------------------------------
 
+    def check_writable(self) -> None:
+        """Refuse a folder that holds files no run wrote (before anything is written).
+
+        Fine: a missing or empty folder, a run folder (its ``config.json`` is a run's and
+        it has a checkpoint or a model; files the user added there are left alone), or a
+        folder holding only names a run writes (a start that failed early).
+
+        Raises:
+            ConfigError: Naming the folder and the first files that are not a run's.
+        """
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise ConfigError(f"{self.path}: not a folder; choose another --out")
+        run_config = _is_run_config(self.config_path)
+        if run_config and self.has_progress():
+            return
+        foreign = [
+            name
+            for name in sorted(p.name for p in self.path.iterdir())
+            if not _written_by_a_run(name) or (name == CONFIG_NAME and not run_config)
+        ]
+        if foreign:
+            shown = ", ".join(
+                f"{n} (not a run's config)" if n == CONFIG_NAME else n for n in foreign[:3]
+            )
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            raise ConfigError(
+                f"{self.path}: holds files no mmsparse run wrote ({shown}{more}); train into "
+                "a new or empty folder (--out) or an existing run's folder (nothing was "
+                "written)"
+            )
+
     def prepare(self, cfg: RunConfig, resume: bool) -> RunConfig:
         """Create the directory, or check it for resuming; returns the config to use.
 
@@ -151,7 +202,12 @@ class RunDirectory:
         return cfg
 
     def start(self, cfg: RunConfig, resume: bool) -> RunConfig:
-        """:meth:`prepare`, and without ``resume`` drop any earlier checkpoints."""
+        """Open the folder for a run: check it, prepare it, drop old checkpoints if new.
+
+        :meth:`check_writable`, then :meth:`prepare`; without ``resume`` any earlier
+        checkpoints are removed.
+        """
+        self.check_writable()
         cfg = self.prepare(cfg, resume)
         if not resume and self.checkpoints_dir.exists():
             shutil.rmtree(self.checkpoints_dir)
@@ -229,6 +285,25 @@ class RunDirectory:
         from mmsparse.train.curves import plot_curves
 
         return plot_curves(self.metrics_path, self.curves_path)
+
+
+def _written_by_a_run(name: str) -> bool:
+    """Whether a folder entry has a name a run writes (see ``RUN_ENTRIES``)."""
+    return (
+        name in RUN_ENTRIES
+        or (name.startswith("eval_") and name.endswith(".json"))  # mmsparse evaluate
+        or name.startswith(f".{BEST_NAME}.tmp-")
+        or (name.startswith(".") and name.endswith(".tmp"))
+    )
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is a config a run saved (a JSON object of every RunConfig group)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and set(data) == RUN_CONFIG_KEYS
 
 
 def has_progress(run_dir: str | Path) -> bool:
