@@ -75,3 +75,121 @@ def test_empty_missing_and_run_folders_are_fine(tmp_path, tiny_store):
     (run / "trec").mkdir()
     res = train(_cfg(), run, store=tiny_store, resume=True)
     assert res.epochs_run == 1 and (run / "notes.txt").read_text() == "good run\n"
+
+
+_HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_folder_another_training_holds_is_refused(tmp_path, tiny_store):
+    run = tmp_path / "r"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(run / ".train.lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=rf"{run}: another training is writing this run"):
+            train(_cfg(), run, store=tiny_store)
+        assert not (run / "config.json").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    # the holder has exited (as after a crash or kill -9): the folder is free again
+    assert train(_cfg(), run, store=tiny_store).epochs_run == 1
+    assert not (run / ".train.lock").exists()  # removed when the training ends
+
+
+_FIRST = """
+import pathlib, sys, time
+import mmsparse.train.trainer as T
+from mmsparse.config import load_config
+from mmsparse.train.callbacks import Callback, default_callbacks
+
+gate = pathlib.Path(sys.argv[3])
+
+
+class Wait(Callback):
+    def on_epoch_end(self, trainer, epoch, record, val):
+        if epoch == 2:  # epoch 1 is checkpointed: the folder holds a run in progress
+            print("waiting", flush=True)
+            while not gate.exists():
+                time.sleep(0.01)
+
+
+T.default_callbacks = lambda trainer: [*default_callbacks(trainer), Wait()]
+T.train(load_config(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_two_trainings_into_one_folder_at_once(tmp_path, tiny_release):
+    """The second (here a --resume) gets a one-line error; the first's records agree."""
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "data": {"path": str(tiny_release), "bundle": str(tiny_release / "bundle")},
+                "model": {"dense_dim": 16},
+                "objective": {"q_reg": 1e-3, "d_reg": 1e-3},
+                "train": {
+                    "epochs": 4,
+                    "batch_size": 32,
+                    "lr": 3e-3,
+                    "patience": 0,
+                    "progress": False,
+                    "plot": False,
+                },
+            }
+        )
+    )
+    run, gate = tmp_path / "run", tmp_path / "go"
+    first = subprocess.Popen(
+        [sys.executable, "-c", _FIRST, str(cfg), str(run), str(gate)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stdout.readline().strip() == "waiting", first.stderr.read()
+        resume = ["train", "--config", str(cfg), "--out", str(run), "--resume"]
+        second = subprocess.run(
+            [sys.executable, "-m", "mmsparse", *resume], capture_output=True, text=True
+        )
+    finally:
+        gate.touch()
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 2, second.stderr
+    assert (
+        second.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"mmsparse: error: {run}: another training is writing this run folder")
+    )
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["type"], r["epoch"]) for r in records] == [
+        (kind, e) for e in range(1, 5) for kind in ("train", "val")
+    ]
+    final = json.loads((run / "final.json").read_text())
+    best = [r for r in records if r["type"] == "val" and r["epoch"] == final["best_epoch"]]
+    assert best[0]["t2i/sparse/R@1"] == final["best_metric"]
+
+
+def test_a_lock_file_left_by_kill_9_does_not_block_a_moved_run(tmp_path, tiny_store):
+    run = tmp_path / "r"
+    train(_cfg(), run, store=tiny_store)
+    (run / ".train.lock").write_text("pid 999999 on elsewhere\n")  # what kill -9 leaves
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    cfg = _cfg("train.epochs=2")
+    with pytest.raises(ConfigError, match=r"different config \(keys train.epochs\)"):
+        train(cfg, moved, store=tiny_store, resume=True)  # reached the resume checks
+    assert train(_cfg(), moved, store=tiny_store, resume=True).epochs_run == 1
+    assert not (moved / ".train.lock").exists()

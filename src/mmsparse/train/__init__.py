@@ -4,6 +4,7 @@ from mmsparse.train.callbacks import Callback, MetricsLog, ModelSelection, Progr
 from mmsparse.train.distributed import DistContext, gather_with_grad, is_main_process
 from mmsparse.train.run_dir import (
     RunDirectory,
+    RunLock,
     has_progress,
     resume_config,
     resume_conflicts,
@@ -25,6 +26,7 @@ __all__ = [
     "ModelSelection",
     "ProgressBars",
     "RunDirectory",
+    "RunLock",
     "StepTerms",
     "TrainResult",
     "Trainer",

@@ -12,13 +12,22 @@ The layout (``mmsparse.runs`` reads it)::
 :class:`RunDirectory` names these files and does every write of a run to them; the
 functions below answer questions about a run directory without opening it for writing
 (``bench frontier`` asks :func:`resume_conflicts` before it trains anything).
+
+One training at a time: while a run trains, rank 0 holds an exclusive ``fcntl.flock`` on
+``RUN_DIR/.train.lock`` (:class:`RunLock`); a second training into the same folder stops
+with a one-line error. The operating system releases the lock when the process ends, even
+by ``kill -9``, so a killed run resumes at once; the file is removed when the training
+ends and travels harmlessly with a folder that is moved.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -69,6 +78,95 @@ RUN_CONFIG_KEYS = frozenset(RunConfig().to_dict())
 RESUME_FREE_KEYS = ("train.progress", "train.plot", "train.compile", "train.log_every")
 
 
+class RunLock:
+    """An exclusive lock on a run folder for the lifetime of one training.
+
+    ``fcntl.flock`` on ``RUN_DIR/.train.lock``, taken without waiting; the lock file says
+    who holds it (process id and host). Released by :meth:`release` (which removes the
+    file) or by the operating system when the process ends. Where ``fcntl`` or ``flock``
+    is unavailable (another OS, some network file systems) training goes on unlocked, with
+    a warning.
+
+    Args:
+        folder: The run folder (it must exist).
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock.
+
+        Raises:
+            ConfigError: If another training holds it (naming the folder and the holder).
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            logger.warning("%s: no file locking on this system; not locked", self.folder)
+            return
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _read_holder(fd)
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise ConfigError(
+                        f"{self.folder}: another training is writing this run folder"
+                        f"{f' ({holder})' if holder else ''}; wait for it to end, or train "
+                        "into another --out"
+                    ) from None
+                logger.warning("%s: cannot lock the run folder (%s); not locked", self.folder, exc)
+                return
+            # The last holder removes the file when it ends: make sure the file we locked
+            # is still the one at the path (else lock the new one).
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and os.path.samestat(os.fstat(fd), current):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the lock file and let the lock go (no-op when not held)."""
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:  # the folder was moved or the file removed meanwhile
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    """What the lock file says of its holder (empty if unreadable)."""
+    try:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
 class RunDirectory:
     """The files of one run directory, and every write a training makes to them.
 
@@ -81,6 +179,7 @@ class RunDirectory:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock: RunLock | None = None
 
     def __repr__(self) -> str:
         return f"RunDirectory({str(self.path)!r})"
@@ -204,14 +303,33 @@ class RunDirectory:
     def start(self, cfg: RunConfig, resume: bool) -> RunConfig:
         """Open the folder for a run: check it, prepare it, drop old checkpoints if new.
 
-        :meth:`check_writable`, then :meth:`prepare`; without ``resume`` any earlier
-        checkpoints are removed.
+        :meth:`check_writable`, then the folder is created and locked for this training
+        (:class:`RunLock`, held until :meth:`close`), then :meth:`prepare`; without
+        ``resume`` any earlier checkpoints are removed.
+
+        Raises:
+            ConfigError: If the folder holds files no run wrote, another training holds
+                it, or :meth:`prepare` refuses it.
         """
         self.check_writable()
-        cfg = self.prepare(cfg, resume)
-        if not resume and self.checkpoints_dir.exists():
-            shutil.rmtree(self.checkpoints_dir)
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(self.path)
+        lock.acquire()
+        self._lock = lock
+        try:
+            cfg = self.prepare(cfg, resume)
+            if not resume and self.checkpoints_dir.exists():
+                shutil.rmtree(self.checkpoints_dir)
+        except BaseException:
+            self.close()
+            raise
         return cfg
+
+    def close(self) -> None:
+        """Release the folder's lock taken by :meth:`start` (no-op when none)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def repair(self) -> None:
         """Undo a swap of ``best/`` that a kill interrupted (before resuming)."""

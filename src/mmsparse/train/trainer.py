@@ -238,13 +238,13 @@ class Trainer:
         self,
         cfg: RunConfig,
         store: FeatureStore,
-        run_dir: str | Path,
+        run_dir: str | Path | RunDirectory,
         dist_ctx: DistContext | None = None,
         callbacks: list[Callback] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
-        self.run = RunDirectory(run_dir)
+        self.run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
         self.dist = dist_ctx if dist_ctx is not None else current_context()
         self.select_metric = selection_metric(cfg)
         self.device = resolve_device(rank_device(cfg.train.device, self.dist))
@@ -683,11 +683,13 @@ def train(
     ctx, created = setup(cfg.train.device)
     try:
         torch.manual_seed(cfg.train.seed)
+        # Rank 0 checks, locks (until the end) and prepares the folder; it alone writes.
         cfg = ctx.run_on_main(lambda: run.start(cfg, resume))
         store = store if store is not None else load_feature_store(cfg.data)
-        trainer = Trainer(cfg, store, run.path, dist_ctx=ctx)
+        trainer = Trainer(cfg, store, run, dist_ctx=ctx)
         if resume:
             trainer.restore()
         return trainer.fit()
     finally:
+        run.close()
         teardown(created)
