@@ -193,3 +193,47 @@ def test_a_lock_file_left_by_kill_9_does_not_block_a_moved_run(tmp_path, tiny_st
         train(cfg, moved, store=tiny_store, resume=True)  # reached the resume checks
     assert train(_cfg(), moved, store=tiny_store, resume=True).epochs_run == 1
     assert not (moved / ".train.lock").exists()
+
+
+def _disk_full(kind):
+    if kind == "oserror":
+        import errno
+        import os
+
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    from safetensors import SafetensorError
+
+    return SafetensorError(
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+        'space left on device" })'
+    )
+
+
+@pytest.mark.parametrize("kind", ["oserror", "safetensors"])
+@pytest.mark.parametrize("fail_at", [1, 2])  # best/ of epoch 1, its checkpoint
+def test_disk_full_while_saving_is_one_line_and_the_run_resumes(
+    tmp_path, tiny_store, monkeypatch, kind, fail_at
+):
+    import safetensors.torch
+
+    from mmsparse.errors import CheckpointError
+
+    real, calls = safetensors.torch.save_file, {"n": 0}
+
+    def full(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise _disk_full(kind)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    run = tmp_path / "r"
+    cfg = _cfg("train.epochs=2")
+    with pytest.raises(CheckpointError) as err:
+        train(cfg, run, store=tiny_store)
+    message = str(err.value)
+    assert "\n" not in message and "no space left on device" in message.lower()
+    assert str(run) in message and "--resume" in message
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    res = train(cfg, run, store=tiny_store, resume=True)
+    assert res.epochs_run == 2 and (run / "best" / "model.safetensors").is_file()

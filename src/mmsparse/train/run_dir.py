@@ -22,6 +22,7 @@ ends and travels harmlessly with a folder that is moved.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -29,13 +30,14 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmsparse.config import RunConfig, config_from_dict, save_config
-from mmsparse.errors import CheckpointError, ConfigError
+from mmsparse.errors import CheckpointError, ConfigError, MMSparseError
 from mmsparse.io_utils import atomic_write_json, make_public_dir
 from mmsparse.train.checkpoint import (
     TrainerState,
@@ -159,6 +161,20 @@ class RunLock:
         self.release()
 
 
+def _write_failure(exc: BaseException) -> str | None:
+    """Why a write failed, in a few words (``None``: not a write failure)."""
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOSPC:
+            return "no space left on device"
+        return " ".join(str(exc.strerror or exc).split())
+    if type(exc).__name__ == "SafetensorError":  # safetensors' writer (no OSError subclass)
+        text = str(exc)
+        if "code: 28" in text or "StorageFull" in text:
+            return "no space left on device"
+        return " ".join(text.split())[:200]
+    return None
+
+
 def _read_holder(fd: int) -> str:
     """What the lock file says of its holder (empty if unreadable)."""
     try:
@@ -280,8 +296,9 @@ class RunDirectory:
         saved = self.config_path
         if saved.is_file() and not self.has_progress():
             logger.info("%s holds no completed checkpoint; starting the run afresh", self.path)
-            save_config(cfg, saved)
-            truncate_log(self.metrics_path, 0)
+            with self.writing(CONFIG_NAME):
+                save_config(cfg, saved)
+                truncate_log(self.metrics_path, 0)
             return cfg
         if saved.is_file():
             if not resume:
@@ -296,8 +313,9 @@ class RunDirectory:
                     f"resume with the run's own config"
                 )
             return cfg
-        self.path.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, saved)
+        with self.writing(CONFIG_NAME):
+            self.path.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, saved)
         return cfg
 
     def start(self, cfg: RunConfig, resume: bool) -> RunConfig:
@@ -348,8 +366,13 @@ class RunDirectory:
     def save_state(
         self, state: TrainerState, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     ) -> Path:
-        """Write the epoch's checkpoint (the previous one stays until it is complete)."""
-        return save_checkpoint(self.checkpoints_dir, state, model, optimizer)
+        """Write the epoch's checkpoint (the previous one stays until it is complete).
+
+        Raises:
+            CheckpointError: If it cannot be written (a full disk, say), in one line.
+        """
+        with self.writing("the checkpoint"):
+            return save_checkpoint(self.checkpoints_dir, state, model, optimizer)
 
     def save_best(
         self,
@@ -366,11 +389,16 @@ class RunDirectory:
             selection: Written as ``best/selection.json`` (epoch, metric, validation).
             vocab_tokens: Term names saved beside the weights.
             extra: More fields of ``model.json``.
+
+        Raises:
+            CheckpointError: If it cannot be written (a full disk, say), in one line; the
+                previous ``best/`` stays (a partial copy is removed on resume).
         """
-        tmp = make_public_dir(tempfile.mkdtemp(prefix=".best.tmp-", dir=self.path))
-        model.save_pretrained(tmp, vocab_tokens=vocab_tokens, extra=extra)
-        atomic_write_json(tmp / SELECTION_NAME, selection)
-        swap_in_directory(tmp, self.best_dir)
+        with self.writing("the selected model (best/)"):
+            tmp = make_public_dir(tempfile.mkdtemp(prefix=".best.tmp-", dir=self.path))
+            model.save_pretrained(tmp, vocab_tokens=vocab_tokens, extra=extra)
+            atomic_write_json(tmp / SELECTION_NAME, selection)
+            swap_in_directory(tmp, self.best_dir)
 
     def read_selection(self) -> dict[str, Any]:
         """``best/selection.json``.
@@ -387,22 +415,50 @@ class RunDirectory:
 
     def truncate_metrics(self, last_epoch: int) -> None:
         """Keep the ``metrics.jsonl`` records of epochs ``<= last_epoch`` (resume)."""
-        truncate_log(self.metrics_path, last_epoch)
+        with self.writing(METRICS_NAME):
+            truncate_log(self.metrics_path, last_epoch)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         """Append one record to ``metrics.jsonl``."""
-        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+        with self.writing(METRICS_NAME), open(self.metrics_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
     def write_final(self, summary: dict[str, Any]) -> None:
         """Write ``final.json`` (atomically)."""
-        atomic_write_json(self.final_path, summary)
+        with self.writing(FINAL_NAME):
+            atomic_write_json(self.final_path, summary)
 
     def plot(self) -> Path | None:
         """Draw ``curves.png`` from ``metrics.jsonl`` (``None`` without matplotlib)."""
         from mmsparse.train.curves import plot_curves
 
-        return plot_curves(self.metrics_path, self.curves_path)
+        with self.writing(CURVES_NAME):
+            return plot_curves(self.metrics_path, self.curves_path)
+
+    @contextlib.contextmanager
+    def writing(self, what: str) -> Iterator[None]:
+        """Turn a failed write (a full disk, no permission) into a one-line error.
+
+        ``OSError`` and safetensors' ``SafetensorError`` become a
+        :class:`~mmsparse.errors.CheckpointError` naming the folder, what was being
+        written and why, and how to continue (completed epochs are kept: every write of
+        a run is atomic).
+
+        Args:
+            what: What is written (named in the error).
+        """
+        try:
+            yield
+        except MMSparseError:
+            raise
+        except Exception as exc:
+            reason = _write_failure(exc)
+            if reason is None:
+                raise
+            raise CheckpointError(
+                f"{self.path}: cannot write {what} ({reason}); completed epochs are kept: "
+                f"make room, then continue with 'mmsparse train --resume --out {self.path}'"
+            ) from exc
 
 
 def _written_by_a_run(name: str) -> bool:
