@@ -237,3 +237,24 @@ def test_disk_full_while_saving_is_one_line_and_the_run_resumes(
     monkeypatch.setattr(safetensors.torch, "save_file", real)
     res = train(cfg, run, store=tiny_store, resume=True)
     assert res.epochs_run == 2 and (run / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "path,names",
+    [
+        ("{tmp}/no-such-data", ["--set data.path="]),
+        ("${{MMSPARSE_FLICKR8K:-{tmp}/no-such-data}}", ["MMSPARSE_FLICKR8K", "--set data.path="]),
+        ("", ["--set data.path="]),
+    ],
+)
+def test_a_missing_data_folder_names_the_fix(tmp_path, monkeypatch, path, names):
+    from mmsparse.errors import DataError
+
+    monkeypatch.delenv("MMSPARSE_FLICKR8K", raising=False)
+    cfg = _cfg(f"data.path={path.format(tmp=tmp_path)}")
+    with pytest.raises(DataError) as err:
+        train(cfg, tmp_path / "r")
+    message = str(err.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message, message

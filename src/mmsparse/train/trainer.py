@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ import torch
 
 from mmsparse.config import EvalConfig, RunConfig
 from mmsparse.data.store import FeatureStore, load_feature_store
-from mmsparse.errors import NonFiniteError
+from mmsparse.errors import DataError, NonFiniteError
 from mmsparse.evaluate.retrieval import EncodedSplit, EvalResult, encode_split, evaluate_encoded
 from mmsparse.losses import Objective, StepInputs, method_spec
 from mmsparse.model.model import SparseDenseModel
@@ -652,6 +653,24 @@ class Trainer:
         return result
 
 
+def _check_data_path(written: str, path: str, resume: bool) -> None:
+    """A missing ``data.path`` as a one-line error that names the fix.
+
+    Raises:
+        DataError: If ``data.path`` is unset or not a folder.
+    """
+    if resume:
+        fix = "put the features back there (a resumed run keeps its data.path)"
+    else:
+        names = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", written)
+        via = "".join(f"set {name}=DIR or " for name in dict.fromkeys(names))
+        fix = f"{via}pass --set data.path=DIR (a folder of feature files)"
+    if not path:
+        raise DataError(f"data.path is not set: {fix}")
+    if not Path(path).is_dir():
+        raise DataError(f"{path}: dataset directory not found (data.path); {fix}")
+
+
 def train(
     cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, store: FeatureStore | None = None
 ) -> TrainResult:
@@ -679,13 +698,16 @@ def train(
             saved; the last finite checkpoint is kept).
     """
     run = RunDirectory(run_dir)
+    written = cfg.data.path  # as the config has it (names the variables it reads)
     cfg = resolve_run_paths(cfg)  # recorded absolute: the run works from any folder
     ctx, created = setup(cfg.train.device)
     try:
         torch.manual_seed(cfg.train.seed)
         # Rank 0 checks, locks (until the end) and prepares the folder; it alone writes.
         cfg = ctx.run_on_main(lambda: run.start(cfg, resume))
-        store = store if store is not None else load_feature_store(cfg.data)
+        if store is None:
+            _check_data_path(written, cfg.data.path, resume)
+            store = load_feature_store(cfg.data)
         trainer = Trainer(cfg, store, run, dist_ctx=ctx)
         if resume:
             trainer.restore()
