@@ -247,14 +247,31 @@ def test_disk_full_while_saving_is_one_line_and_the_run_resumes(
         ("", ["--set data.path="]),
     ],
 )
-def test_a_missing_data_folder_names_the_fix(tmp_path, monkeypatch, path, names):
-    from mmsparse.errors import DataError
+def test_a_missing_data_folder_names_the_fix(tmp_path, monkeypatch, capsys, path, names):
+    from mmsparse.cli.main import main
 
     monkeypatch.delenv("MMSPARSE_FLICKR8K", raising=False)
-    cfg = _cfg(f"data.path={path.format(tmp=tmp_path)}")
-    with pytest.raises(DataError) as err:
-        train(cfg, tmp_path / "r")
-    message = str(err.value)
-    assert "\n" not in message
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"data": {"path": path.format(tmp=tmp_path)}}))
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("mmsparse: error: ")
     for name in names:
-        assert name in message, message
+        assert name in lines[-1], lines[-1]
+    # resuming the failed start: the same fix
+    assert main(["train", "--out", str(tmp_path / "r"), "--resume"]) == 2
+    assert "--set data.path=" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_resumed_run_whose_data_moved_says_to_put_it_back(tmp_path, tiny_release, capsys):
+    from mmsparse.cli.main import main
+
+    cfg = tmp_path / "cfg.json"
+    data = {"path": str(tiny_release), "bundle": str(tiny_release / "bundle")}
+    cfg.write_text(json.dumps({"data": data, "model": {"dense_dim": 16}, "train": {"epochs": 1}}))
+    out = str(tmp_path / "r")
+    assert main(["train", "--config", str(cfg), "--out", out, "--set", "train.progress=false"]) == 0
+    tiny_release.rename(tmp_path / "elsewhere")
+    assert main(["train", "--out", out, "--resume"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "dataset directory not found" in last and "put the features back" in last

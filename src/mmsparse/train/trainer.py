@@ -49,7 +49,7 @@ import torch
 
 from mmsparse.config import EvalConfig, RunConfig
 from mmsparse.data.store import FeatureStore, load_feature_store
-from mmsparse.errors import DataError, NonFiniteError
+from mmsparse.errors import ConfigError, NonFiniteError
 from mmsparse.evaluate.retrieval import EncodedSplit, EvalResult, encode_split, evaluate_encoded
 from mmsparse.losses import Objective, StepInputs, method_spec
 from mmsparse.model.model import SparseDenseModel
@@ -653,22 +653,32 @@ class Trainer:
         return result
 
 
-def _check_data_path(written: str, path: str, resume: bool) -> None:
-    """A missing ``data.path`` as a one-line error that names the fix.
+def missing_data_fix(
+    cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False
+) -> str | None:
+    """How to point ``mmsparse train`` at its features when ``data.path`` is missing.
 
-    Raises:
-        DataError: If ``data.path`` is unset or not a folder.
+    Args:
+        cfg: The config as given (its ``data.path`` unresolved, so the environment
+            variables it reads can be named).
+        run_dir: The run directory (``--out``).
+        resume: Resuming: a run with progress keeps its recorded ``data.path``.
+
+    Returns:
+        The fix in a few words, or ``None`` when ``data.path`` is a folder.
     """
-    if resume:
-        fix = "put the features back there (a resumed run keeps its data.path)"
-    else:
-        names = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", written)
-        via = "".join(f"set {name}=DIR or " for name in dict.fromkeys(names))
-        fix = f"{via}pass --set data.path=DIR (a folder of feature files)"
-    if not path:
-        raise DataError(f"data.path is not set: {fix}")
-    if not Path(path).is_dir():
-        raise DataError(f"{path}: dataset directory not found (data.path); {fix}")
+    written = cfg.data.path
+    try:
+        path = resolve_run_paths(cfg).data.path
+    except ConfigError:  # an unset variable: that error names it already
+        return None
+    if path and Path(path).is_dir():
+        return None
+    if resume and run_dir is not None and has_progress(run_dir):
+        return "put the features back there (a resumed run keeps its data.path)"
+    names = dict.fromkeys(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", written))
+    via = "".join(f"set {name}=DIR or " for name in names)
+    return f"{via}pass --set data.path=DIR (a folder of feature files)"
 
 
 def train(
@@ -698,16 +708,13 @@ def train(
             saved; the last finite checkpoint is kept).
     """
     run = RunDirectory(run_dir)
-    written = cfg.data.path  # as the config has it (names the variables it reads)
     cfg = resolve_run_paths(cfg)  # recorded absolute: the run works from any folder
     ctx, created = setup(cfg.train.device)
     try:
         torch.manual_seed(cfg.train.seed)
         # Rank 0 checks, locks (until the end) and prepares the folder; it alone writes.
         cfg = ctx.run_on_main(lambda: run.start(cfg, resume))
-        if store is None:
-            _check_data_path(written, cfg.data.path, resume)
-            store = load_feature_store(cfg.data)
+        store = store if store is not None else load_feature_store(cfg.data)
         trainer = Trainer(cfg, store, run, dist_ctx=ctx)
         if resume:
             trainer.restore()
