@@ -32,6 +32,7 @@ import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError, MMSparseError, require_extra
 from mmsparse.index.dense import load_dense, search_dense, write_dense
+from mmsparse.index.hits import check_queries
 from mmsparse.index.inverted import POSTINGS_NAME, InvertedIndex, SearchHits, write_postings
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class InvertedEngine:
         if mode != "sparse" and self.dense is not None and mode in SEARCH_MODES:
             if dense is None:
                 raise MMSparseError(f"--mode {mode} needs the queries' dense vectors")
-            q = self.index._check_query(sparse) if mode == "hybrid" else None
+            q = check_queries(sparse, self.vocab_size, "the index") if mode == "hybrid" else None
             return search_dense(
                 self.dense, dense, k, mode=mode, index=self.index, sparse=q, w1=self.w1, w2=self.w2
             )
