@@ -115,7 +115,7 @@ def write_postings(
         "payload_bytes": payload_bytes,
         "payload_sha256": digest.hexdigest(),
     }
-    header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
+    header_bytes = json.dumps(header, sort_keys=True, allow_nan=False).encode("utf-8")
     prefix = _PREFIX.pack(
         MAGIC, FORMAT_VERSION, len(header_bytes), hashlib.sha256(header_bytes).digest()
     )
