@@ -51,9 +51,10 @@ class ToyEngine(Engine):
     search_params = (Param("boost", float, 1.0, "multiplies every score", positive=True),)
 
     @classmethod
-    def _build(cls, directory, sparse, dense, *, build, search, quantize, image_ids, progress):
-        sp.save_npz(directory / "toy.npz", (sparse * build["scale"]).tocsr())
-        return {"file": "toy.npz", "scale": build["scale"], "search": search}
+    def _build(cls, directory, request):
+        scale = request.build["scale"]
+        sp.save_npz(directory / "toy.npz", (request.sparse * scale).tocsr())
+        return {"file": "toy.npz", "scale": scale, "search": request.search}
 
     def _load(self):
         self.docs = sp.load_npz(self.directory / "toy.npz").tocsr()
@@ -206,7 +207,7 @@ def test_registering_a_broken_engine_is_refused():
         name = "nosearch"
 
         @classmethod
-        def _build(cls, directory, sparse, dense, **kw):
+        def _build(cls, directory, request):
             return {}
 
         def _load(self):

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError, MMSparseError
 from mmsparse.index.encode import encode_vectors
-from mmsparse.index.engines import Engine, all_engines, get_engine
+from mmsparse.index.engines import DEFAULT_ENGINE, Engine, all_engines, get_engine
 from mmsparse.index.manifest import (
     DOCS_NAME,
     MANIFEST_NAME,
@@ -200,7 +200,7 @@ def build_index(
     out: str | Path,
     *,
     split: str = "val",
-    engine: str = "inverted",
+    engine: str = DEFAULT_ENGINE,
     data: str | Path | None = None,
     image_topk: int | None = None,
     threshold: float | None = None,

@@ -14,14 +14,16 @@ Building, opening and searching go through the class::
     hits = engine.search_batch(queries, 10, query_cut=10)
 
 Adding an engine is adding one file here: a module with a registered :class:`Engine`
-subclass that declares its name, capabilities and parameters and implements ``_build``,
-``_load`` and ``_search`` (see :mod:`mmsparse.index.engines._base`).
+subclass that declares its name, capabilities and parameters and implements
+``_build(directory, request)``, ``_load()`` and ``_search(query)`` (see
+:mod:`mmsparse.index.engines._base`).
 """
 
 from mmsparse.index.engines._base import (
     CAPABILITIES,
     DEFAULT_ENGINE,
     SEARCH_MODES,
+    BuildRequest,
     Engine,
     Param,
     Query,
@@ -38,6 +40,7 @@ __all__ = [
     "CAPABILITIES",
     "DEFAULT_ENGINE",
     "SEARCH_MODES",
+    "BuildRequest",
     "Engine",
     "Param",
     "Query",

@@ -155,6 +155,30 @@ class Param:
 
 
 @dataclass
+class BuildRequest:
+    """A checked build request (what :meth:`Engine._build` receives).
+
+    Attributes:
+        sparse: ``(n, V)`` float32 CSR, finite non-negative weights (dequantised unless the
+            engine ``stores_impacts``).
+        dense: ``(n, dense_dim)`` float32 for engines that hold dense vectors, else ``None``.
+        build: Every build parameter, given or default.
+        search: Every search parameter, given or default (the index's search defaults).
+        quantize: ``none``, or the mode an engine with ``stores_impacts`` applies.
+        image_ids: Image id of every row.
+        progress: Show progress bars.
+    """
+
+    sparse: sp.csr_matrix
+    dense: np.ndarray | None
+    build: dict[str, Any]
+    search: dict[str, Any]
+    quantize: str
+    image_ids: list[str]
+    progress: bool
+
+
+@dataclass
 class Query:
     """A checked search request (what :meth:`Engine._search` receives).
 
@@ -374,32 +398,21 @@ class Engine(ABC):
         cls.require()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        return cls._build(
-            directory,
-            docs,
-            dense,
+        request = BuildRequest(
+            sparse=docs,
+            dense=dense,
             build=build,
             search=search,
             quantize=quantize,
             image_ids=list(image_ids) if image_ids is not None else [str(i) for i in range(n)],
             progress=progress,
         )
+        return cls._build(directory, request)
 
     @classmethod
     @abstractmethod
-    def _build(
-        cls,
-        directory: Path,
-        sparse: sp.csr_matrix,
-        dense: np.ndarray | None,
-        *,
-        build: dict[str, Any],
-        search: dict[str, Any],
-        quantize: str,
-        image_ids: list[str],
-        progress: bool,
-    ) -> dict[str, Any]:
-        """Write the files (checked input, every parameter filled in); the manifest params."""
+    def _build(cls, directory: Path, request: BuildRequest) -> dict[str, Any]:
+        """Write the files of a checked request; returns the parameters for the manifest."""
 
     @classmethod
     def remove_files(cls, directory: str | Path) -> None:

@@ -49,7 +49,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError, MMSparseError, require_extra
-from mmsparse.index.engines._base import Engine, Param, Query, register_engine
+from mmsparse.index.engines._base import BuildRequest, Engine, Param, Query, register_engine
 from mmsparse.index.hits import SearchHits, pack_hits
 from mmsparse.index.quantize import quantize as quantize_docs
 from mmsparse.index.stored import load_stored, save_stored, stored_weights
@@ -216,21 +216,10 @@ class BmpEngine(Engine):
     build_params = (Param("bsize", int, 32, "images per block", minimum=1, maximum=4096),)
 
     @classmethod
-    def _build(
-        cls,
-        directory: Path,
-        sparse: sp.csr_matrix,
-        dense: np.ndarray | None,
-        *,
-        build: dict[str, Any],
-        search: dict[str, Any],
-        quantize: str,
-        image_ids: list[str],
-        progress: bool,
-    ) -> dict[str, Any]:
+    def _build(cls, directory: Path, request: BuildRequest) -> dict[str, Any]:
         """Quantise the (served) float weights to 8-bit impacts and write a bmp index."""
-        impacts, scale = quantize_docs(sparse, "uint8")
-        return write_bmp(directory, impacts, scale, bsize=int(build["bsize"]))
+        impacts, scale = quantize_docs(request.sparse, "uint8")
+        return write_bmp(directory, impacts, scale, bsize=int(request.build["bsize"]))
 
     def _load(self) -> None:
         bmp = _bmp()

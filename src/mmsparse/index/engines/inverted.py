@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError
 from mmsparse.index.dense import DENSE_NAME, load_dense, search_dense, write_dense
-from mmsparse.index.engines._base import Engine, Query, register_engine
+from mmsparse.index.engines._base import BuildRequest, Engine, Query, register_engine
 from mmsparse.index.hits import SearchHits
 from mmsparse.index.inverted import POSTINGS_NAME, InvertedIndex, write_postings
 
@@ -36,22 +35,13 @@ class InvertedEngine(Engine):
     native_live = True
 
     @classmethod
-    def _build(
-        cls,
-        directory: Path,
-        sparse: sp.csr_matrix,
-        dense: np.ndarray | None,
-        *,
-        build: dict[str, Any],
-        search: dict[str, Any],
-        quantize: str,
-        image_ids: list[str],
-        progress: bool,
-    ) -> dict[str, Any]:
-        header = write_postings(directory / POSTINGS_NAME, sparse, quantize_mode=quantize)
+    def _build(cls, directory: Path, request: BuildRequest) -> dict[str, Any]:
+        header = write_postings(
+            directory / POSTINGS_NAME, request.sparse, quantize_mode=request.quantize
+        )
         params = {"file": POSTINGS_NAME, "payload_sha256": header["payload_sha256"]}
-        if dense is not None:
-            params.update(write_dense(directory, dense))
+        if request.dense is not None:
+            params.update(write_dense(directory, request.dense))
         return params
 
     def _load(self) -> None:

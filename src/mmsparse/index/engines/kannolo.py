@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError, MMSparseError, require_extra
-from mmsparse.index.engines._base import Engine, Param, Query, register_engine
+from mmsparse.index.engines._base import BuildRequest, Engine, Param, Query, register_engine
 from mmsparse.index.hits import SearchHits, pack_hits
 from mmsparse.index.stored import load_stored, save_stored, stored_weights
 
@@ -56,21 +56,10 @@ class KannoloEngine(Engine):
     )
 
     @classmethod
-    def _build(
-        cls,
-        directory: Path,
-        sparse: sp.csr_matrix,
-        dense: np.ndarray | None,
-        *,
-        build: dict[str, Any],
-        search: dict[str, Any],
-        quantize: str,
-        image_ids: list[str],
-        progress: bool,
-    ) -> dict[str, Any]:
+    def _build(cls, directory: Path, request: BuildRequest) -> dict[str, Any]:
         """Build and save the graph (document ids = rows) and the stored vectors."""
         kannolo = _kannolo()
-        csr = sp.csr_matrix(sparse, dtype=np.float32)
+        csr = sp.csr_matrix(request.sparse, dtype=np.float32)
         csr.eliminate_zeros()
         csr.sort_indices()
         if csr.nnz == 0:
@@ -80,8 +69,8 @@ class KannoloEngine(Engine):
                 csr.indices.astype(np.int32),
                 csr.data.astype(np.float32),
                 csr.indptr.astype(np.int64),
-                m=int(build["m"]),
-                ef_construction=int(build["ef_construction"]),
+                m=int(request.build["m"]),
+                ef_construction=int(request.build["ef_construction"]),
             )
             index.save(str(directory / KANNOLO_FILE))
         except BaseException as exc:  # a Rust panic is a BaseException
@@ -89,7 +78,12 @@ class KannoloEngine(Engine):
                 raise
             raise MMSparseError(f"kannolo build failed ({type(exc).__name__}: {exc})") from exc
         save_stored(directory / KANNOLO_META, csr)
-        return {"file": KANNOLO_FILE, "meta": KANNOLO_META, "build": build, "search": search}
+        return {
+            "file": KANNOLO_FILE,
+            "meta": KANNOLO_META,
+            "build": request.build,
+            "search": request.search,
+        }
 
     def _load(self) -> None:
         kannolo = _kannolo()

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError, MMSparseError, require_extra
-from mmsparse.index.engines._base import Engine, Param, Query, register_engine
+from mmsparse.index.engines._base import BuildRequest, Engine, Param, Query, register_engine
 from mmsparse.index.hits import SearchHits, pack_hits
 
 MILVUS_DB = "milvus.db"
@@ -136,23 +136,18 @@ class MilvusEngine(Engine):
     )
 
     @classmethod
-    def _build(
-        cls,
-        directory: Path,
-        sparse: sp.csr_matrix,
-        dense: np.ndarray | None,
-        *,
-        build: dict[str, Any],
-        search: dict[str, Any],
-        quantize: str,
-        image_ids: list[str],
-        progress: bool,
-    ) -> dict[str, Any]:
+    def _build(cls, directory: Path, request: BuildRequest) -> dict[str, Any]:
         """Create (replace) the collection.
 
         Returns ``uri``, ``db``, ``collection``, ``dense_index`` (and ``search`` when a
         search default was given).
         """
+        sparse, dense, build, image_ids = (
+            request.sparse,
+            request.dense,
+            request.build,
+            request.image_ids,
+        )
         assert dense is not None  # always_dense
         pymilvus = _pymilvus()
         uri = build["uri"] or None
@@ -165,8 +160,8 @@ class MilvusEngine(Engine):
             "collection": collection,
             "dense_index": dense_index,
         }
-        if any(v is not None for v in search.values()):
-            engine_params["search"] = search
+        if any(v is not None for v in request.search.values()):
+            engine_params["search"] = request.search
         client = _milvus_client(milvus_uri(directory, engine_params))
         try:
             if client.has_collection(collection):
@@ -178,7 +173,7 @@ class MilvusEngine(Engine):
             schema.add_field("sparse", pymilvus.DataType.SPARSE_FLOAT_VECTOR)
             client.create_collection(collection, schema=schema)
             starts = range(0, sparse.shape[0], batch_size)
-            if progress:
+            if request.progress:
                 from tqdm import tqdm
 
                 starts = tqdm(starts, desc="milvus insert", unit="batch", leave=False)

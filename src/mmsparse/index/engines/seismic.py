@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError, require_extra
-from mmsparse.index.engines._base import Engine, Param, Query, register_engine
+from mmsparse.index.engines._base import BuildRequest, Engine, Param, Query, register_engine
 from mmsparse.index.hits import SearchHits, pack_hits
 
 log = logging.getLogger(__name__)
@@ -59,21 +59,11 @@ class SeismicEngine(Engine):
     )
 
     @classmethod
-    def _build(
-        cls,
-        directory: Path,
-        sparse: sp.csr_matrix,
-        dense: np.ndarray | None,
-        *,
-        build: dict[str, Any],
-        search: dict[str, Any],
-        quantize: str,
-        image_ids: list[str],
-        progress: bool,
-    ) -> dict[str, Any]:
+    def _build(cls, directory: Path, request: BuildRequest) -> dict[str, Any]:
         seismic = _seismic()
+        build = dict(request.build)
         threads = int(build.pop("num_threads"))
-        csr = sp.csr_matrix(sparse, dtype=np.float32)
+        csr = sp.csr_matrix(request.sparse, dtype=np.float32)
         csr.sort_indices()
         dataset = seismic.SeismicDataset()
         added = dataset.add_documents_by_id(
@@ -86,7 +76,7 @@ class SeismicEngine(Engine):
             log.warning("seismic: %d images without any term were left out", csr.shape[0] - added)
         index = seismic.SeismicIndex.build_from_dataset(dataset, num_threads=threads, **build)
         index.save(str(directory / SEISMIC_NAME))
-        return {"file": SEISMIC_FILE, "build": build, "search": search}
+        return {"file": SEISMIC_FILE, "build": build, "search": request.search}
 
     def _load(self) -> None:
         seismic = _seismic()
