@@ -324,12 +324,16 @@ class Engine(ABC):
 
     @classmethod
     def split_params(cls, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Checked build parameters ``(build, search)``, each with its defaults filled in."""
+        """Checked build parameters as ``(build, search)``, every default filled in.
+
+        A value of ``None`` stands for the default.
+        """
         names = {p.name for p in cls.search_params}
         build = {p.name: p.default for p in cls.build_params}
         search = {p.name: p.default for p in cls.search_params}
         for key, value in params.items():
-            (search if key in names else build)[key] = value
+            if value is not None:
+                (search if key in names else build)[key] = value
         return build, search
 
     # -- build -------------------------------------------------------------------------
