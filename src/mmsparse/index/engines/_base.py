@@ -1,7 +1,5 @@
 """The engine contract (:class:`Engine`, :class:`Param`) and the registry of engines.
 
-The registry finds every engine of this package.
-
 An engine is one class in one module of :mod:`mmsparse.index.engines`, decorated with
 :func:`register_engine`. The registry imports the modules of the package on first use
 (:func:`discover`), so adding an engine is adding one file; the modules import their
