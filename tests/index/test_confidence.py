@@ -128,8 +128,11 @@ def test_verdict_with_a_calibration_compares_with_its_own_class():
     # ... and unjudged for a class the calibration lacks (2) or a mode it lacks (dense).
     assert assess("red car", 1.0, "sparse", VOCAB, cal).verdict == "confident"
     assert assess("dog", 1.0, "dense", VOCAB, cal).verdict == "confident"
-    # Its known words replace the vocabulary's: 'cat' is a term but no caption word.
-    assert assess("cat", 15.0, "sparse", VOCAB, cal).verdict == "no_match"
+    # Its known words replace the vocabulary's: 'cat' is a term but no caption word; a query
+    # without a known content word has no class to be a percentile of.
+    cat = assess("cat", 15.0, "sparse", VOCAB, cal)
+    assert cat.verdict == "no_match" and cat.percentile is None and cat.threshold is None
+    assert cat.score == 15.0
     # Stricter percentile: flags more.
     strict = _calibration({"1": rng.uniform(10, 20, 4001)}, low_percentile=60.0)
     assert assess("dog", 15.0, "sparse", VOCAB, strict).verdict == "low_confidence"

@@ -44,6 +44,7 @@ from mmsparse.index.confidence import (
     assess,
     calibrate,
     query_words,
+    reference_queries,
 )
 
 log = logging.getLogger(__name__)
@@ -461,6 +462,43 @@ def _compare(
             both = {e.name: _rate((values[e.name] < thr) | words[e.name]) for e in encoded}
             rows.append({"signal": name, "threshold": f"p{p:g} of val captions", "rates": alone})
             rows.append({"signal": name + " + words", "threshold": f"p{p:g}", "rates": both})
+    # The nearest-caption similarity against real queries of the same class (as the
+    # verdict's top-1 rule does): class 1 and 2 references are the calibration's short queries.
+    refs = reference_queries([store.caption_ids[r] for r in calib_rows], ref_texts, vocab, known)
+    class_nn: dict[str, np.ndarray] = {"3+": nearest(ref)}
+    for cls in ("1", "2"):
+        if refs.texts[cls]:
+            class_nn[cls] = nearest(
+                _Encoded(cls, refs.texts[cls], *_encode(searcher, refs.texts[cls]))
+            )
+    nn_values = {e.name: nearest(e) for e in encoded}
+    classes = {e.name: [query_words(t, vocab, known).query_class for t in e.texts] for e in encoded}
+    for p in (1.0, 2.0, 5.0):
+        thr_c = {c: float(np.percentile(v, p)) for c, v in class_nn.items()}
+        flags = {
+            e.name: np.array(
+                [
+                    nn_values[e.name][i] < thr_c.get(c, -np.inf)
+                    for i, c in enumerate(classes[e.name])
+                ],
+                dtype=bool,
+            )
+            for e in encoded
+        }
+        rows.append(
+            {
+                "signal": "dense: mean cosine to the 5 nearest calibration captions, per class",
+                "threshold": f"p{p:g} of real queries of the class",
+                "rates": {e.name: _rate(flags[e.name]) for e in encoded},
+            }
+        )
+        rows.append(
+            {
+                "signal": "dense: nearest captions per class + words",
+                "threshold": f"p{p:g}",
+                "rates": {e.name: _rate(flags[e.name] | words[e.name]) for e in encoded},
+            }
+        )
     # The shipped rule at three percentiles: words + top-1 below the class's percentile.
     for mode in modes:
         for p in (1.0, 2.0, 5.0):

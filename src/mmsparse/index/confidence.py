@@ -389,7 +389,8 @@ class Verdict:
         verdict: ``confident``, ``low_confidence`` or ``no_match``.
         reasons: Why (one line each; empty when confident).
         percentile: Share (%) of real queries of the same class and mode whose top score is
-            lower (``None`` without a calibration for this class and mode, or no hit).
+            lower (``None`` without a calibration for this class and mode, without a hit, or
+            for a query without a known content word: no real query is like it).
         score: The query's top score (``None`` without a hit).
         threshold: The top score below which the verdict is ``low_confidence``.
         query_class: ``1``, ``2`` or ``3+`` known content words.
@@ -487,6 +488,8 @@ def assess(
                 "no word of the query is a known word of this run's vocabulary "
                 f"(unknown: {_listing(qw.unknown)})"
             )
+    if verdict == "no_match":  # no known content word: no class of real queries to compare with
+        threshold = percentile = None
     if verdict == "confident" and top_score is None:
         verdict = "no_match"
         reasons.append("no indexed image shares a term with the query")
