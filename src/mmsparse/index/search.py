@@ -173,6 +173,7 @@ class Searcher:
         self._text_encoder: Any = None
         self.vocab: Any = None
         self.calibration: Any = None
+        self._known: set[int] | None = None  # known words without a calibration
         if load_run:
             self._open_run(run_dir or self.manifest.run_dir)
             self.calibration, note = load_calibration(self.index_dir, self.manifest)
@@ -293,13 +294,13 @@ class Searcher:
     def assess(self, text: str, result: SearchResult) -> Verdict:
         """The verdict on a text query's result (see :mod:`mmsparse.index.confidence`)."""
         top = result.hits[0].score if result.hits else None
-        term_ids = getattr(self.run.model, "term_ids", None) if self.run is not None else None
-        known = None
-        if self.calibration is None and self.vocab is not None and term_ids is not None:
+        if self.calibration is None and self._known is None and self.vocab is not None:
             from mmsparse.index.confidence import vocabulary_word_ids
 
-            known = vocabulary_word_ids(self.vocab, term_ids.cpu().numpy())
-        return assess(text, top, result.mode, self.vocab, self.calibration, known)
+            term_ids = getattr(self.run.model, "term_ids", None)  # the head's terms only
+            ids = None if term_ids is None else term_ids.cpu().numpy()
+            self._known = set(vocabulary_word_ids(self.vocab, ids).tolist())
+        return assess(text, top, result.mode, self.vocab, self.calibration, self._known)
 
     def search_vectors(
         self,
