@@ -19,21 +19,13 @@ from mmsparse.index.manifest import (
     MANIFEST_NAME,
     IndexManifest,
     IndexOptions,
-    file_sha256,
+    run_fingerprint,
     vocab_sha256,
     write_docs,
 )
 from mmsparse.index.quantize import QUANTIZE_MODES, quantize
 
 log = logging.getLogger(__name__)
-
-
-def run_fingerprint(run_dir: str | Path) -> str:
-    """sha256 of the run's selected checkpoint weights (``best/model.safetensors``)."""
-    from mmsparse.model.model import WEIGHTS_NAME
-    from mmsparse.runs import checkpoint_dir
-
-    return file_sha256(checkpoint_dir(run_dir) / WEIGHTS_NAME)
 
 
 def _prepare_out(out: Path) -> None:
@@ -210,6 +202,7 @@ def build_index(
     store_dense: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    calibrate: bool = True,
 ) -> IndexManifest:
     """Index the images of a split with a trained run's sparse (and dense) vectors.
 
@@ -230,6 +223,8 @@ def build_index(
         device: Device to encode on.
         progress: Show progress bars.
         bundle: The backbone bundle directory to use instead of the run's (a moved run).
+        calibrate: Also write the confidence calibration (``confidence.json``, see
+            :mod:`mmsparse.index.confidence`); a failure there is a warning, the index stays.
 
     Returns:
         The :class:`IndexManifest` written to ``out/index.json``.
@@ -271,7 +266,7 @@ def build_index(
             f"{run_dir}: every image vector of split '{split}' is empty after pruning "
             f"(threshold {thr}); nothing to index"
         )
-    return index_vectors(
+    manifest = index_vectors(
         out,
         engine,
         sparse,
@@ -292,3 +287,11 @@ def build_index(
         store_dense=store_dense,
         progress=progress,
     )
+    if calibrate:
+        from mmsparse.index.confidence import calibrate_index
+
+        try:
+            calibrate_index(out, data=data, bundle=bundle, progress=progress)
+        except MMSparseError as exc:
+            log.warning("%s: no confidence calibration (%s)", out, exc)
+    return manifest

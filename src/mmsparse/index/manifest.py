@@ -146,6 +146,18 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def run_fingerprint(run_dir: str | Path) -> str:
+    """sha256 of the run's selected checkpoint weights (``best/model.safetensors``).
+
+    What ``checkpoint_sha256`` records, so that a search refuses an index whose run was
+    retrained.
+    """
+    from mmsparse.model.model import WEIGHTS_NAME
+    from mmsparse.runs import checkpoint_dir
+
+    return file_sha256(checkpoint_dir(run_dir) / WEIGHTS_NAME)
+
+
 def vocab_sha256(tokens: list[str]) -> str:
     """sha256 of the vocabulary terms joined by newlines (hex)."""
     return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
