@@ -82,7 +82,8 @@ def main() -> None:
             np.arange(0, 60, 7), np.arange(40)
         ).tolist()
         eng.close()
-    (HERE / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    rows = [f" {json.dumps(e)}: {json.dumps(v)}" for e, v in expected.items()]
+    (HERE / "expected.json").write_text("{\n" + ",\n".join(rows) + "\n}\n")
 
 
 if __name__ == "__main__":
