@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -125,7 +124,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=host, port=args.port, log_level="warning", access_log=False)
         return 0
     service.close()
-    os.environ[ENV_CONFIG] = json.dumps({**_config(args)})
+    from mmsparse.io_utils import json_text
+
+    os.environ[ENV_CONFIG] = json_text({**_config(args)}, indent=None, what="--config")
     uvicorn.run(
         "mmsparse.serve.app:app_from_env",
         factory=True,
@@ -156,7 +157,9 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     if args.json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        from mmsparse.io_utils import json_text
+
+        sys.stdout.write(json_text(report, what="stdout") + "\n")
     else:
         for r in report["runs"]:
             print(

@@ -33,6 +33,7 @@ escaping (:func:`feature_name`).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def write_anserini(
             "contents": filenames[i],
             "vector": _vector_dict(qdocs, i, terms, integer=True, escape=False),
         }
-        lines.append(json.dumps(doc, ensure_ascii=False))
+        lines.append(json.dumps(doc, ensure_ascii=False, allow_nan=False))
     atomic_write_text(out / "collection" / "part-00000.jsonl", "\n".join(lines) + "\n")
     qlines = []
     for i, qid in enumerate(query_ids):
@@ -199,14 +200,16 @@ def write_bulk(
     """Write ``mapping.json``, ``bulk.ndjson`` and ``example_query.json``."""
     lines = []
     for i, image_id in enumerate(image_ids):
-        lines.append(json.dumps({"index": {"_index": index_name, "_id": image_id}}))
+        lines.append(
+            json.dumps({"index": {"_index": index_name, "_id": image_id}}, allow_nan=False)
+        )
         doc = {
             "image_id": image_id,
             "filename": filenames[i],
             "sparse": _vector_dict(sparse, i, terms, integer=False, escape=True),
             "dense": [round(float(x), 6) for x in dense[i]],
         }
-        lines.append(json.dumps(doc, ensure_ascii=False))
+        lines.append(json.dumps(doc, ensure_ascii=False, allow_nan=False))
     atomic_write_json(out / "mapping.json", index_body(fmt, dense.shape[1]))
     atomic_write_text(out / "bulk.ndjson", "\n".join(lines) + "\n")
     files = ["mapping.json", "bulk.ndjson"]
@@ -270,6 +273,12 @@ def export_run(
         raise MMSparseError(f"unknown export format {fmt!r} (one of {', '.join(EXPORT_FORMATS)})")
     if quantize not in ("uint8", "uint16"):
         raise MMSparseError(f"anserini impacts are uint8 or uint16, not {quantize!r}")
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise MMSparseError(f"--threshold must be a finite number >= 0, got {threshold}")
+    if image_topk is not None and image_topk < 1:
+        raise MMSparseError(f"--image-topk must be >= 1, got {image_topk}")
+    if text_topk is not None and text_topk < 1:
+        raise MMSparseError(f"--text-topk must be >= 1, got {text_topk}")
     run = load_run(run_dir)
     store = load_run_data(run, data, bundle)
     sp_ = store.split(split)

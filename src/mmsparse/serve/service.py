@@ -38,12 +38,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import MMSparseError
+from mmsparse.index.engines import SEARCH_MODES
 from mmsparse.index.search import MAX_QUERY_PIECES, Searcher, SearchResult, cap_query
 
 log = logging.getLogger(__name__)
 
 ENCODER_MODES = ("batch", "threads")
-SEARCH_MODES = ("sparse", "dense", "hybrid")
 
 
 class BadRequest(MMSparseError):
@@ -290,15 +290,15 @@ class SearchService:
             raise MMSparseError(f"unknown encoder mode {encoder!r} (batch or threads)")
         self.limits = limits or ServeLimits()
         self.encoder_mode = encoder
-        self.searcher = Searcher(index_dir, run_dir=run_dir, data=data, bundle=bundle)
+        # An injected text encoder replaces the run's (which the Searcher loads on first use).
+        self.searcher = Searcher(
+            index_dir, run_dir=run_dir, data=data, bundle=bundle, text_encoder=text_encoder
+        )
         self.manifest = self.searcher.manifest
         self.index_dir = Path(index_dir)
         self.row_of = {image_id: row for row, image_id in enumerate(self.searcher.image_ids)}
         self.images_dir = self._images_dir(images_dir)
         self.image_files = set(self.searcher.filenames) if self.images_dir else set()
-        if text_encoder is not None:
-            # The Searcher loads the run's encoder on first use; an injected one replaces it.
-            self.searcher._text_encoder = text_encoder
         self.text_error: str | None = None
         self._engine_pool = cf.ThreadPoolExecutor(1, thread_name_prefix="mmsparse-engine")
         self._engine_lock = threading.Lock()
@@ -327,7 +327,7 @@ class SearchService:
             if not path.is_dir():
                 raise MMSparseError(f"{path}: images folder not found")
             return path.resolve()
-        data = self.searcher._data or self.manifest.data_dir
+        data = self.searcher.data_dir
         if data and (Path(data) / "images").is_dir():
             return (Path(data) / "images").resolve()
         return None
@@ -393,43 +393,12 @@ class SearchService:
         cached = self._doc_vectors.get(row)
         if cached is not None:
             return cached
-        engine = self.searcher.engine
-        name = self.manifest.engine
-        if name == "inverted":
-            index = engine.index
-            pos = np.flatnonzero(np.asarray(index.doc_ids) == row)
-            terms = np.searchsorted(np.asarray(index.indptr), pos, side="right") - 1
-            weights = np.asarray(index.weights[pos], dtype=np.float32) * np.float32(index.scale)
-        elif name == "seismic":
-            comps, vals = engine.index.get(int(row))
-            terms = np.asarray(comps, dtype=np.int64)
-            weights = np.asarray(vals, dtype=np.float32)
-        elif name == "milvus":
-            got = engine.client.get(
-                engine.collection, ids=[int(row)], output_fields=["row", "sparse"]
-            )
-            vec = got[0]["sparse"] if got else {}
-            terms = np.fromiter((int(t) for t in vec), dtype=np.int64, count=len(vec))
-            weights = np.fromiter((float(w) for w in vec.values()), np.float32, len(vec))
-        else:  # any other engine (bmp, kannolo): its stored weights over the whole vocabulary
-            every = np.arange(self.manifest.vocab_size, dtype=np.int64)
-            row_w = np.asarray(engine.doc_weights(np.array([row], dtype=np.int64), every))[0]
-            terms = np.flatnonzero(row_w).astype(np.int64)
-            weights = row_w[terms].astype(np.float32)
+        terms, weights = self.searcher.doc_vector(row)
         order = np.argsort(terms, kind="stable")
         out = (terms[order].astype(np.int64), weights[order].astype(np.float32))
         if len(self._doc_vectors) < 4096:
             self._doc_vectors[row] = out
         return out
-
-    def _doc_dense(self, row: int) -> np.ndarray | None:
-        engine = self.searcher.engine
-        if getattr(engine, "dense", None) is not None:  # inverted, built with --dense
-            return np.asarray(engine.dense[row], dtype=np.float32).reshape(1, -1)
-        if self.manifest.engine != "milvus":
-            return None
-        got = engine.client.get(engine.collection, ids=[int(row)], output_fields=["row", "dense"])
-        return np.asarray(got[0]["dense"], dtype=np.float32).reshape(1, -1) if got else None
 
     # -- requests -------------------------------------------------------------------------
 
@@ -442,19 +411,15 @@ class SearchService:
         mode = "sparse" if mode in (None, "") else str(mode)
         if mode not in SEARCH_MODES:
             raise BadRequest(f"unknown mode {mode[:40]!r} (sparse, dense or hybrid)")
-        if mode != "sparse" and "dense" not in self.modes:
-            raise BadRequest(
-                f"mode={mode} needs dense vectors, which this {self.manifest.engine} index does "
-                "not hold; build the index with --engine milvus, or --engine inverted --dense"
-            )
-        return mode
+        try:
+            return self.searcher.engine.check_mode(mode)
+        except MMSparseError as exc:
+            raise BadRequest(str(exc).replace(f"--mode {mode}", f"mode={mode}")) from None
 
     @property
     def modes(self) -> list[str]:
         """Search modes this index supports (dense and hybrid where it holds dense vectors)."""
-        return (
-            list(SEARCH_MODES) if getattr(self.searcher.engine, "has_dense", False) else ["sparse"]
-        )
+        return list(self.searcher.modes)
 
     async def search(
         self,
@@ -566,7 +531,7 @@ class SearchService:
         sparse = sp.csr_matrix(
             (weights, terms, [0, terms.size]), shape=(1, self.manifest.vocab_size)
         )
-        dense = self._doc_dense(row) if mode != "sparse" else None
+        dense = self.searcher.doc_dense(row) if mode != "sparse" else None
         return self._search_vectors(sparse, dense, k, mode, explain)
 
     def _image_url(self, filename: str) -> str | None:
