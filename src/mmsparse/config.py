@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -363,20 +364,30 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+        # One rule for every integer key: what torch and numpy take (seeds, sizes, counts).
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(f"{where}: '{key}' must be an integer within +-2^63, got {value}")
+        return value
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+        number = None
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
-                pass
-        raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+                number = None
+            except OverflowError:  # an integer beyond float range
+                number = math.inf
+        if number is None:
+            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        # One rule for every float key: NaN and +-inf (JSON NaN/Infinity, YAML .nan/.inf,
+        # an override 'inf', or 1e400) would pass or slip through range checks.
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
