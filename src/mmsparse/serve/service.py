@@ -112,6 +112,17 @@ class ServeLimits:
     max_batch: int = 32
     threads: int = 2
 
+    def __post_init__(self) -> None:
+        # Each at least 1: a 0 (or negative) limit makes the server refuse every request.
+        for name in ("max_k", "max_terms_k", "max_query_chars", "max_pending", "max_batch"):
+            _check_limit(name, getattr(self, name))
+        _check_limit("threads", self.threads)
+
+
+def _check_limit(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MMSparseError(f"serve limit {name} must be an integer of at least 1, got {value!r}")
+
 
 class _BatchEncoder:
     """One thread that encodes every query waiting at the moment in one batch."""
@@ -239,6 +250,49 @@ def check_utf8_query_string(raw: bytes) -> None:
             raise BadRequest(
                 f"{label} is not valid UTF-8 text (percent-encoded bytes that are not UTF-8)"
             ) from None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Check that a server can listen on ``host:port`` now (bind a socket and close it).
+
+    Every address ``host`` resolves to is tried as the server will bind it (with
+    ``SO_REUSEADDR``, so a port left in ``TIME_WAIT`` by a stopped server is free).
+
+    Raises:
+        MMSparseError: One line naming the address and the option that fixes it: the port
+            is in use, needs privileges, or the host is unknown or not of this machine.
+    """
+    import errno
+    import socket
+
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        raise MMSparseError(f"--host {host}: unknown host ({exc}); give another --host") from None
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise MMSparseError(
+                    f"port {port} on {host} is already in use (another server?); choose "
+                    "another --port"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise MMSparseError(
+                    f"no permission to listen on {where} (ports below 1024 need root); "
+                    "choose another --port"
+                ) from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise MMSparseError(
+                    f"--host {host} is not an address of this machine; give another --host"
+                ) from None
+            raise MMSparseError(f"cannot listen on {where}: {exc.strerror}") from None
 
 
 def cut_chars(text: str, max_chars: int) -> tuple[str, bool]:
