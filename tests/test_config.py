@@ -182,3 +182,27 @@ def test_bench_help_points_at_an_existing_benchmarks_doc(capsys):
     doc = (REPO / "docs" / "benchmarks.md").read_text()
     for name in ("bench flickr8k", "bench train", "bench retrieval", "bench serve", "--threads"):
         assert name in doc
+
+
+def test_fuzz_findings_are_one_line_config_errors(tmp_path):
+    """What tests/test_fuzz.py found: each was a traceback or a multi-line message."""
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.\\n'") as exc:
+        config_from_dict({"train": {"\n": 1}})
+    assert "\n" not in str(exc.value)
+    path = tmp_path / "c.yaml"
+    path.write_text("\x1f")
+    with pytest.raises(ConfigError, match="cannot parse config file: unacceptable") as exc:
+        load_config(path)
+    assert "\n" not in str(exc.value)
+    path = tmp_path / "c.json"
+    for text, override in [("1", "train.lr=1"), ('{"train": 5}', "train.lr=1"), ("[1]", "=")]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="mapping at the top level|'train' is not a group"):
+            load_config(path, [override])
+    path = tmp_path / "d.yaml"
+    path.write_text("train:\n  device: 2024-01-01\n")  # a date: no JSON round trip
+    with pytest.raises(ConfigError, match=r"'train\.device' must be a string"):
+        load_config(path, ["train.lr=1e-3"])
+    path.write_text('name: "\\uD800"\n')  # a lone surrogate: cannot be saved as UTF-8
+    with pytest.raises(ConfigError, match="'name' is not valid Unicode text"):
+        load_config(path)

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -389,10 +390,20 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
         return number
     if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+        try:
+            value.encode("utf-8")  # lone surrogates (YAML "\ud800") cannot be saved
+        except UnicodeEncodeError:
+            raise ConfigError(f"{where}: '{key}' is not valid Unicode text: {value!r}") from None
+        return value
     raise ConfigError(f"{where}: unsupported type for '{key}'")  # pragma: no cover
+
+
+def _quote(prefix: str, key: Any) -> str:
+    """``'train.lr'``; a key with a line break or other control character as its repr."""
+    name = f"{prefix}{key}"
+    return f"'{name}'" if name.isprintable() else repr(name)
 
 
 def _from_mapping(cls: type, data: Mapping[str, Any], where: str, prefix: str = "") -> Any:
@@ -402,7 +413,7 @@ def _from_mapping(cls: type, data: Mapping[str, Any], where: str, prefix: str = 
     for key, value in data.items():
         if key not in names:
             known = ", ".join(sorted(names))
-            raise ConfigError(f"{where}: unknown config key '{prefix}{key}' (known: {known})")
+            raise ConfigError(f"{where}: unknown config key {_quote(prefix, key)} (known: {known})")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", where)
     try:
         obj = cls(**kwargs)
@@ -534,7 +545,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
         else:
             data = json.loads(text)
     except Exception as exc:
-        raise ConfigError(f"{path}: cannot parse config file: {exc}") from exc
+        # YAML's messages span lines (the offending line and a caret): one line here.
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: cannot parse config file: {reason}") from exc
     data = _apply_override_strings(data or {}, overrides, str(path))
     return config_from_dict(data, where=str(path))
 
@@ -549,7 +562,9 @@ def _parse_value(text: str) -> Any:
 def _apply_override_strings(
     data: Mapping[str, Any], overrides: Iterable[str], where: str
 ) -> dict[str, Any]:
-    data = json.loads(json.dumps(data))  # deep copy of plain data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: a config must be a mapping at the top level")
+    data = copy.deepcopy(dict(data))  # YAML may hold dates and such: no JSON round trip
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
@@ -559,7 +574,7 @@ def _apply_override_strings(
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: '{part}' is not a group")
+                raise ConfigError(f"override {item!r}: {_quote('', part)} is not a group")
         node[parts[-1]] = _parse_value(value.strip())
     return data
 
