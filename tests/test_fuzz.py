@@ -32,7 +32,7 @@ FUZZ = settings(
     derandomize=True,
     database=None,
     deadline=None,
-    max_examples=150,
+    max_examples=int(__import__("os").environ.get("MMSPARSE_FUZZ_EXAMPLES", 150)),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -81,8 +81,8 @@ def config_dicts(draw) -> dict:
         data.setdefault(group, {})[key] = draw(values)
     if draw(st.booleans()):
         data[draw(st.sampled_from([*KEYS, "name", "trainer", ""]))] = draw(values)
-    if draw(st.integers(0, 9)) == 0:
-        data.setdefault("train", {})[draw(st.text(max_size=6))] = draw(values)
+    if draw(st.integers(0, 9)) == 0 and isinstance(data.setdefault("train", {}), dict):
+        data["train"][draw(st.text(max_size=6))] = draw(values)
     return data
 
 
@@ -185,8 +185,262 @@ def test_fuzz_apply_overrides(overrides):
     check_valid_config(cfg)
 
 
-def _unused(_: Path) -> None:  # keeps Path imported for the sections below
-    return None
+# -- feature files ------------------------------------------------------------------------
+
+CORRUPTIONS = (
+    "none",
+    "nan",
+    "inf",
+    "huge",
+    "huge_float64",
+    "huge_int",
+    "ragged",
+    "no_id_column",
+    "no_emb_column",
+    "duplicate_id",
+    "null_row",
+    "null_value",
+    "strings",
+    "int_ids",
+    "no_rows",
+    "zero_dim",
+    "scalar_emb",
+    "nested_lists",
+    "truncated",
+    "empty_file",
+    "flipped_byte",
+)
+
+# What applies to .npy and .safetensors files (no schema of their own).
+ARRAY_CORRUPTIONS = (
+    "none",
+    "nan",
+    "inf",
+    "huge",
+    "no_rows",
+    "zero_dim",
+    "truncated",
+    "empty_file",
+    "flipped_byte",
+)
 
 
-_ = np
+def _parquet_table(emb: np.ndarray, ids: list, corruption: str, rng: np.random.Generator):
+    import pyarrow as pa
+
+    n, d = emb.shape
+    rows = [list(map(float, r)) for r in emb]
+    cell = (int(rng.integers(n)), int(rng.integers(d))) if n and d else None
+    emb_col = (
+        pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), d)
+        if d
+        else pa.array(rows, pa.list_(pa.float32()))  # no fixed-size list of 0
+    )
+    if corruption in ("nan", "inf", "huge") and cell:
+        emb = emb.copy()
+        emb[cell] = {"nan": np.nan, "inf": -np.inf, "huge": 3.1e24}[corruption]
+        emb_col = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), d)
+    elif corruption == "huge_float64" and cell:
+        rows[cell[0]][cell[1]] = 1e300  # beyond float32: inf once read
+        emb_col = pa.array(rows, pa.list_(pa.float64()))
+    elif corruption == "huge_int" and cell:
+        ints = [[int(v * 100) for v in r] for r in rows]
+        ints[cell[0]][cell[1]] = 2**62
+        emb_col = pa.array(ints, pa.list_(pa.int64()))
+    elif corruption == "ragged" and n:
+        rows[int(rng.integers(n))].append(0.5)
+        emb_col = pa.array(rows, pa.list_(pa.float64()))
+    elif corruption == "duplicate_id" and n > 1:
+        ids = list(ids)
+        ids[int(rng.integers(1, n))] = ids[0]
+    elif corruption == "null_row" and n:
+        rows[int(rng.integers(n))] = None
+        emb_col = pa.array(rows, pa.list_(pa.float32()))
+    elif corruption == "null_value" and cell:
+        rows[cell[0]][cell[1]] = None
+        emb_col = pa.array(rows, pa.list_(pa.float32()))
+    elif corruption == "strings":
+        emb_col = pa.array([[str(v) for v in r] for r in rows], pa.list_(pa.string()))
+    elif corruption == "int_ids":
+        ids = list(range(100, 100 + n))
+    elif corruption == "scalar_emb":
+        emb_col = pa.array([r[0] if r else 0.0 for r in rows], pa.float64())
+    elif corruption == "nested_lists":
+        emb_col = pa.array([[r] for r in rows], pa.list_(pa.list_(pa.float64())))
+    columns = {"id": pa.array(ids), "emb": emb_col}
+    if corruption == "no_id_column":
+        columns["key"] = columns.pop("id")
+    if corruption == "no_emb_column":
+        columns["vec"] = columns.pop("emb")
+    return pa.table(columns)
+
+
+@st.composite
+def feature_files(draw):
+    """``(format, corruption, n, d, seed)`` of a small feature file to write."""
+    fmt = draw(st.sampled_from(["parquet", "parquet", "parquet", "npy", "safetensors"]))
+    corruption = draw(st.sampled_from(CORRUPTIONS if fmt == "parquet" else ARRAY_CORRUPTIONS))
+    n = 0 if corruption == "no_rows" else draw(st.integers(1, 6))
+    d = 0 if corruption == "zero_dim" else draw(st.integers(1, 5))
+    return fmt, corruption, n, d, draw(st.integers(0, 2**32 - 1))
+
+
+def write_feature_file(directory: Path, fmt: str, corruption: str, n: int, d: int, seed: int):
+    """Write one (possibly corrupt) feature file and return its path."""
+    import pyarrow.parquet as pq
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((n, d)).astype(np.float32)
+    ids = [str(i) for i in range(n)]
+    path = directory / f"img_embs_before_proj_x.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(_parquet_table(emb, ids, corruption, rng), path)
+    else:
+        if corruption in ("nan", "inf", "huge") and n and d:
+            emb[int(rng.integers(n)), int(rng.integers(d))] = {
+                "nan": np.nan,
+                "inf": np.inf,
+                "huge": -2e30,
+            }[corruption]
+        if fmt == "npy":
+            np.save(path, emb)
+        else:
+            save_file({"emb": emb, "id": np.arange(n, dtype=np.int64)}, str(path))
+    data = path.read_bytes()
+    if corruption == "truncated":
+        path.write_bytes(data[: int(rng.integers(len(data)))])
+    elif corruption == "empty_file":
+        path.write_bytes(b"")
+    elif corruption == "flipped_byte":
+        buf = bytearray(data)
+        at = int(rng.integers(len(buf)))
+        buf[at] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(buf))
+    return path
+
+
+def check_valid_features(ff) -> None:
+    from mmsparse.data.formats import MAX_ABS_FEATURE
+
+    assert ff.emb.dtype == np.float32 and ff.emb.ndim == 2 and ff.emb.size > 0
+    assert np.isfinite(ff.emb).all() and np.abs(ff.emb).max() <= MAX_ABS_FEATURE
+    if ff.ids is not None:
+        assert len(ff.ids) == ff.emb.shape[0] == len(set(ff.ids))
+        assert all(isinstance(i, str) for i in ff.ids)
+
+
+@FUZZ
+@given(feature_files())
+def test_fuzz_read_feature_file(tmp_path_factory, spec):
+    from mmsparse.data import read_feature_file
+    from mmsparse.errors import DataError
+
+    fmt, corruption, n, d, seed = spec
+    path = write_feature_file(tmp_path_factory.mktemp("feat"), fmt, corruption, n, d, seed)
+    try:
+        ff = read_feature_file(path)
+    except DataError as exc:
+        assert_one_line(exc, DataError)
+        return
+    check_valid_features(ff)
+    harmless = ("none", "int_ids", "flipped_byte") + (("ragged", "duplicate_id") if n < 2 else ())
+    assert corruption in harmless, corruption
+
+
+def _meta(n_images: int, per_image: int) -> dict:
+    return {
+        "dataset": "fuzz",
+        "images": [
+            {
+                "imgid": i,
+                "filename": f"{i}.jpg",
+                "split": "train" if i % 3 else "val",
+                "sentences": [
+                    {"sentid": i * per_image + j, "raw": f"a photo {i} {j}", "tokens": ["a"]}
+                    for j in range(per_image)
+                ],
+            }
+            for i in range(n_images)
+        ],
+    }
+
+
+meta_values = st.one_of(
+    scalars,
+    st.just([]),
+    st.just({}),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.just({"sentid": 0}),
+)
+
+
+@st.composite
+def meta_edits(draw):
+    """Replace one field of the metadata: ``(image, sentence or None, key, value)``."""
+    image = draw(st.integers(0, 3))
+    sentence = draw(st.none() | st.integers(0, 1))
+    key = draw(
+        st.sampled_from(
+            ["imgid", "split", "sentences", "filename", "sentid", "raw", "tokens", "images"]
+        )
+    )
+    return image, sentence, key, draw(meta_values)
+
+
+def _edit(meta: dict, edit) -> dict:
+    """Apply one edit where the path to it still exists (an earlier edit may have cut it)."""
+    image, sentence, key, value = edit
+    images = meta.get("images")
+    if key == "images":
+        meta["images"] = value
+    elif not isinstance(images, list) or len(images) <= image:
+        pass
+    elif not isinstance(images[image], dict):
+        pass
+    elif sentence is None or not isinstance(images[image].get("sentences"), list):
+        images[image][key] = value
+    elif isinstance(images[image]["sentences"][sentence], dict):
+        images[image]["sentences"][sentence][key] = value
+    return meta
+
+
+@FUZZ
+@given(
+    st.lists(meta_edits(), max_size=2),
+    st.sampled_from(("none",) * 8 + CORRUPTIONS[1:12]),  # mostly a valid file: the metadata
+    st.integers(0, 99),
+)
+def test_fuzz_load_feature_store(tmp_path_factory, edits, corruption, seed):
+    """A tiny release with edited metadata and a possibly corrupt caption file."""
+    import pyarrow.parquet as pq
+
+    from mmsparse.data import load_feature_store, write_feature_parquet
+    from mmsparse.errors import DataError
+
+    root = tmp_path_factory.mktemp("store")
+    rng = np.random.default_rng(seed)
+    meta = _meta(4, 2)
+    for edit in edits:
+        meta = _edit(meta, edit)
+    (root / "dataset_meta.json").write_text(json.dumps(meta))
+    write_feature_parquet(
+        root / "img_embs_before_proj_x.parquet",
+        [str(i) for i in range(4)],
+        rng.standard_normal((4, 3)),
+    )
+    caption_ids = [str(i) for i in range(8)]
+    table = _parquet_table(rng.standard_normal((8, 2)).astype(np.float32), caption_ids,
+                           corruption, rng)  # fmt: skip
+    pq.write_table(table, root / "text_embs_before_proj_x.parquet")
+    try:
+        store = load_feature_store(root)
+    except DataError as exc:
+        assert_one_line(exc, DataError)
+        return
+    assert store.image_feats.shape == (len(store.image_ids), 3)
+    assert store.caption_feats.shape == (len(store.caption_ids), 2)
+    assert np.isfinite(store.image_feats).all() and np.isfinite(store.caption_feats).all()
+    assert ((store.caption_image >= 0) & (store.caption_image < len(store.image_ids))).all()
+    for split in store.splits:
+        store.split(split)

@@ -190,3 +190,26 @@ def test_released_float64_lists_and_many_row_groups_load(tmp_path):
     pq.write_table(table, tmp_path / "f.parquet", row_group_size=7)
     ff = read_feature_file(tmp_path / "f.parquet")
     np.testing.assert_array_equal(ff.emb, emb.astype(np.float32))
+
+
+def test_damaged_files_are_one_line_data_errors(tmp_path):
+    """Found by tests/test_fuzz.py: a traceback or a multi-line message each."""
+    pq.write_table(pa.table({"key": ["a"], "emb": [[1.0]]}), tmp_path / "f.parquet")
+    with pytest.raises(DataError) as exc:
+        read_feature_file(tmp_path / "f.parquet")
+    assert str(exc.value).endswith(
+        "f.parquet: parquet file needs columns 'id' and 'emb', it lacks 'id' (columns: key, emb)"
+    )
+    pq.write_table(pa.table({"id": ["a"], "emb": [[1.0]]}), tmp_path / "g.parquet")
+    data = (tmp_path / "g.parquet").read_bytes()
+    at = data.index(b"emb", data.index(b"id"))  # its name in the footer: not UTF-8 any more
+    (tmp_path / "g.parquet").write_bytes(data[:at] + b"\xf3mb" + data[at + 3 :])
+    with pytest.raises(DataError, match=r"g\.parquet: unreadable or truncated parquet") as exc:
+        read_feature_file(tmp_path / "g.parquet")
+    np.save(tmp_path / "h.npy", _emb())
+    data = bytearray((tmp_path / "h.npy").read_bytes())
+    data[data.index(b"(")] = ord("[")  # a header Python's tokenizer cannot end
+    (tmp_path / "h.npy").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"h\.npy: unreadable or truncated \.npy file") as exc:
+        read_feature_file(tmp_path / "h.npy")
+    assert "\n" not in str(exc.value)

@@ -223,9 +223,11 @@ def _parquet_ranges(metadata: Any) -> list[ValueRange]:
         lo, hi = -np.inf, np.inf
         if stats is not None and stats.has_min_max:
             try:
-                # As float32, like the values read: rounding keeps x <= max as fl(x) <= fl(max).
-                lo, hi = float(np.float32(stats.min)), float(np.float32(stats.max))
-            except (TypeError, ValueError):
+                # As float32, like the values read: rounding keeps x <= max as fl(x) <= fl(max)
+                # (a float64 statistic beyond float32 becomes inf, as its value does).
+                with np.errstate(over="ignore"):
+                    lo, hi = float(np.float32(stats.min)), float(np.float32(stats.max))
+            except (TypeError, ValueError, OverflowError):
                 lo, hi = -np.inf, np.inf
             if not (lo <= hi):  # NaN or nonsense statistics: trust the values alone
                 lo, hi = -np.inf, np.inf
@@ -240,12 +242,22 @@ def _read_parquet(path: Path) -> tuple[list[str], np.ndarray, list[ValueRange]]:
     import pyarrow.parquet as pq
 
     try:
-        ranges = _parquet_ranges(pq.read_metadata(path))
+        metadata = pq.read_metadata(path)
+        names = metadata.schema.to_arrow_schema().names
+        missing = [c for c in ("id", "emb") if c not in names]
+        if missing:
+            raise DataError(
+                f"{path}: parquet file needs columns 'id' and 'emb', it lacks "
+                f"{' and '.join(repr(c) for c in missing)} (columns: {', '.join(names)})"
+            )
+        ranges = _parquet_ranges(metadata)
         table = pq.read_table(path, columns=["id", "emb"])
-    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-        raise DataError(f"{path}: unreadable or truncated parquet file ({exc})") from exc
-    except KeyError as exc:  # pragma: no cover - pyarrow raises ArrowInvalid for columns
-        raise DataError(f"{path}: parquet file needs columns 'id' and 'emb'") from exc
+    except DataError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:  # a damaged name: UnicodeError
+        # Arrow's messages may span lines (a schema): one line here.
+        reason = " ".join(str(exc).split())
+        raise DataError(f"{path}: unreadable or truncated parquet file ({reason})") from exc
     ids = [str(x) for x in table.column("id").to_pylist()]
     col = table.column("emb").combine_chunks()
     n = len(col)
@@ -273,7 +285,9 @@ def _read_parquet(path: Path) -> tuple[list[str], np.ndarray, list[ValueRange]]:
         raise DataError(f"{path}: column 'emb' must hold numbers, got {values.type}")
     if values.null_count:
         raise DataError(f"{path}: null values inside column 'emb'")
-    emb = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
+    with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: refused below
+        emb = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    emb = emb.reshape(n, dim)
     if not emb.flags.writeable:  # zero-copy views of Arrow buffers are read-only
         emb = emb.copy()
     return ids, emb, ranges
@@ -293,7 +307,8 @@ def _read_safetensors(path: Path) -> tuple[list[str] | None, np.ndarray]:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"{path}: unreadable or truncated safetensors file ({exc})") from exc
+        reason = " ".join(str(exc).split())
+        raise DataError(f"{path}: unreadable or truncated safetensors file ({reason})") from exc
     ids: list[str] | None
     if ids_arr is not None:
         ids = [str(int(x)) for x in np.asarray(ids_arr).reshape(-1)]
@@ -307,8 +322,9 @@ def _read_safetensors(path: Path) -> tuple[list[str] | None, np.ndarray]:
 def _read_npy(path: Path) -> tuple[list[str] | None, np.ndarray]:
     try:
         emb = np.load(path, allow_pickle=False, mmap_mode=None)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: unreadable or truncated .npy file ({exc})") from exc
+    except Exception as exc:  # a damaged header raises ValueError, SyntaxError, TokenError...
+        reason = " ".join(str(exc).split())
+        raise DataError(f"{path}: unreadable or truncated .npy file ({reason})") from exc
     emb = np.asarray(emb, dtype=np.float32)
     ids_path = path.with_name(path.stem + ".ids.txt")
     ids = None
