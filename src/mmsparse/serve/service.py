@@ -272,12 +272,18 @@ def check_port_free(host: str, port: int) -> None:
         )
     except (socket.gaierror, UnicodeError) as exc:
         raise MMSparseError(f"--host {host}: unknown host ({exc}); give another --host") from None
+    bound = 0
     for family, kind, proto, _, address in infos:
         try:
             with socket.socket(family, kind, proto) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(address)
+                bound += 1
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                continue  # as asyncio does: an address family this machine lacks (::1)
             if exc.errno == errno.EADDRINUSE:
                 raise MMSparseError(
                     f"port {port} on {host} is already in use (another server?); choose "
@@ -288,11 +294,9 @@ def check_port_free(host: str, port: int) -> None:
                     f"no permission to listen on {where} (ports below 1024 need root); "
                     "choose another --port"
                 ) from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise MMSparseError(
-                    f"--host {host} is not an address of this machine; give another --host"
-                ) from None
             raise MMSparseError(f"cannot listen on {where}: {exc.strerror}") from None
+    if not bound:
+        raise MMSparseError(f"--host {host} is not an address of this machine; give another --host")
 
 
 def cut_chars(text: str, max_chars: int) -> tuple[str, bool]:
