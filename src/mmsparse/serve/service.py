@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -114,14 +114,12 @@ class ServeLimits:
 
     def __post_init__(self) -> None:
         # Each at least 1: a 0 (or negative) limit makes the server refuse every request.
-        for name in ("max_k", "max_terms_k", "max_query_chars", "max_pending", "max_batch"):
-            _check_limit(name, getattr(self, name))
-        _check_limit("threads", self.threads)
-
-
-def _check_limit(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MMSparseError(f"serve limit {name} must be an integer of at least 1, got {value!r}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MMSparseError(
+                    f"serve limit {f.name} must be an integer of at least 1, got {value!r}"
+                )
 
 
 class _BatchEncoder:
