@@ -197,7 +197,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="run directory written by 'mmsparse train'")
     p.add_argument("--split", default="val", help="split whose images are exported")
     p.add_argument("--format", required=True, choices=("anserini", "opensearch", "elasticsearch"))
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--out", required=True, help="output directory (new or empty, unless --overwrite)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out: the export's files there are replaced, "
+        "other files are kept",
+    )
     p.add_argument("--data", help="another feature directory of the same backbone")
     p.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
     p.add_argument("--image-topk", type=int, help="keep the top-k terms of each image")
@@ -455,6 +463,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         index_name=args.index_name,
         bundle=args.bundle,
+        overwrite=args.overwrite,
     )
     if args.json:
         _print_json(info)

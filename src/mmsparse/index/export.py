@@ -231,6 +231,26 @@ def write_bulk(
     }
 
 
+def check_export_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse an export folder that would overwrite a user's files.
+
+    Raises:
+        MMSparseError: If ``out`` is a file, or a non-empty directory and not ``overwrite``.
+    """
+    if out.exists() and not out.is_dir():
+        raise MMSparseError(f"{out}: exists and is not a directory; choose another --out")
+    if out.is_dir() and not overwrite:
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            shown = ", ".join(entries[:3]) + (
+                f" and {len(entries) - 3} more" if entries[3:] else ""
+            )
+            raise MMSparseError(
+                f"{out}: directory exists and is not empty ({shown}); choose another --out, "
+                "or pass --overwrite to replace the export's files there"
+            )
+
+
 def export_run(
     run_dir: str | Path,
     out: str | Path,
@@ -244,12 +264,14 @@ def export_run(
     quantize: str = "uint8",
     index_name: str = "mmsparse-images",
     bundle: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export a split's image vectors (and its captions as queries) for another engine.
 
     Args:
         run_dir: A run directory written by ``mmsparse train``.
-        out: Output directory (created).
+        out: Output directory (created): it must not exist or be empty, unless
+            ``overwrite``.
         split: Split to export.
         fmt: ``anserini``, ``opensearch`` or ``elasticsearch``.
         data: Another feature directory of the same backbone.
@@ -259,12 +281,15 @@ def export_run(
         quantize: Anserini impacts: ``uint8`` or ``uint16``.
         index_name: OpenSearch/Elasticsearch index name.
         bundle: The backbone bundle directory to use instead of the run's (a moved run).
+        overwrite: Write into a non-empty ``out``: the export's own files there are
+            replaced, every other file is left as it is.
 
     Returns:
         What was written (``export.json``): format, counts, files, scales, commands.
 
     Raises:
-        MMSparseError: On an unknown format or option.
+        MMSparseError: On an unknown format or option, or an ``out`` that is a file or a
+            non-empty directory (without ``overwrite``); checked before anything is read.
     """
     from mmsparse.index.encode import encode_vectors
     from mmsparse.runs import load_run, load_run_data
@@ -279,6 +304,8 @@ def export_run(
         raise MMSparseError(f"--image-topk must be >= 1, got {image_topk}")
     if text_topk is not None and text_topk < 1:
         raise MMSparseError(f"--text-topk must be >= 1, got {text_topk}")
+    out = Path(out)
+    check_export_out(out, overwrite)
     run = load_run(run_dir)
     store = load_run_data(run, data, bundle)
     sp_ = store.split(split)
@@ -298,7 +325,6 @@ def export_run(
     image_ids = [store.image_ids[i] for i in sp_.image_rows]
     filenames = [store.image_filenames[i] for i in sp_.image_rows]
     query_ids = [store.caption_ids[i] for i in sp_.caption_rows]
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     terms = run.vocab.tokens
     if fmt == "anserini":

@@ -11,7 +11,8 @@ pruning options), and returns ranked images with their ids, file names and score
 
 Documented behaviour on unusual input:
 
-- an empty query (``""`` or only spaces) is an error;
+- an empty query (``""`` or only spaces) is an error, and so is one that is not valid UTF-8
+  (lone surrogates, as undecodable bytes of a command line arrive);
 - a query longer than the text encoder's limit (:data:`MAX_QUERY_PIECES` word pieces) is cut
   at a word boundary and a note says so;
 - a query whose sparse vector shares no term with the index returns no image, with a note;
@@ -475,6 +476,14 @@ class Searcher:
         if text is not None:
             if not text.strip():
                 raise MMSparseError("empty query: give some words to search for")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                # Bytes of a command line that are not UTF-8 arrive as lone surrogates; the
+                # text encoder's tokenizer raised a TypeError on them.
+                raise MMSparseError(
+                    "the query is not valid UTF-8 text (undecodable bytes or lone surrogates)"
+                ) from None
             check_k(k)
             self._require_run()
             text, was_cut = cap_query(text.strip(), self.vocab)

@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,15 @@ class ServeLimits:
     max_pending: int = 64
     max_batch: int = 32
     threads: int = 2
+
+    def __post_init__(self) -> None:
+        # Each at least 1: a 0 (or negative) limit makes the server refuse every request.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MMSparseError(
+                    f"serve limit {f.name} must be an integer of at least 1, got {value!r}"
+                )
 
 
 class _BatchEncoder:
@@ -239,6 +248,53 @@ def check_utf8_query_string(raw: bytes) -> None:
             raise BadRequest(
                 f"{label} is not valid UTF-8 text (percent-encoded bytes that are not UTF-8)"
             ) from None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Check that a server can listen on ``host:port`` now (bind a socket and close it).
+
+    Every address ``host`` resolves to is tried as the server will bind it (with
+    ``SO_REUSEADDR``, so a port left in ``TIME_WAIT`` by a stopped server is free).
+
+    Raises:
+        MMSparseError: One line naming the address and the option that fixes it: the port
+            is in use, needs privileges, or the host is unknown or not of this machine.
+    """
+    import errno
+    import socket
+
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        raise MMSparseError(f"--host {host}: unknown host ({exc}); give another --host") from None
+    bound = 0
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                bound += 1
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                continue  # as asyncio does: an address family this machine lacks (::1)
+            if exc.errno == errno.EADDRINUSE:
+                raise MMSparseError(
+                    f"port {port} on {host} is already in use (another server?); choose "
+                    "another --port"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise MMSparseError(
+                    f"no permission to listen on {where} (ports below 1024 need root); "
+                    "choose another --port"
+                ) from None
+            raise MMSparseError(f"cannot listen on {where}: {exc.strerror}") from None
+    if not bound:
+        raise MMSparseError(f"--host {host} is not an address of this machine; give another --host")
 
 
 def cut_chars(text: str, max_chars: int) -> tuple[str, bool]:
@@ -461,6 +517,13 @@ class SearchService:
             assert q is not None
             if "\x00" in q:
                 raise BadRequest("the query contains a NUL character")
+            if not q.isascii():
+                try:
+                    q.encode("utf-8")  # HTTP gives UTF-8; a library caller may not
+                except UnicodeEncodeError:
+                    raise BadRequest(
+                        "the query is not valid UTF-8 text (lone surrogates)"
+                    ) from None
             text = " ".join(q.split())
             if not text:
                 raise BadRequest("empty query: give some words to search for")
