@@ -31,6 +31,10 @@ class NonFiniteError(MMSparseError, ArithmeticError):
     """A loss or a score is not finite (NaN or infinity): a diverged model."""
 
 
+class QueryError(MMSparseError, ValueError):
+    """A search request is invalid: ``k``, mode, query weights or an engine parameter."""
+
+
 class MissingExtraError(MMSparseError, ImportError):
     """An optional dependency is not installed; the message gives the install command."""
 

@@ -38,7 +38,7 @@ import torch
 
 from mmsparse.config import RunConfig, config_from_dict, save_config
 from mmsparse.errors import CheckpointError, ConfigError, MMSparseError
-from mmsparse.io_utils import atomic_write_json, make_public_dir
+from mmsparse.io_utils import atomic_write_json, json_text, make_public_dir
 from mmsparse.train.checkpoint import (
     TrainerState,
     load_checkpoint,
@@ -419,9 +419,15 @@ class RunDirectory:
             truncate_log(self.metrics_path, last_epoch)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        """Append one record to ``metrics.jsonl``."""
+        """Append one record to ``metrics.jsonl`` (strict JSON, one line).
+
+        Raises:
+            MMSparseError: If the record holds a NaN or an infinity (see
+                :func:`~mmsparse.train.callbacks.strict_record`).
+        """
+        line = json_text(record, indent=None, what=str(self.metrics_path))
         with self.writing(METRICS_NAME), open(self.metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(line + "\n")
 
     def write_final(self, summary: dict[str, Any]) -> None:
         """Write ``final.json`` (atomically)."""
