@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -17,13 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from mmsparse.errors import CheckpointError
+from mmsparse.errors import CheckpointError, MMSparseError
 
 FILE_MODE = 0o666  # files: rw-rw-rw- minus the umask (0644 under the usual umask 022)
 DIR_MODE = 0o777  # directories: rwxrwxrwx minus the umask (0755)
 CHECKSUMS_NAME = "checksums.json"
 ENV_NO_VERIFY = "MMSPARSE_NO_VERIFY"
 _VERIFY = [True]
+_WARNED_UNVERIFIED: set[str] = set()
+
+logger = logging.getLogger("mmsparse.io")
 
 
 def current_umask() -> int:
@@ -79,9 +84,54 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _nonfinite(obj: Any, where: str = "") -> tuple[str, float] | None:
+    """The first non-finite float in ``obj`` (dicts, lists, tuples): ``(key path, value)``."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (where or "the value", obj)
+    if isinstance(obj, dict):
+        items: Any = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, list | tuple):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for key, value in items:
+        found = _nonfinite(value, key)
+        if found:
+            return found
+    return None
+
+
+def json_text(obj: Any, *, indent: int | None = 2, default: Any = None, what: str = "JSON") -> str:
+    """``obj`` as strict JSON: a NaN or infinity is an error, never invalid JSON.
+
+    Args:
+        obj: Plain data (dicts, lists, strings, numbers, booleans, ``None``).
+        indent: Indentation (``None``: one line).
+        default: ``json.dumps``' fallback for other objects.
+        what: What is written (a file, "stdout"), for the error message.
+
+    Raises:
+        MMSparseError: Naming the key of a non-finite number.
+    """
+    try:
+        return json.dumps(obj, indent=indent, default=default, allow_nan=False)
+    except ValueError as exc:
+        found = _nonfinite(obj)
+        if found is None:
+            raise
+        raise MMSparseError(
+            f"{what}: {found[0]} is {found[1]}, which JSON cannot hold (a finite number is "
+            "needed); nothing was written"
+        ) from exc
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Write ``obj`` as indented, strict JSON to ``path`` atomically.
+
+    Raises:
+        MMSparseError: If ``obj`` holds a NaN or an infinity (the file is left as it was).
+    """
+    atomic_write_text(path, json_text(obj, what=str(path)) + "\n")
 
 
 def save_tensors(
@@ -185,12 +235,33 @@ def write_checksums(directory: str | Path, names: list[str]) -> None:
     atomic_write_json(directory / CHECKSUMS_NAME, {"algorithm": "sha256", "files": sums})
 
 
+def record_checksums(directory: str | Path) -> list[str]:
+    """Record (again) the sha256 of every file of a checkpoint directory.
+
+    For a directory whose ``checksums.json`` was lost: every visible regular file but the
+    record itself is recorded, as it is now (check it first: whatever changed is taken as
+    correct from then on).
+
+    Returns:
+        The recorded file names.
+    """
+    directory = Path(directory)
+    names = sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name != CHECKSUMS_NAME
+    )
+    write_checksums(directory, names)
+    return names
+
+
 def verify_checksums(directory: str | Path, names: list[str] | None = None) -> None:
     """Check files of ``directory`` against its ``checksums.json``.
 
-    A directory without ``checksums.json`` (written before checksums were recorded) is
-    accepted as it is; so is everything when verification is switched off
-    (:func:`set_verify`).
+    A directory without ``checksums.json`` (written before checksums were recorded, or
+    the record was deleted) is loaded unverified, with a warning (once per directory)
+    that says how to record it again or to switch the check off; with verification
+    switched off (:func:`set_verify`) nothing is checked or said.
 
     Args:
         directory: A checkpoint directory.
@@ -201,7 +272,21 @@ def verify_checksums(directory: str | Path, names: list[str] | None = None) -> N
     """
     directory = Path(directory)
     record = directory / CHECKSUMS_NAME
-    if not verify_enabled() or not record.is_file():
+    if not verify_enabled():
+        return
+    if not record.is_file():
+        key = str(directory.resolve())
+        if key not in _WARNED_UNVERIFIED:
+            _WARNED_UNVERIFIED.add(key)
+            logger.warning(
+                "%s: no %s, so its files are loaded unverified (written before checksums "
+                "existed, or the record was deleted); record it again with python -c "
+                "\"import mmsparse.io_utils as u; u.record_checksums('%s')\" or pass "
+                "--no-verify (MMSPARSE_NO_VERIFY=1) to load without checking",
+                directory,
+                CHECKSUMS_NAME,
+                directory,
+            )
         return
     data = read_json(record, "checksum record")
     files = data.get("files") if isinstance(data, dict) else None

@@ -441,6 +441,7 @@ class SparseDenseModel(nn.Module):
         with_sparse: bool = True,
         sparse_stop_grad: bool = False,
         with_logits: bool = False,
+        query_mask: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Encode matched rows of image and caption features (the training view).
 
@@ -453,6 +454,9 @@ class SparseDenseModel(nn.Module):
                 (``objective.sparse_stop_grad``): the sparse losses do not move the dense
                 heads.
             with_logits: Also return the sparse head's pre-activation logits.
+            query_mask: ``(B, n_terms)`` 0/1 terms of each caption: with inference-free
+                queries (``query_encoder=lookup``) the caption sparse vectors are their
+                lookup :meth:`query_vectors` (no caption logits), not the head's output.
 
         Returns:
             :class:`ModelOutput` with the four vector sets and ``tau``; the sparse vectors
@@ -468,9 +472,12 @@ class SparseDenseModel(nn.Module):
         x_img = self.sparse_head.logits(self._sparse_source(h_i, e_img, sparse_stop_grad), "image")
         x_txt = self.sparse_head.logits(self._sparse_source(h_t, e_txt, sparse_stop_grad), "text")
         z_img, z_txt = torch.log1p(torch.relu(x_img)), torch.log1p(torch.relu(x_txt))
+        x_txt_out: torch.Tensor | None = x_txt
+        if query_mask is not None:
+            z_txt, x_txt_out = self.query_vectors(query_mask), None
         if not with_logits:
             return ModelOutput(e_img, e_txt, z_img, z_txt, self.tau)
-        return ModelOutput(e_img, e_txt, z_img, z_txt, self.tau, x_img, x_txt)
+        return ModelOutput(e_img, e_txt, z_img, z_txt, self.tau, x_img, x_txt_out)
 
     def _sparse_source(
         self, h: torch.Tensor, e: torch.Tensor, stop_grad: bool = False
