@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from mmsparse.errors import MMSparseError
@@ -58,7 +57,9 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     if args.json:
-        sys.stdout.write(json.dumps(report) + "\n")
+        from mmsparse.io_utils import json_text
+
+        sys.stdout.write(json_text(report, indent=None, what="stdout") + "\n")
     else:
         sys.stdout.write(format_e2e_table(report) + "\n")
     return 0
