@@ -8,12 +8,14 @@ lazily, on first use, with an install hint (``pip install 'mmsparse[index]'``).
 
 from mmsparse.index.build import build_index, index_vectors
 from mmsparse.index.export import export_run
+from mmsparse.index.folder import FolderIndexReport, build_folder_index
 from mmsparse.index.inverted import InvertedIndex, SearchHits, write_postings
 from mmsparse.index.manifest import IndexManifest, IndexOptions
 from mmsparse.index.quantize import dequantize, quantize
 from mmsparse.index.search import Hit, Searcher, SearchResult, search
 
 __all__ = [
+    "FolderIndexReport",
     "Hit",
     "IndexManifest",
     "IndexOptions",
@@ -21,6 +23,7 @@ __all__ = [
     "SearchHits",
     "SearchResult",
     "Searcher",
+    "build_folder_index",
     "build_index",
     "dequantize",
     "export_run",
