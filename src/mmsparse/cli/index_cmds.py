@@ -416,7 +416,7 @@ def _print_result(result: Any) -> None:
     if result.query_terms:
         print("query terms: " + ", ".join(f"{t} {w:.2f}" for t, w in result.query_terms[:12]))
     for hit in result.hits:
-        name = f"  {hit.filename}" if hit.filename else ""
+        name = f"  {hit.filename}" if hit.filename and hit.filename != hit.image_id else ""
         print(f"{hit.rank:>4}  {hit.score:9.4f}  {hit.image_id}{name}")
         if hit.terms is not None and result.mode == "sparse":
             listed = sum(t[3] for t in hit.terms)
