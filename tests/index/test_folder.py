@@ -265,3 +265,12 @@ def test_flickr8k_folder_equals_split_index(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_index_inside_the_photo_folder_is_not_indexed(photo_run, tmp_path):
+    root = _photos(tmp_path / "photos")
+    out = root / "my-index"
+    first = build_folder_index(photo_run, root, out, progress=False)
+    again = build_folder_index(photo_run, root, out, progress=False)  # out now holds files
+    assert first.manifest.n_images == again.manifest.n_images == len(PHOTOS)
+    assert again.skipped == [] and again.manifest.folder["encoded_batches"] == 0

@@ -38,6 +38,7 @@ Shards of batches that no longer exist are deleted at the end of a complete run.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -155,7 +156,7 @@ def _link_reason(path: str) -> str:
     except RuntimeError:  # "Symlink loop" (Python < 3.13)
         return SYMLINK_LOOP
     except OSError as exc:
-        return SYMLINK_LOOP if exc.errno == 40 else SYMLINK_BROKEN  # 40: ELOOP
+        return SYMLINK_LOOP if exc.errno == errno.ELOOP else SYMLINK_BROKEN
     return SYMLINK
 
 

@@ -26,10 +26,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmsparse.errors import CheckpointError, IndexFormatError, MMSparseError
-from mmsparse.extract.batches import BatchCallback
 from mmsparse.index.build import index_vectors, run_fingerprint
 from mmsparse.index.encode import encode_vectors
 from mmsparse.index.manifest import (
@@ -42,6 +41,9 @@ from mmsparse.index.manifest import (
     vocab_sha256,
 )
 from mmsparse.io_utils import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from mmsparse.extract.batches import BatchCallback
 
 
 @dataclass
