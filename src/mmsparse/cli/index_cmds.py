@@ -117,6 +117,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="inverted: also store the dense vectors, for --mode dense/hybrid search",
     )
+    b.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip the confidence calibration (confidence.json: the no-match / "
+        "low-confidence verdicts of docs/honest_answers.md; ~10 s with a text encoder)",
+    )
     b.add_argument("--device", default="cpu", help="device to encode on")
     b.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     b.set_defaults(func=cmd_index_build)
@@ -285,6 +291,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         store_dense=args.dense,
         device=args.device,
         progress=not args.json,
+        calibrate=not args.no_calibrate,
     )
     if args.json:
         _print_json(manifest.to_dict())

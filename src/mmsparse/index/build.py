@@ -197,6 +197,7 @@ def build_index(
     store_dense: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    calibrate: bool = True,
 ) -> IndexManifest:
     """Index the images of a split with a trained run's sparse (and dense) vectors.
 
@@ -216,6 +217,8 @@ def build_index(
         device: Device to encode on.
         progress: Show progress bars.
         bundle: The backbone bundle directory to use instead of the run's (a moved run).
+        calibrate: Also write the confidence calibration (``confidence.json``, see
+            :mod:`mmsparse.index.confidence`); a failure there is a warning, the index stays.
 
     Returns:
         The :class:`IndexManifest` written to ``out/index.json``.
@@ -253,7 +256,7 @@ def build_index(
             f"{run_dir}: every image vector of split '{split}' is empty after pruning "
             f"(threshold {thr}); nothing to index"
         )
-    return index_vectors(
+    manifest = index_vectors(
         out,
         engine,
         sparse,
@@ -274,3 +277,11 @@ def build_index(
         store_dense=store_dense,
         progress=progress,
     )
+    if calibrate:
+        from mmsparse.index.confidence import calibrate_index
+
+        try:
+            calibrate_index(out, data=data, bundle=bundle, progress=progress)
+        except MMSparseError as exc:
+            log.warning("%s: no confidence calibration (%s)", out, exc)
+    return manifest

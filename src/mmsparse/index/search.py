@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import DataError, IndexFormatError, MMSparseError
+from mmsparse.index.confidence import Verdict, assess, load_calibration
 from mmsparse.index.engines import SEARCH_MODES, open_engine
 from mmsparse.index.manifest import IndexManifest, read_docs, vocab_sha256
 
@@ -76,6 +77,9 @@ class SearchResult:
         query_terms: The query's heaviest sparse terms ``(term, weight)``.
         notes: What was adjusted (cut query, lowered k, no shared term, option mismatch).
         seconds: Search time (engine only, without encoding).
+        confidence: Text and caption queries: the
+            :class:`~mmsparse.index.confidence.Verdict` (``confident``, ``low_confidence``
+            or ``no_match``, with reasons, known and unknown words, calibrated percentile).
     """
 
     query: str | None
@@ -87,6 +91,7 @@ class SearchResult:
     query_terms: list[tuple[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    confidence: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -167,8 +172,13 @@ class Searcher:
         self._store: Any = None
         self._text_encoder: Any = None
         self.vocab: Any = None
+        self.calibration: Any = None
+        self._known: set[int] | None = None  # known words without a calibration
         if load_run:
             self._open_run(run_dir or self.manifest.run_dir)
+            self.calibration, note = load_calibration(self.index_dir, self.manifest)
+            if note:
+                self.notes.append(note)
 
     def _open_run(self, run_dir: str | Path) -> None:
         from mmsparse.index.build import run_fingerprint
@@ -280,6 +290,17 @@ class Searcher:
         return self._encode_feats(store.caption_feats[rows])
 
     # -- search ---------------------------------------------------------------------------
+
+    def assess(self, text: str, result: SearchResult) -> Verdict:
+        """The verdict on a text query's result (see :mod:`mmsparse.index.confidence`)."""
+        top = result.hits[0].score if result.hits else None
+        if self.calibration is None and self._known is None and self.vocab is not None:
+            from mmsparse.index.confidence import vocabulary_word_ids
+
+            term_ids = getattr(self.run.model, "term_ids", None)  # the head's terms only
+            ids = None if term_ids is None else term_ids.cpu().numpy()
+            self._known = set(vocabulary_word_ids(self.vocab, ids).tolist())
+        return assess(text, top, result.mode, self.vocab, self.calibration, self._known)
 
     def search_vectors(
         self,
@@ -440,9 +461,11 @@ class Searcher:
             result.notes.insert(0, cut_note)
         if caption_id is not None:
             store = self.store()
-            result.notes.append(
-                f"caption {caption_id}: {store.caption_texts[store.caption_row(str(caption_id))]!r}"
-            )
+            text = store.caption_texts[store.caption_row(str(caption_id))]
+            result.notes.append(f"caption {caption_id}: {text!r}")
+        result.confidence = self.assess(str(text), result)
+        if result.confidence.flagged:
+            result.notes.append(result.confidence.note())
         return result
 
     def close(self) -> None:

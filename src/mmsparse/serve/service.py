@@ -471,8 +471,12 @@ class SearchService:
         k: str | int | None = None,
         mode: str | None = None,
         explain: str | bool | None = True,
+        force: str | bool | None = False,
     ) -> dict[str, Any]:
         """Answer ``/api/search``: a text query ``q``, or ``like`` (an image id's vector).
+
+        A text query gets a ``confidence`` verdict (:mod:`mmsparse.index.confidence`); a
+        ``no_match`` one answers no hits unless ``force`` is true.
 
         Returns:
             The JSON-ready result (see docs/serving.md).
@@ -486,6 +490,7 @@ class SearchService:
         k_ = _positive_int("k", k, 10, self.limits.max_k)
         mode_ = self.check_mode(mode)
         explain_ = parse_bool("explain", explain, True)
+        force_ = parse_bool("force", force, False)
         notes: list[str] = []
         if (q is None or q == "") and not like:
             raise BadRequest("missing query: give q=some words (or like=IMAGE_ID)")
@@ -531,6 +536,15 @@ class SearchService:
         finally:
             self._release()
         out = self._result_json(result, explain_)
+        verdict = None if query_text is None else self.searcher.assess(query_text, result)
+        out["confidence"] = None if verdict is None else verdict.to_dict()
+        if verdict is not None and verdict.flagged:
+            hide = verdict.verdict == "no_match" and not force_ and out["hits"]
+            out["notes"].append(
+                verdict.note() + ("; no image shown (force=1 shows the closest)" if hide else "")
+            )
+            if hide:
+                out["hits"] = []
         out["query"] = query_text
         out["like"] = None if row is None else self.searcher.image_ids[row]
         out["notes"] = notes + out["notes"]
