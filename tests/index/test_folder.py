@@ -55,7 +55,7 @@ def test_cli_build_from_a_messy_folder(photo_run, tmp_path, capsys):
     folder = rep["folder"]
     assert folder["n_files"] == 6 and folder["skipped"] == 4 and folder["backend"] == "clip"
     assert set(folder["seconds"]) == {
-        "list", "load", "decode", "backbone", "images", "heads", "index", "total"
+        "list", "load", "decode", "backbone", "images", "heads", "index", "calibrate", "total"
     }  # fmt: skip
     assert folder["encoded_batches"] == 3 and folder["resumed_batches"] == 0
 

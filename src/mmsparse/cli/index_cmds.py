@@ -328,6 +328,7 @@ def _index_build_folder(args: argparse.Namespace, params: dict[str, Any]) -> int
         device=args.device,
         batch_size=args.batch_size,
         progress=not args.json,
+        calibrate=not args.no_calibrate,
     )
     if args.json:
         _print_json(report.to_dict())
@@ -341,8 +342,9 @@ def _index_build_folder(args: argparse.Namespace, params: dict[str, Any]) -> int
     )
     print(
         f"time: decode {t['decode']:.1f} s (beside the backbone), backbone "
-        f"{t['backbone']:.1f} s, heads {t['heads']:.1f} s, index {t['index']:.1f} s; "
-        f"{t['total']:.1f} s in all ({f['resumed_batches']} of "
+        f"{t['backbone']:.1f} s, heads {t['heads']:.1f} s, index {t['index']:.1f} s"
+        + (f", calibration {t['calibrate']:.1f} s" if "calibrate" in t else "")
+        + f"; {t['total']:.1f} s in all ({f['resumed_batches']} of "
         f"{f['resumed_batches'] + f['encoded_batches']} batches from earlier runs)"
     )
     if report.skipped:

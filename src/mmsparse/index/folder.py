@@ -15,6 +15,8 @@ The index directory holds, besides the engine's files::
     index.json     the manifest; images_dir (the folder, for ``mmsparse serve``) and
                    folder (counts and the seconds of every stage)
     folder.json    every skipped file with the reason
+    confidence.json the calibration of the query verdicts (mmsparse.index.confidence): the
+                   run's validation captions searched against these photos
     features/      the backbone features, kept (see mmsparse.extract.folder): a killed
                    build resumes, and building again encodes only new or changed photos;
                    delete it to save space (about 5 KB per photo for effnet-minilm)
@@ -22,6 +24,7 @@ The index directory holds, besides the engine's files::
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,6 +47,8 @@ from mmsparse.io_utils import atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from mmsparse.extract.batches import BatchCallback
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,6 +84,7 @@ def build_folder_index(
     batch_size: int = 64,
     progress: bool = True,
     callback: BatchCallback | None = None,
+    calibrate: bool = True,
 ) -> FolderIndexReport:
     """Index every image of a folder with a trained run (see the module docstring).
 
@@ -99,6 +105,9 @@ def build_folder_index(
         batch_size: Images per backbone forward pass.
         progress: Show progress bars.
         callback: Called as ``callback(done, total)`` (images) after each encoded batch.
+        calibrate: Also write the confidence calibration (``confidence.json``,
+            :mod:`mmsparse.index.confidence`): the run's validation captions searched
+            against these photos. It needs the run's data; a failure is a warning.
 
     Returns:
         The :class:`FolderIndexReport` (its manifest is written to ``out/index.json``).
@@ -201,6 +210,15 @@ def build_folder_index(
         progress=progress,
     )
     seconds["index"] = round(time.perf_counter() - t0, 3)
+    if calibrate:
+        t0 = time.perf_counter()
+        from mmsparse.index.confidence import calibrate_index
+
+        try:
+            calibrate_index(out, progress=progress)
+        except MMSparseError as exc:
+            log.warning("%s: no confidence calibration (%s)", out, exc)
+        seconds["calibrate"] = round(time.perf_counter() - t0, 3)
     seconds["total"] = round(time.perf_counter() - t_start, 3)
     summary = feats.summary()
     manifest.folder = {

@@ -38,8 +38,9 @@ DOCS_NAME = "docs.json"
 FOLDER_REPORT_NAME = "folder.json"
 FEATURES_DIR = "features"
 FEATURES_MARKER = "cache.json"  # mmsparse.extract.folder.CACHE_META: the folder is ours
+CALIBRATION_FILE = "confidence.json"  # mmsparse.index.confidence.CALIBRATION_NAME
 #: Files and folders of an index directory that are not the engine's (not in its size).
-NOT_ENGINE_FILES = (MANIFEST_NAME, DOCS_NAME, FOLDER_REPORT_NAME, FEATURES_DIR)
+NOT_ENGINE_FILES = (MANIFEST_NAME, DOCS_NAME, FOLDER_REPORT_NAME, FEATURES_DIR, CALIBRATION_FILE)
 ENGINES = ("inverted", "seismic", "milvus", "bmp", "kannolo")
 
 
