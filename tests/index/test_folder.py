@@ -274,3 +274,12 @@ def test_index_inside_the_photo_folder_is_not_indexed(photo_run, tmp_path):
     again = build_folder_index(photo_run, root, out, progress=False)  # out now holds files
     assert first.manifest.n_images == again.manifest.n_images == len(PHOTOS)
     assert again.skipped == [] and again.manifest.folder["encoded_batches"] == 0
+
+
+def test_bad_build_options_refused_before_encoding(photo_run, tmp_path):
+    root = _photos(tmp_path / "photos")
+    out = tmp_path / "index"
+    for kwargs in ({"engine": "seismic", "store_dense": True}, {"engine_params": {"bogus": 1}}):
+        with pytest.raises(MMSparseError):
+            build_folder_index(photo_run, root, out, progress=False, **kwargs)
+        assert not out.exists()  # nothing was encoded

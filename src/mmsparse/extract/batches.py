@@ -211,10 +211,10 @@ def _write_shard(
         path,
         {"emb": np.ascontiguousarray(emb, dtype=np.float32)},
         {
-            "names": json.dumps(list(names)),
-            "ok": json.dumps(ok),
-            "failed": json.dumps(failed),
-            "modes": json.dumps(dict(modes)),
+            "names": json.dumps(list(names), allow_nan=False),
+            "ok": json.dumps(ok, allow_nan=False),
+            "failed": json.dumps(failed, allow_nan=False),
+            "modes": json.dumps(dict(modes), allow_nan=False),
         },
     )
     return seconds

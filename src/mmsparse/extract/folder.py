@@ -308,7 +308,7 @@ def encode_folder(
 def _shard_name(listing: FolderListing, batch: list[int]) -> str:
     """The shard file of a batch: a digest of its files with their sizes and mtimes."""
     record = [[listing.files[i], *listing.stamps[i]] for i in batch]
-    digest = hashlib.sha256(json.dumps(record).encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(json.dumps(record, allow_nan=False).encode("utf-8")).hexdigest()
     return f"{SHARD_PREFIX}{digest[:32]}.safetensors"
 
 
@@ -318,7 +318,7 @@ def _prepare_cache(cache: Path, extraction: dict[str, Any]) -> None:
     want = {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
-        "extraction": json.loads(json.dumps(extraction)),
+        "extraction": json.loads(json.dumps(extraction, allow_nan=False)),
     }
     if cache.exists() and not cache.is_dir():
         raise MMSparseError(f"{cache}: exists and is not a directory (image feature cache)")

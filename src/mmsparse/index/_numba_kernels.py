@@ -57,9 +57,11 @@ def push(hs, hd, n, k, s, d):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def one_query(
-    indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd, out_r, out_s
+    indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd, out_r, out_s, live
 ):  # pragma: no cover - compiled
+    # live: bool per document, rows that may be returned; empty = every row.
     n_docs = scores.size
+    masked = live.size > 0
     total = 0
     for j in range(qt.size):
         total += indptr[qt[j] + 1] - indptr[qt[j]]
@@ -75,7 +77,8 @@ def one_query(
             s = scores[d]
             if s > 0.0:
                 scores[d] = 0.0
-                n = push(hs, hd, n, k, s, d)
+                if not masked or live[d]:
+                    n = push(hs, hd, n, k, s, d)
     else:
         # Short posting lists: remember the touched documents, visit only those.
         n_touched = 0
@@ -92,7 +95,7 @@ def one_query(
             d = touched[i]
             s = scores[d]
             scores[d] = 0.0
-            if s > 0.0:
+            if s > 0.0 and (not masked or live[d]):
                 n = push(hs, hd, n, k, s, d)
     # Pop worst first into the tail: output best first.
     m = n
@@ -108,7 +111,7 @@ def one_query(
 
 @njit(cache=True, parallel=True)
 def batch(
-    indptr, doc_ids, weights, n_docs, q_indptr, q_terms, q_weights, k, n_chunks
+    indptr, doc_ids, weights, n_docs, q_indptr, q_terms, q_weights, k, n_chunks, live
 ):  # pragma: no cover - compiled
     n_q = q_indptr.size - 1
     out_r = np.full((n_q, k), -1, dtype=np.int64)
@@ -134,15 +137,16 @@ def batch(
                 hd,
                 out_r[i],
                 out_s[i],
+                live,
             )
     return out_r, out_s
 
 
 @njit(cache=True)
 def single(
-    indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd
+    indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd, live
 ):  # pragma: no cover - compiled
     out_r = np.full(k, -1, dtype=np.int64)
     out_s = np.zeros(k, dtype=np.float32)
-    one_query(indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd, out_r, out_s)
+    one_query(indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd, out_r, out_s, live)
     return out_r, out_s

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmsparse.errors import CheckpointError, IndexFormatError, MMSparseError
-from mmsparse.index.build import index_vectors, run_fingerprint
+from mmsparse.index.build import check_build_request, index_vectors
 from mmsparse.index.encode import encode_vectors
 from mmsparse.index.manifest import (
     FEATURES_DIR,
@@ -41,6 +41,7 @@ from mmsparse.index.manifest import (
     IndexManifest,
     IndexOptions,
     is_feature_cache,
+    run_fingerprint,
     vocab_sha256,
 )
 from mmsparse.io_utils import atomic_write_json, read_json
@@ -94,12 +95,12 @@ def build_folder_index(
         images: The folder of photos (walked recursively; no captions needed).
         out: Index directory to write (an existing index there is replaced; a killed
             build of the same folder there is resumed).
-        engine: ``inverted``, ``seismic``, ``milvus``, ``bmp`` or ``kannolo``.
+        engine: A registered engine (``mmsparse index engines`` lists them).
         image_topk: Terms kept per image (default: the run's ``serving.image_topk``).
         threshold: Weights at or below it are dropped (default: the run's
             ``eval.threshold``).
         quantize: ``none``, ``uint8`` or ``uint16`` integer impacts.
-        engine_params: Engine parameters (see :mod:`mmsparse.index.engines`).
+        engine_params: Engine parameters (``mmsparse index engines`` lists them).
         store_dense: ``inverted``: also store the dense vectors (dense/hybrid search).
         device: Device of the backbone and the heads (``cpu``, ``cuda``, ``auto``).
         batch_size: Images per backbone forward pass.
@@ -128,10 +129,14 @@ def build_folder_index(
     from mmsparse.runs import hybrid_weights, load_run, resolve_device, run_extraction
 
     t_start = time.perf_counter()
-    if image_topk is not None and image_topk < 1:
-        raise MMSparseError(f"--image-topk must be >= 1, got {image_topk}")
-    if threshold is not None and threshold < 0:
-        raise MMSparseError(f"--threshold must be >= 0, got {threshold}")
+    check_build_request(  # before the photos are encoded (minutes), not after
+        engine,
+        engine_params,
+        store_dense=store_dense,
+        image_topk=image_topk,
+        threshold=threshold,
+        quantize=quantize,
+    )
     out = Path(out)
     _check_out(out)
     dev = resolve_device(device)

@@ -6,7 +6,8 @@ Every index directory written by :func:`mmsparse.index.build_index` has::
                          checkpoint it was built from (sha256), the vocabulary (size, sha256),
                          the split, the pruning/quantisation options, engine parameters, sizes
     INDEX/docs.json      image ids and file names, one per indexed row
-    INDEX/...            the engine's files (postings.mmsi, seismic.index.seismic, milvus.db)
+    INDEX/...            the engine's files (postings.mmsi, seismic.index.seismic, milvus.db,
+                         index.bmp, kannolo.hnsw...: each engine's ``files``)
 
 An index of a folder of photos (:func:`mmsparse.index.build_folder_index`) also has::
 
@@ -41,7 +42,6 @@ FEATURES_MARKER = "cache.json"  # mmsparse.extract.folder.CACHE_META: the folder
 CALIBRATION_FILE = "confidence.json"  # mmsparse.index.confidence.CALIBRATION_NAME
 #: Files and folders of an index directory that are not the engine's (not in its size).
 NOT_ENGINE_FILES = (MANIFEST_NAME, DOCS_NAME, FOLDER_REPORT_NAME, FEATURES_DIR, CALIBRATION_FILE)
-ENGINES = ("inverted", "seismic", "milvus", "bmp", "kannolo")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,8 @@ class IndexManifest:
     """Description of an index directory (``index.json``).
 
     Attributes:
-        engine: ``inverted``, ``seismic`` or ``milvus``.
+        engine: The engine's registry name (``inverted``, ``seismic``, ``milvus``, ``bmp``,
+            ``kannolo``, or any other registered; checked when the index is opened).
         run_dir: Absolute run directory the vectors came from.
         checkpoint_sha256: sha256 of the run's ``best/model.safetensors``.
         vocab_size: Number of sparse dimensions.
@@ -154,8 +155,6 @@ class IndexManifest:
             manifest = cls(options=options, **raw)
         except (KeyError, TypeError) as exc:
             raise IndexFormatError(f"{path}: incomplete index manifest ({exc})") from exc
-        if manifest.engine not in ENGINES:
-            raise IndexFormatError(f"{path}: unknown engine {manifest.engine!r}")
         return manifest
 
 
@@ -166,6 +165,18 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def run_fingerprint(run_dir: str | Path) -> str:
+    """sha256 of the run's selected checkpoint weights (``best/model.safetensors``).
+
+    What ``checkpoint_sha256`` records, so that a search refuses an index whose run was
+    retrained.
+    """
+    from mmsparse.model.model import WEIGHTS_NAME
+    from mmsparse.runs import checkpoint_dir
+
+    return file_sha256(checkpoint_dir(run_dir) / WEIGHTS_NAME)
 
 
 def vocab_sha256(tokens: list[str]) -> str:
