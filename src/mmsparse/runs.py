@@ -6,7 +6,7 @@ A run directory written by :func:`mmsparse.train.train` looks like::
     RUN_DIR/metrics.jsonl         one JSON object per logged step and per validation
     RUN_DIR/curves.png            training curves
     RUN_DIR/best/                 model.safetensors, model.json, vocab.txt, selection.json
-    RUN_DIR/checkpoints/last/     the resumable state (model, optimiser, schedules)
+    RUN_DIR/checkpoints/          the resumable state (model, optimiser, schedules)
     RUN_DIR/eval_<split>.json     results of ``mmsparse evaluate``
 """
 
