@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mmsparse.bench.serve import _percentiles, bench_serve, run_load
 from mmsparse.errors import MMSparseError
-from mmsparse.serve.bench import _percentiles, bench_serve, run_load
 
 
 def test_run_load_sends_every_query_once_and_counts_errors(server):

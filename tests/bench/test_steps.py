@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mmsparse.bench.step_compare import compare_steps, format_steps, parse_variant
+from mmsparse.bench.steps import compare_steps, format_steps, parse_variant
 from mmsparse.errors import ConfigError
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mmsparse.bench.train_speed import (
+from mmsparse.bench.train import (
     Scale,
     bench_train,
     format_report,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-from typing import Any
 
+from mmsparse.cli.common import print_json
 from mmsparse.errors import ConfigError, DataError
 
 
@@ -68,12 +67,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _print_json(obj: Any) -> None:
-    from mmsparse.io_utils import json_text
-
-    sys.stdout.write(json_text(obj, default=str, what="stdout") + "\n")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``mmsparse train``."""
     from mmsparse.config import apply_overrides, load_config
@@ -107,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "val": result.val,
     }
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         print(
             f"run {result.run_dir}: best epoch {result.best_epoch} of {result.epochs_run} "
@@ -152,7 +145,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
     )
     if args.json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         print(
             f"{args.run_dir} on {result.info['split']} ({result.info['n_captions']} captions, "
@@ -170,7 +163,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_demo(args.out, seed=args.seed, epochs=args.epochs)
     if args.json:
-        _print_json({k: v for k, v in report.items() if k != "table"})
+        print_json({k: v for k, v in report.items() if k != "table"})
     else:
         print(format_demo(report))
     return 0

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any
 
+from mmsparse.cli.common import print_json
 from mmsparse.errors import ConfigError
 
 
@@ -84,16 +83,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         bundle=args.bundle,
     )
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(format_explain(result))
     return 0
-
-
-def _print_json(obj: Any) -> None:
-    from mmsparse.io_utils import json_text
-
-    sys.stdout.write(json_text(obj, default=str, what="stdout") + "\n")
 
 
 def _split_files(items: list[str]) -> dict[str, str]:
@@ -135,7 +128,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
         return 0
     sec = report.seconds
     print(
@@ -176,7 +169,7 @@ def _bundle_only(args: argparse.Namespace) -> int:
         "projections": sorted(bundle.projections),
     }
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         print(
             f"bundle of {args.backend} written to {bundle.path}: {bundle.vocab_size} terms, "

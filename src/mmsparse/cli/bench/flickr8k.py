@@ -9,11 +9,7 @@ import sys
 from mmsparse.paths import ENV_FLICKR8K
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """No top-level commands here (see :func:`register_bench`)."""
-
-
-def register_bench(bench: argparse._SubParsersAction) -> None:
+def register(bench: argparse._SubParsersAction) -> None:
     """Add ``mmsparse bench flickr8k``."""
     p = bench.add_parser(
         "flickr8k",

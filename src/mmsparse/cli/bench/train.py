@@ -6,11 +6,7 @@ import argparse
 import sys
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """No top-level commands here (the benchmark lives under ``mmsparse bench``)."""
-
-
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+def register(bench_sub: argparse._SubParsersAction) -> None:
     """Add ``mmsparse bench train`` to ``bench_sub``."""
     p = bench_sub.add_parser(
         "train",
@@ -78,7 +74,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench train``."""
     import torch
 
-    from mmsparse.bench.train_speed import bench_train, format_report, write_report
+    from mmsparse.bench.train import bench_train, format_report, write_report
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
