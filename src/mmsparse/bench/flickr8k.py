@@ -23,26 +23,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from mmsparse.config import EvalConfig, RunConfig, apply_overrides, load_config
+from mmsparse.bench.common import (
+    METRICS,
+    RunRecord,
+    data_overrides,
+    hit_at_1,
+    mean_std,
+    paired_permutation_test,
+    reciprocal_rank_at_10,
+    replace_marked_block,
+    run_totals,
+    seed_rows,
+    train_and_evaluate,
+)
+from mmsparse.bench.machine import describe_machine, load_average, machine_record
+from mmsparse.config import RunConfig, apply_overrides, load_config
 from mmsparse.evaluate.report import format_table
-from mmsparse.evaluate.run import evaluate_run
-from mmsparse.io_utils import atomic_write_json, atomic_write_text
-from mmsparse.train import train
-
-logger = logging.getLogger("mmsparse.bench")
-
-METRICS = ("R@1", "R@5", "R@10", "MRR@10")
+from mmsparse.io_utils import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -78,124 +83,6 @@ class Flickr8kBench:
     stage0_overrides: tuple[str, ...] = ()
 
 
-@dataclass
-class RunRecord:
-    """One trained run and its validation result."""
-
-    name: str
-    group: str
-    seed: int
-    run_dir: Path
-    result: dict[str, Any]
-    ranks: dict[str, dict[str, np.ndarray]] = field(repr=False)
-    train_seconds: float
-    config: dict[str, Any]
-
-
-def _data_overrides(spec: Flickr8kBench) -> list[str]:
-    out = [f"data.path={spec.data}"]
-    out.append(f"data.bundle={spec.bundle}" if spec.bundle else "data.bundle=null")
-    return out
-
-
-def _train_or_reuse(cfg: RunConfig, run_dir: Path) -> float:
-    """Train ``cfg`` into ``run_dir`` (continuing a partial run); returns training seconds."""
-    if (run_dir / "final.json").is_file():
-        logger.info("reusing finished run %s", run_dir)
-    result = train(cfg, run_dir, resume=(run_dir / "config.json").is_file())
-    return float(result.train_seconds)
-
-
-def train_and_evaluate(
-    name: str,
-    group: str,
-    cfg: RunConfig,
-    seed: int,
-    run_dir: Path,
-    eval_cfg: EvalConfig,
-    score_types: Sequence[str],
-) -> tuple[RunRecord, dict[str, float] | None]:
-    """Train (or reuse) one run of a benchmark and evaluate it on val.
-
-    Args:
-        name: Row name of the run.
-        group: Table group of the row.
-        cfg: Its config.
-        seed: Its seed.
-        run_dir: Where it is (or goes).
-        eval_cfg: Evaluation settings (the serving cap).
-        score_types: Scores the row reports (``dense``, ``sparse``, ``hybrid``).
-
-    Returns:
-        The record (only ``score_types`` kept) and the readability measure, if any.
-    """
-    seconds = _train_or_reuse(cfg, run_dir)
-    res = evaluate_run(run_dir, "val", eval_cfg=eval_cfg, save=False)
-    d = res.to_dict()
-    for direction in ("t2i", "i2t"):
-        d[direction] = {st: d[direction][st] for st in score_types}
-    rec = RunRecord(name, group, seed, run_dir, d, res.ranks, seconds, cfg.to_dict())
-    last = score_types[-1]
-    logger.info("%s seed %d: t2i %s R@1 = %.2f", name, seed, last, d["t2i"][last]["R@1"])
-    return rec, res.readability  # type: ignore[return-value]
-
-
-def paired_permutation_test(
-    a: np.ndarray, b: np.ndarray, n_resamples: int = 10000, seed: int = 0
-) -> dict[str, float]:
-    """Two-sided paired sign-flip permutation test of ``mean(a - b)``.
-
-    Args:
-        a: Per-query scores of system A.
-        b: Per-query scores of system B, paired with ``a``.
-        n_resamples: Random sign flips.
-        seed: Seed of the flips.
-
-    Returns:
-        ``{"mean_diff", "p_value", "n"}``.
-    """
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    observed = abs(d.mean())
-    rng = np.random.default_rng(seed)
-    count = 0
-    for start in range(0, n_resamples, 1000):
-        k = min(1000, n_resamples - start)
-        signs = rng.choice((-1.0, 1.0), size=(k, d.size))
-        count += int((np.abs((signs * d).mean(axis=1)) >= observed - 1e-12).sum())
-    return {
-        "mean_diff": float(d.mean()),
-        "p_value": (count + 1) / (n_resamples + 1),
-        "n": int(d.size),
-    }
-
-
-def _rr10(ranks: np.ndarray) -> np.ndarray:
-    return np.where(ranks <= 10, 1.0 / ranks, 0.0)
-
-
-def _aggregate(records: Sequence[RunRecord], score_types: Sequence[str]) -> dict[str, Any]:
-    """Mean and standard deviation over seeds of every metric."""
-    out: dict[str, Any] = {"seeds": [r.seed for r in records]}
-    for direction in ("t2i", "i2t"):
-        out[direction] = {}
-        for st in score_types:
-            vals = {m: [r.result[direction][st][m] for r in records] for m in METRICS}
-            out[direction][st] = {
-                m: {
-                    "mean": float(np.mean(v)),
-                    "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                }
-                for m, v in vals.items()
-            }
-    if "sparsity" in records[0].result and "sparse" in score_types:
-        out["sparsity"] = {
-            k: float(np.mean([r.result["sparsity"][k] for r in records]))
-            for k in ("flops", "text_nnz", "image_nnz")
-        }
-    out["train_seconds"] = float(np.mean([r.train_seconds for r in records]))
-    return out
-
-
 def run_flickr8k_bench(
     spec: Flickr8kBench,
     *,
@@ -213,12 +100,12 @@ def run_flickr8k_bench(
         plot_path: Write the trade-off curve (PNG) there.
 
     Returns:
-        The results dict (rows, significance test, trade-off curve, hardware, timings).
+        The results dict (rows, significance test, trade-off curve, machine, timings).
     """
     t0 = time.perf_counter()
-    load_start = _loadavg()
+    load_start = load_average()
     out = Path(spec.out)
-    data = _data_overrides(spec)
+    data = data_overrides(spec.data, spec.bundle)
     stage0_base = load_config(spec.stage0_config, [*data, *spec.stage0_overrides])
     joint_base = load_config(spec.config, [*data, *spec.overrides])
     eval_cfg = dataclasses.replace(
@@ -329,7 +216,7 @@ def run_flickr8k_bench(
             )
 
     significance = {}
-    for metric, fn in (("t2i_R@1", lambda r: (r <= 1).astype(float)), ("t2i_MRR@10", _rr10)):
+    for metric, fn in (("t2i_R@1", hit_at_1), ("t2i_MRR@10", reciprocal_rank_at_10)):
         a = np.concatenate([fn(r.ranks["t2i"]["sparse"]) for r in records["joint"]])
         b = np.concatenate([fn(r.ranks["t2i"]["sparse"]) for r in records["d2s"]])
         significance[metric] = paired_permutation_test(a, b)
@@ -338,14 +225,6 @@ def run_flickr8k_bench(
         "captions of every seed; two-sided sign-flip permutation test, 10,000 resamples"
     )
 
-    rows = {}
-    for name, recs in records.items():
-        types = [t for t in ("dense", "sparse", "hybrid") if t in recs[0].result["t2i"]]
-        rows[name] = {
-            "group": recs[0].group,
-            **_aggregate(recs, types),
-            "runs": [str(r.run_dir) for r in recs],
-        }
     results = {
         "benchmark": "flickr8k",
         "split": "val",
@@ -356,18 +235,12 @@ def run_flickr8k_bench(
             "seeds": list(spec.seeds),
         },
         "configs": {"stage0": stage0_base.to_dict(), "joint": joint_base.to_dict()},
-        "rows": rows,
+        "rows": seed_rows(records),
         "significance": significance,
         "tradeoff": curve,
-        "hardware": hardware(),
-        "load_average": {"start": load_start, "end": _loadavg()},
+        "machine": machine_record(load_start),
         "total_seconds": round(time.perf_counter() - t0, 1),
-        # what the table costs from scratch; total_seconds is only this invocation, which
-        # reuses finished runs and resumes partial ones
-        "train_seconds_all_runs": round(
-            sum(r.train_seconds for recs in records.values() for r in recs), 1
-        ),
-        "n_runs": sum(len(recs) for recs in records.values()),
+        **run_totals(records),
     }
     if results_path:
         atomic_write_json(results_path, results)
@@ -376,37 +249,6 @@ def run_flickr8k_bench(
     if doc_path:
         write_report(results, doc_path)
     return results
-
-
-def _loadavg() -> list[float] | None:
-    """1, 5 and 15-minute load averages (other work on the machine slows the timings)."""
-    try:
-        import os
-
-        return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError):  # pragma: no cover - not Unix
-        return None
-
-
-def hardware() -> dict[str, Any]:
-    """Where the benchmark ran."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    info = {
-        "cpu": cpu,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def plot_tradeoff(curve: dict[str, list[dict[str, float]]], path: str | Path) -> None:
@@ -437,10 +279,6 @@ def plot_tradeoff(curve: dict[str, list[dict[str, float]]], path: str | Path) ->
     plt.close(fig)
 
 
-def _fmt(cell: dict[str, float]) -> str:
-    return f"{cell['mean']:.2f} ± {cell['std']:.2f}" if cell["std"] else f"{cell['mean']:.2f}"
-
-
 def markdown_table(results: dict[str, Any]) -> str:
     """The results as a Markdown table (mean ± std over seeds where there are several)."""
     header = [
@@ -460,7 +298,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             if st not in row["t2i"]:
                 continue
             cells = [name, st, str(len(row["seeds"]))]
-            cells += [_fmt(row[d][st][m]) for d in ("t2i", "i2t") for m in METRICS]
+            cells += [mean_std(row[d][st][m]) for d in ("t2i", "i2t") for m in METRICS]
             sp = row.get("sparsity") if st == "sparse" else None
             cells += (
                 [f"{sp['flops']:.1f}", f"{sp['text_nnz']:.1f}", f"{sp['image_nnz']:.1f}"]
@@ -475,20 +313,11 @@ def markdown_table(results: dict[str, Any]) -> str:
 def write_report(results: dict[str, Any], path: str | Path) -> None:
     """Put the table, significance test and curve into the Markdown report."""
     sig = results["significance"]
-    hw = results["hardware"]
     lines = [
         "<!-- bench:begin -->",
-        f"Hardware: {hw['cpu']}, {hw['threads']} threads, torch {hw['torch']}"
-        + (f", GPU {hw['gpu']}" if "gpu" in hw else "")
-        + f"; training summed over all {results.get('n_runs', '?')} runs "
-        + f"{results.get('train_seconds_all_runs', float('nan')) / 60:.1f} min"
-        + f", this invocation {results['total_seconds'] / 60:.1f} min (finished runs are reused)"
-        + (
-            f"; load average {results['load_average']['start']} at start"
-            if results.get("load_average", {}).get("start")
-            else ""
-        )
-        + ".",
+        f"Hardware: {describe_machine(results['machine'])}; training summed over all "
+        f"{results['n_runs']} runs {results['train_seconds_all_runs'] / 60:.1f} min, this "
+        f"invocation {results['total_seconds'] / 60:.1f} min (finished runs are reused).",
         "",
         markdown_table(results),
         "",
@@ -511,24 +340,6 @@ def write_report(results: dict[str, Any], path: str | Path) -> None:
             )
     lines.append("<!-- bench:end -->")
     replace_marked_block(path, "bench", "\n".join(lines), "# Flickr8k benchmark")
-
-
-def replace_marked_block(path: str | Path, marker: str, block: str, title: str) -> None:
-    """Put ``block`` in place of the marked part of the Markdown file ``path``.
-
-    ``block`` starts with ``<!-- {marker}:begin -->`` and ends with ``<!-- {marker}:end -->``;
-    a file without that part gets it appended (a new file is headed ``title``).
-    """
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    path = Path(path)
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        text = head + block + tail
-    else:
-        text = (text + "\n\n" if text else f"{title}\n\n") + block + "\n"
-    atomic_write_text(path, text)
 
 
 def results_json(results: dict[str, Any]) -> str:

@@ -39,18 +39,22 @@ from typing import Any
 
 import numpy as np
 
-from mmsparse.bench.flickr8k import (
+from mmsparse.bench.common import (
     METRICS,
+    SCORE_TYPES,
     RunRecord,
-    _aggregate,
-    _fmt,
-    _loadavg,
-    _train_or_reuse,
-    hardware,
+    data_overrides,
+    hit_at_1,
+    mean_std,
     paired_permutation_test,
+    reciprocal_rank_at_10,
     replace_marked_block,
+    run_totals,
+    seed_rows,
     train_and_evaluate,
+    train_or_reuse,
 )
+from mmsparse.bench.machine import describe_machine, load_average, machine_record
 from mmsparse.config import RunConfig, apply_overrides, load_config
 from mmsparse.errors import ConfigError, MMSparseError
 from mmsparse.evaluate.report import format_table
@@ -111,7 +115,7 @@ OPTION_DESCRIPTIONS: dict[str, str] = {
 
 
 #: The score types of a joint run.
-ALL_SCORES = ("dense", "sparse", "hybrid")
+ALL_SCORES = SCORE_TYPES
 
 
 @dataclass(frozen=True)
@@ -213,13 +217,12 @@ def run_frontier_bench(
         plot_path: PNG of R@1 against FLOPs.
 
     Returns:
-        The results dict: rows, ablation, curves, significance, hardware, timings.
+        The results dict: rows, ablation, curves, significance, machine, timings.
     """
     t0 = time.perf_counter()
-    load_start = _loadavg()
+    load_start = load_average()
     out = Path(spec.out)
-    data = [f"data.path={spec.data}"]
-    data.append(f"data.bundle={spec.bundle}" if spec.bundle else "data.bundle=null")
+    data = data_overrides(spec.data, spec.bundle)
     stage0_base = load_config(spec.stage0_config, [*data, *spec.stage0_overrides])
     paper = load_config(spec.paper_config, [*data, *spec.overrides])
     recipe = load_config(spec.config, [*data, *spec.overrides])
@@ -261,19 +264,6 @@ def run_frontier_bench(
         )
 
     significance = _significance(records, main)
-    rows = {}
-    for name, recs in records.items():
-        types = [t for t in ALL_SCORES if t in recs[0].result["t2i"]]
-        row = {
-            "group": recs[0].group,
-            **_aggregate(recs, types),
-            "runs": [str(r.run_dir) for r in recs],
-        }
-        if name in readability:
-            row["readability"] = {
-                k: float(np.mean([r[k] for r in readability[name]])) for k in readability[name][0]
-            }
-        rows[name] = row
     results = {
         "benchmark": "frontier",
         "split": "val",
@@ -292,17 +282,13 @@ def run_frontier_bench(
             k: {kk: {"paper": v[0], "recipe": v[1]} for kk, v in vals.items()}
             for k, vals in options.items()
         },
-        "rows": rows,
+        "rows": seed_rows(records, readability),
         "ablation": ablation,
         "curves": curves,
         "significance": significance,
-        "hardware": hardware(),
-        "load_average": {"start": load_start, "end": _loadavg()},
+        "machine": machine_record(load_start),
         "total_seconds": round(time.perf_counter() - t0, 1),
-        "train_seconds_all_runs": round(
-            sum(r.train_seconds for recs in records.values() for r in recs), 1
-        ),
-        "n_runs": sum(len(recs) for recs in records.values()),
+        **run_totals(records),
     }
     if results_path:
         atomic_write_json(results_path, results)
@@ -413,7 +399,7 @@ def _train_worker(cfg: RunConfig, run_dir: str, threads: int) -> float:
     torch.set_num_threads(threads)
     # train.progress may differ from a finished run's config (see RESUME_FREE_KEYS).
     quiet = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
-    return _train_or_reuse(quiet, Path(run_dir))
+    return train_or_reuse(quiet, Path(run_dir))
 
 
 def _train_parallel(plan: Sequence[_Planned], out: Path, jobs: int) -> None:
@@ -484,13 +470,7 @@ def _hits(
 
 def _significance(records: dict[str, list[RunRecord]], main: int) -> dict[str, Any]:
     """Paired tests of the claims, text-to-image, by (seed, query)."""
-
-    def r1(r: np.ndarray) -> np.ndarray:
-        return (r <= 1).astype(float)
-
-    def rr10(r: np.ndarray) -> np.ndarray:
-        return np.where(r <= 10, 1.0 / r, 0.0)
-
+    r1, rr10 = hit_at_1, reciprocal_rank_at_10
     tests: dict[str, Any] = {}
     pairs = [
         ("joint sparse - D2S sparse", ("joint", "sparse"), ("d2s", "sparse")),
@@ -590,8 +570,8 @@ def frontier_tables(results: dict[str, Any]) -> str:
             if st not in row["t2i"]:
                 continue
             cells = [name, st, str(len(row["seeds"]))]
-            cells += [_fmt(row["t2i"][st][m]) for m in METRICS]
-            cells.append(_fmt(row["i2t"][st]["R@1"]))
+            cells += [mean_std(row["t2i"][st][m]) for m in METRICS]
+            cells.append(mean_std(row["i2t"][st]["R@1"]))
             sp = row.get("sparsity") if st == "sparse" else None
             rd = row.get("readability") if st == "sparse" else None
             cells += (
@@ -668,14 +648,11 @@ def frontier_tables(results: dict[str, Any]) -> str:
 
 def write_frontier_report(results: dict[str, Any], path: str | Path) -> None:
     """Put the tables and significance tests into the Markdown report."""
-    hw = results["hardware"]
     sig = results["significance"]
     lines = [
         "<!-- frontier:begin -->",
-        f"Hardware: {hw['cpu']}, {hw['threads']} threads, torch {hw['torch']}; "
-        f"{results['n_runs']} runs, training summed "
-        f"{results['train_seconds_all_runs'] / 60:.1f} min; load average "
-        f"{results['load_average']['start']} at start, {results['load_average']['end']} at end.",
+        f"Hardware: {describe_machine(results['machine'])}; {results['n_runs']} runs, "
+        f"training summed {results['train_seconds_all_runs'] / 60:.1f} min.",
         "",
         frontier_tables(results),
         "",

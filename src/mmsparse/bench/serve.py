@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
-import platform
 import signal
 import socket
 import subprocess
@@ -30,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from mmsparse.bench.machine import load_average, machine_record
 from mmsparse.errors import MMSparseError
 from mmsparse.io_utils import atomic_write_json
 
@@ -255,14 +254,8 @@ def bench_serve(
         "endpoint": f"GET /api/search?q=CAPTION&k={k}&explain=true",
         "design": f"one server per encoder mode, side by side; the queries in {len(blocks)} "
         "blocks, each block sent to every mode in turn (order alternating per round)",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        },
+        "machine": machine_record(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "load_average_before": list(os.getloadavg()),
         "runs": [],
     }
     acc: dict[str, dict[str, Any]] = {
@@ -289,7 +282,7 @@ def bench_serve(
                         f"clients to encoder={enc}",
                         file=sys.stderr,
                     )
-                acc[enc]["load"].append(os.getloadavg()[0])
+                acc[enc]["load"].append((load_average() or [None])[0])
                 res = run_load(servers[enc][1], [queries[i] for i in block], clients, k)
                 acc[enc]["latencies"] += res["latencies"]
                 acc[enc]["errors"] += res["errors"]
@@ -317,11 +310,11 @@ def bench_serve(
                         "after": round(mem_after.get("VmRSS", float("nan")), 1),
                         "peak": round(mem_after.get("VmHWM", float("nan")), 1),
                     },
-                    "load_average_1min_at_block_starts": [round(x, 2) for x in a["load"]],
+                    "load_average_1min_at_block_starts": a["load"],
                     "server": health,
                 }
             )
-    report["load_average_after"] = list(os.getloadavg())
+    report["machine"] = machine_record(report["machine"]["load_average"]["start"])
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out), report)

@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import platform
 import resource
 import statistics
 import tempfile
@@ -38,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmsparse.bench.machine import cpu_model, describe_machine, load_average, machine_record
 from mmsparse.config import RunConfig, apply_overrides
 from mmsparse.data.store import FeatureStore
 from mmsparse.errors import ConfigError, DataError
@@ -170,35 +169,19 @@ def bench_config(
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
-    """The device, named: GPU name or CPU model, torch version, threads, machine load."""
-    info: dict[str, Any] = {
-        "type": device.type,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
+    """The device the step runs on, named: its type and the GPU's name or the CPU's model.
+
+    (The machine around it, threads and load: :func:`mmsparse.bench.machine.machine_record`.)
+    """
+    info: dict[str, Any] = {"type": device.type}
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         info["name"] = torch.cuda.get_device_name(index)
         info["cuda"] = torch.version.cuda
         info["memory_gib"] = round(torch.cuda.get_device_properties(index).total_memory / 2**30, 1)
     else:
-        info["name"] = info["cpu"]
-    with contextlib.suppress(OSError):
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        info["name"] = cpu_model()
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class _Timer:
@@ -295,6 +278,7 @@ def bench_train(
     sc = _scale(scale)
     if steps < 1 or warmup < 0 or eval_repeats < 1:
         raise ConfigError("bench train: --steps and --eval-repeats must be >= 1, --warmup >= 0")
+    load_start = load_average()
     ctx, created = setup(device)
     try:
         dev = resolve_device(rank_device(device, ctx))
@@ -347,6 +331,7 @@ def bench_train(
                     "parameters": about["parameters"],
                 },
                 "device": device_info(dev),
+                "machine": machine_record(load_start),
                 "world_size": ctx.world_size,
                 "settings": {
                     "compile": compile,
@@ -388,7 +373,7 @@ def bench_train(
             report["eval_speedup_vs_reference"] = round(
                 report["eval_reference"]["seconds"] / report["eval"]["total_seconds"], 1
             )
-        report["device"]["load_average_end"] = device_info(dev).get("load_average")
+        report["machine"] = machine_record(load_start)
         return report
     finally:
         teardown(created)
@@ -663,10 +648,8 @@ def format_report(report: dict[str, Any]) -> str:
     st = report["settings"]
     ev = report["eval"]
     lines = [
-        f"mmsparse bench train --scale {report['scale']}: {dev['name']} "
-        f"(torch {dev['torch']}, {dev['threads']} threads"
-        + (f", load {dev['load_average']}" if dev.get("load_average") else "")
-        + ")",
+        f"mmsparse bench train --scale {report['scale']}: {dev['name']}",
+        f"  machine: {describe_machine(report['machine'])}",
         f"  settings: compile={st['compile']} amp={st['amp_dtype']} "
         f"fused_adamw={st['fused_adamw']} batch={st['batch_size']} world={report['world_size']}",
         "",

@@ -1,4 +1,8 @@
-"""``mmsparse bench retrieval``: the engines at scale (build, size, latency, QPS, recall)."""
+"""``mmsparse bench retrieval``: the engines at scale (build, size, latency, QPS, recall).
+
+The options come in the groups of :func:`mmsparse.bench.retrieval.bench_retrieval`'s
+arguments: corpus, serving cap, engines and sweeps, timing, outputs.
+"""
 
 from __future__ import annotations
 
@@ -16,76 +20,104 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
         description="Build a synthetic-but-realistic corpus from a run's real image "
         "vectors and compare exact sparse (inverted, inverted-blockmax, bmp), approximate "
         "sparse (seismic, kannolo, swept to equal recall), milvus-lite and faiss dense search "
-        "(see docs/serving.md).",
+        "(see docs/benchmarks.md).",
     )
     p.add_argument("--run", required=True, help="trained run directory")
-    p.add_argument("--data", help="feature directory (default: the run's)")
-    p.add_argument("--n-images", type=int, default=1_000_000)
-    p.add_argument("--n-queries", type=int, default=10_000)
-    p.add_argument(
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    g = p.add_argument_group("corpus")
+    g.add_argument("--data", help="feature directory (default: the run's)")
+    g.add_argument(
+        "--n-images",
+        type=int,
+        default=1_000_000,
+        help="corpus size: the run's real images, then synthetic ones (default 1000000)",
+    )
+    g.add_argument(
+        "--n-queries",
+        type=int,
+        default=10_000,
+        help="real caption queries, for throughput and recall (default 10000)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of corpus and query sampling")
+
+    g = p.add_argument_group("serving cap")
+    g.add_argument("--image-topk", type=int, help="terms kept per image (default: the run's)")
+    g.add_argument("--text-topk", type=int, help="terms kept per query (default: the run's)")
+
+    g = p.add_argument_group("engines and sweeps")
+    g.add_argument(
         "--engines",
         default="inverted,inverted-blockmax,bmp,seismic,kannolo,faiss-flat,faiss-hnsw",
         help="comma-separated subset to run (also: milvus)",
     )
-    p.add_argument(
-        "--latency-queries", type=int, default=1000, help="queries timed one by one on one thread"
-    )
-    p.add_argument(
-        "--milvus-images",
-        type=int,
-        default=20_000,
-        help="milvus-lite is measured on at most this many images",
-    )
-    p.add_argument("--image-topk", type=int, help="terms kept per image (default: the run's)")
-    p.add_argument("--text-topk", type=int, help="terms kept per query (default: the run's)")
-    p.add_argument(
+    g.add_argument(
         "--seismic",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="seismic build parameter, e.g. --seismic n_postings=6000 (repeatable)",
     )
-    p.add_argument(
+    g.add_argument(
         "--seismic-search",
         default="3:0.7,5:0.8,10:0.9,20:0.9,30:1.0,50:1.0",
         help="seismic query_cut:heap_factor sweep, in increasing recall order",
     )
-    p.add_argument("--hnsw-ef", default="16,32,64,128,256,512,1024", help="faiss efSearch sweep")
-    p.add_argument(
-        "--hnsw", action="append", default=[], metavar="KEY=VALUE", help="faiss M, efConstruction"
+    g.add_argument(
+        "--hnsw",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="faiss HNSW build parameter: M, efConstruction (repeatable)",
     )
-    p.add_argument("--kannolo-ef", default="10,20,40,80,160,320,640", help="ef_search sweep")
-    p.add_argument(
-        "--kannolo", action="append", default=[], metavar="KEY=VALUE", help="m, ef_construction"
+    g.add_argument("--hnsw-ef", default="16,32,64,128,256,512,1024", help="faiss efSearch sweep")
+    g.add_argument(
+        "--kannolo",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="kannolo build parameter: m, ef_construction (repeatable)",
     )
-    p.add_argument(
+    g.add_argument("--kannolo-ef", default="10,20,40,80,160,320,640", help="ef_search sweep")
+    g.add_argument(
         "--kannolo-images", type=int, default=100_000, help="kannolo graph on at most this many"
     )
-    p.add_argument("--bmp-bsize", type=int, default=32, help="bmp images per block")
-    p.add_argument("--blockmax-bsize", type=int, default=64, help="own block-max block size")
-    p.add_argument(
-        "--sweep-queries", type=int, default=2000, help="queries of every sweep point's recall"
+    g.add_argument(
+        "--milvus-images",
+        type=int,
+        default=20_000,
+        help="milvus-lite is measured on at most this many images",
     )
-    p.add_argument(
+    g.add_argument("--bmp-bsize", type=int, default=32, help="bmp images per block")
+    g.add_argument("--blockmax-bsize", type=int, default=64, help="own block-max block size")
+
+    g = p.add_argument_group("timing")
+    g.add_argument(
+        "--latency-queries", type=int, default=1000, help="queries timed one by one on one thread"
+    )
+    g.add_argument(
         "--latency-budget", type=float, default=20.0, help="seconds of timing per engine/setting"
     )
-    p.add_argument(
+    g.add_argument(
         "--serial-budget",
         type=float,
         default=60.0,
         help="seconds for the one-query-at-a-time exact engines (bmp, inverted-blockmax)",
     )
-    p.add_argument("--plot", help="write the latency-against-recall PNG here")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", help="directory for the built indexes (default: temporary)")
-    p.add_argument("--out", default="benchmarks/retrieval.json", help="results JSON")
-    p.add_argument("--table", help="also write the markdown table to this file")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    g.add_argument(
+        "--sweep-queries", type=int, default=2000, help="queries of every sweep point's recall"
+    )
+
+    g = p.add_argument_group("outputs")
+    g.add_argument("--out", default="benchmarks/retrieval.json", help="results JSON")
+    g.add_argument("--table", help="also write the markdown table to this file")
+    g.add_argument("--plot", help="write the latency-against-recall PNG here")
+    g.add_argument("--work", help="directory for the built indexes (default: temporary)")
     p.set_defaults(func=cmd_bench_retrieval)
 
 
-def _settings(text: str) -> list[tuple[int, float]]:
-    """``"10:0.9,20:0.8"`` to ``[(10, 0.9), (20, 0.8)]``."""
+def _settings(text: str) -> tuple[tuple[int, float], ...]:
+    """``"10:0.9,20:0.8"`` to ``((10, 0.9), (20, 0.8))``."""
     out = []
     for item in text.split(","):
         try:
@@ -95,40 +127,47 @@ def _settings(text: str) -> list[tuple[int, float]]:
             raise MMSparseError(
                 f"--seismic-search expects QUERY_CUT:HEAP_FACTOR[,...], got {item!r}"
             ) from exc
-    return out
+    return tuple(out)
 
 
 def cmd_bench_retrieval(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench retrieval``."""
-    from mmsparse.bench.retrieval import DEFAULT_SEISMIC_BUILD, bench_retrieval, format_bench_table
+    from mmsparse.bench.retrieval import (
+        CorpusOptions,
+        EngineSweep,
+        Outputs,
+        ServingCap,
+        Timing,
+        bench_retrieval,
+        format_bench_table,
+    )
 
     report = bench_retrieval(
         args.run,
-        n_images=args.n_images,
-        n_queries=args.n_queries,
-        engines=[e.strip() for e in args.engines.split(",") if e.strip()],
-        latency_queries=args.latency_queries,
-        milvus_images=args.milvus_images,
-        seed=args.seed,
-        data=args.data,
-        work=args.work,
-        out=args.out,
-        table=args.table,
-        seismic_build={**DEFAULT_SEISMIC_BUILD, **parse_params(args.seismic, "--seismic")},
-        seismic_search=_settings(args.seismic_search),
-        hnsw=parse_params(args.hnsw, "--hnsw"),
-        hnsw_ef=parse_ints(args.hnsw_ef, "--hnsw-ef"),
-        kannolo=parse_params(args.kannolo, "--kannolo"),
-        kannolo_ef=parse_ints(args.kannolo_ef, "--kannolo-ef"),
-        kannolo_images=args.kannolo_images,
-        bmp_bsize=args.bmp_bsize,
-        blockmax_bsize=args.blockmax_bsize,
-        sweep_queries=args.sweep_queries,
-        latency_budget=args.latency_budget,
-        serial_budget=args.serial_budget,
-        plot=args.plot,
-        image_topk=args.image_topk,
-        text_topk=args.text_topk,
+        CorpusOptions(
+            n_images=args.n_images, n_queries=args.n_queries, seed=args.seed, data=args.data
+        ),
+        cap=ServingCap(image_topk=args.image_topk, text_topk=args.text_topk),
+        sweep=EngineSweep(
+            engines=tuple(e.strip() for e in args.engines.split(",") if e.strip()),
+            seismic_build=parse_params(args.seismic, "--seismic"),
+            seismic_search=_settings(args.seismic_search),
+            hnsw=parse_params(args.hnsw, "--hnsw"),
+            hnsw_ef=tuple(parse_ints(args.hnsw_ef, "--hnsw-ef")),
+            kannolo=parse_params(args.kannolo, "--kannolo"),
+            kannolo_ef=tuple(parse_ints(args.kannolo_ef, "--kannolo-ef")),
+            kannolo_images=args.kannolo_images,
+            milvus_images=args.milvus_images,
+            bmp_bsize=args.bmp_bsize,
+            blockmax_bsize=args.blockmax_bsize,
+        ),
+        timing=Timing(
+            latency_queries=args.latency_queries,
+            latency_budget=args.latency_budget,
+            serial_budget=args.serial_budget,
+            sweep_queries=args.sweep_queries,
+        ),
+        outputs=Outputs(out=args.out, table=args.table, plot=args.plot, work=args.work),
         progress=not args.json,
     )
     if args.json:

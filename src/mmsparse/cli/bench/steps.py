@@ -42,6 +42,7 @@ def register(bench: argparse._SubParsersAction) -> None:
 
 def cmd_bench_steps(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench steps``."""
+    from mmsparse.bench.machine import describe_machine
     from mmsparse.bench.steps import compare_steps, format_steps, parse_variant
     from mmsparse.io_utils import atomic_write_json
 
@@ -65,5 +66,5 @@ def cmd_bench_steps(args: argparse.Namespace) -> int:
         sys.stdout.write(json_text(report, what="stdout") + "\n")
     else:
         print(format_steps(report))
-        print(f"load average {report['load_average']}, {report['threads']} threads")
+        print(f"machine: {describe_machine(report['machine'])}")
     return 0
