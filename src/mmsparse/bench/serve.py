@@ -158,7 +158,7 @@ def _start_server(
     stack: contextlib.ExitStack,
     index_dir: str | Path,
     enc: str,
-    threads: int,
+    encoder_threads: int,
     clients: int,
     k: int = 10,
 ) -> tuple[subprocess.Popen, int, Path]:
@@ -168,7 +168,7 @@ def _start_server(
     log_path = tmp / "server.log"
     cmd = [
         sys.executable, "-m", "mmsparse", "serve", str(index_dir),
-        "--port", str(port), "--encoder", enc, "--threads", str(threads),
+        "--port", str(port), "--encoder", enc, "--encoder-threads", str(encoder_threads),
         "--max-pending", str(max(64, 4 * clients)), "--max-k", str(max(100, k)),
     ]  # fmt: skip
     with open(log_path, "wb") as log_fh:
@@ -193,7 +193,7 @@ def bench_serve(
     requests: int = 2000,
     k: int = 10,
     encoders: list[str] | tuple[str, ...] = ("batch", "threads"),
-    threads: int = 2,
+    encoder_threads: int = 2,
     rounds: int = 4,
     seed: int = 0,
     warmup: int = 16,
@@ -214,7 +214,9 @@ def bench_serve(
         requests: Searches in all (per encoder mode).
         k: ``k`` of every search.
         encoders: Encoder modes to measure (``batch``, ``threads``).
-        threads: Workers of the ``threads`` encoder.
+        encoder_threads: Workers of the ``threads`` encoder (``--encoder-threads``). The
+            servers compute with this process's CPU threads (``--threads``; they inherit
+            its ``OMP_NUM_THREADS``).
         rounds: Blocks of queries, each sent to every mode in turn.
         seed: Seed of the caption sample.
         warmup: Untimed requests sent first.
@@ -233,7 +235,7 @@ def bench_serve(
         ("--requests", requests),
         ("--rounds", rounds),
         ("--k", k),
-        ("--threads", threads),
+        ("--encoder-threads", encoder_threads),
     ):
         if value < 1:
             raise MMSparseError(f"{option} must be at least 1, got {value}")
@@ -264,7 +266,7 @@ def bench_serve(
     with contextlib.ExitStack() as stack:
         servers = {}
         for enc in encoders:
-            proc, port, log_path = _start_server(stack, index_dir, enc, threads, clients, k)
+            proc, port, log_path = _start_server(stack, index_dir, enc, encoder_threads, clients, k)
             if progress:
                 print(f"starting the server (encoder={enc}) on port {port}", file=sys.stderr)
             _wait_healthy(proc, port, log_path, startup_timeout)
@@ -297,7 +299,7 @@ def bench_serve(
             report["runs"].append(
                 {
                     "encoder": enc,
-                    "threads": threads if enc == "threads" else 1,
+                    "encoder_threads": encoder_threads if enc == "threads" else 1,
                     "clients": clients,
                     "requests": n,
                     "errors": len(a["errors"]),

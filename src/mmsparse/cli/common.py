@@ -116,3 +116,45 @@ def add_deprecated_alias(
         metavar=new.metavar,
         default=argparse.SUPPRESS,
     )
+
+
+#: Workers of ``--encoder threads`` when ``--encoder-threads`` is not given.
+ENCODER_THREADS = 2
+
+
+def add_encoder_threads(p: argparse.ArgumentParser) -> None:
+    """``--encoder-threads N``: the size of the ``--encoder threads`` pool (serve, bench serve)."""
+    p.add_argument(
+        "--encoder-threads",
+        type=int,
+        metavar="N",
+        help=f"workers of --encoder threads, each encoding one query at a time (default "
+        f"{ENCODER_THREADS}); the CPU threads each computes with are --threads",
+    )
+
+
+def encoder_threads(args: argparse.Namespace, uses_pool: bool) -> int:
+    """The ``--encoder threads`` pool size: ``--encoder-threads``, else its default.
+
+    Before ``--encoder-threads`` existed, ``serve --threads N`` and ``bench serve --threads
+    N`` set this pool; such a command still gets an N-worker pool, with a deprecation
+    message (``--threads`` itself now only sets the process's CPU threads).
+
+    Args:
+        args: The parsed command line.
+        uses_pool: Whether an ``--encoder threads`` server is started at all.
+    """
+    if args.encoder_threads is not None:
+        return int(args.encoder_threads)
+    old = getattr(args, "threads", None)  # present only when given on the command line
+    if uses_pool and old is not None:
+        from mmsparse.threads import parse_threads
+
+        n = parse_threads(old)
+        if n is not None:
+            warn_deprecated(
+                f"--threads {old} as the size of the --encoder threads pool",
+                f"--encoder-threads {n} (--threads sets the process's CPU threads only)",
+            )
+            return n
+    return ENCODER_THREADS

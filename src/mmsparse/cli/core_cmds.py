@@ -61,7 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "synthetic dataset and show results and sparse terms (~1 minute, CPU).",
     )
     p.add_argument("--out", help="keep the three runs in this directory")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed of the synthetic data and the runs (42)"
+    )
     p.add_argument("--epochs", type=int, help="epochs per run (default 12)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_demo)

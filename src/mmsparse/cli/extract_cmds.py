@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmsparse.cli.common import print_json
+from mmsparse.cli.common import add_deprecated_alias, print_json
 from mmsparse.errors import ConfigError
 
 
@@ -56,7 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="run directory written by 'mmsparse train'")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--image", metavar="ID", help="an image id (imgid)")
-    what.add_argument("--caption", metavar="ID", help="a caption id (sentid)")
+    caption = what.add_argument(
+        "--caption-id", metavar="ID", help="a caption id (sentid), as in 'mmsparse search'"
+    )
+    add_deprecated_alias(what, "--caption", caption)
     what.add_argument("--text", help="a raw text query")
     p.add_argument("--with-image", metavar="ID", help="pair the caption/text with this image")
     p.add_argument("--k", type=int, default=10, help="terms to list (default 10)")
@@ -74,7 +77,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     result = explain(
         args.run_dir,
         image=args.image,
-        caption=args.caption,
+        caption_id=args.caption_id,
         text=args.text,
         with_image=args.with_image,
         k=args.k,

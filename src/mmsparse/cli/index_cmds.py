@@ -166,7 +166,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", help="run directory written by 'mmsparse train'")
     p.add_argument("--split", default="val", help="split whose images are exported")
-    p.add_argument("--format", required=True, choices=("anserini", "opensearch", "elasticsearch"))
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("anserini", "opensearch", "elasticsearch"),
+        help="the engine whose ingest format is written (docs/serving.md, Exports)",
+    )
     p.add_argument(
         "--out", required=True, help="output directory (new or empty, unless --overwrite)"
     )

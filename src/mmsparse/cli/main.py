@@ -56,8 +56,9 @@ def _add_common_options(parser: argparse.ArgumentParser, default: object) -> Non
             "--threads",
             default=default,
             metavar="N",
-            help="CPU threads (default: the cores free when the command starts, at least 1; "
-            "also MMSPARSE_THREADS; see docs/benchmarks.md)",
+            help="the CPU threads this process computes with: the thread pools of torch, "
+            "OpenMP/BLAS and numba (default: the cores free when the command starts, at "
+            "least 1; also MMSPARSE_THREADS; docs/benchmarks.md#threads-on-a-busy-machine)",
         )
     if "--no-verify" not in parser._option_string_actions:
         parser.add_argument(

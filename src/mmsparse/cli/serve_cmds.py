@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from mmsparse.cli.common import add_index_args
+from mmsparse.cli.common import add_encoder_threads, add_index_args, encoder_threads
 from mmsparse.errors import MMSparseError, require_extra
 
 
@@ -18,7 +18,7 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
         default="batch",
         help="how queries are encoded: batched together (default) or a thread pool",
     )
-    p.add_argument("--threads", type=int, default=2, help="threads of --encoder threads")
+    add_encoder_threads(p)
     p.add_argument(
         "--max-pending",
         type=int,
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _config(args: argparse.Namespace) -> dict[str, Any]:
+def _config(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     return {
         "index_dir": os.path.abspath(args.index),
         "run_dir": args.run,
@@ -59,7 +59,7 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "bundle": args.bundle,
         "images_dir": args.images,
         "encoder": args.encoder,
-        "limits": {"threads": args.threads, "max_pending": args.max_pending, "max_k": args.max_k},
+        "limits": {"threads": threads, "max_pending": args.max_pending, "max_k": args.max_k},
     }
 
 
@@ -70,10 +70,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mmsparse.serve.app import ENV_CONFIG, create_app
     from mmsparse.serve.service import SearchService, ServeLimits, check_port_free
 
+    threads = encoder_threads(args, uses_pool=args.encoder == "threads")
     # Every count is at least 1: with --max-k 0 or --max-pending 0 the server started and
     # then refused every request.
-    for option in ("--workers", "--threads", "--max-pending", "--max-k"):
-        value = getattr(args, option[2:].replace("-", "_"))
+    for option in ("--workers", "--encoder-threads", "--max-pending", "--max-k"):
+        value = (
+            threads
+            if option == "--encoder-threads"
+            else getattr(args, option[2:].replace("-", "_"))
+        )
         if value < 1:
             raise MMSparseError(f"{option} must be at least 1, got {value}")
     if not 0 < args.port < 65536:
@@ -81,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Before the index is opened and before 'serving at ...' is printed: a busy port was
     # uvicorn's error after that line, and exit status 3.
     check_port_free(args.host, args.port)
-    cfg = _config(args)
+    cfg = _config(args, threads)
     limits = ServeLimits(**cfg.pop("limits"))
     # Open the index here, in the parent: a missing or corrupt index stops the command with
     # the one-line error 'mmsparse search' gives, before any port is bound.
@@ -103,7 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service.close()
         from mmsparse.io_utils import json_text
 
-        os.environ[ENV_CONFIG] = json_text({**_config(args)}, indent=None, what="--config")
+        os.environ[ENV_CONFIG] = json_text(_config(args, threads), indent=None, what="--config")
         uvicorn.run(
             "mmsparse.serve.app:app_from_env",
             factory=True,

@@ -21,7 +21,7 @@ def register(bench: argparse._SubParsersAction) -> None:
     add_flickr8k_bench_args(
         p,
         out="runs/bench-flickr8k",
-        configs={"--config": ("configs/flickr8k-paper.json", None)},
+        configs={"--config": ("configs/flickr8k-paper.json", "config of the joint method")},
         set_help="override a key of every sparse run (repeatable)",
         results="benchmarks/flickr8k.json",
         doc="docs/flickr8k.md",
@@ -39,7 +39,7 @@ def add_flickr8k_bench_args(
     p: argparse.ArgumentParser,
     *,
     out: str,
-    configs: dict[str, tuple[str, str | None]],
+    configs: dict[str, tuple[str, str]],
     set_help: str,
     results: str,
     doc: str,
@@ -67,13 +67,40 @@ def add_flickr8k_bench_args(
         help="backbone bundle ('none' for the random fallback vocabulary)",
     )
     p.add_argument("--out", default=out, help="directory of the runs")
-    p.add_argument("--stage0-config", default="configs/flickr8k-stage0.json")
+    p.add_argument(
+        "--stage0-config",
+        default="configs/flickr8k-stage0.json",
+        help="config of the stage-0 dense fit, the dense backbone every run starts from",
+    )
     for flag, (default, help_text) in configs.items():
         p.add_argument(flag, default=default, help=help_text)
-    p.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
-    p.add_argument("--reg-scales", type=float, nargs="+", default=[1 / 3, 1.0, 3.0])
-    p.add_argument("--text-topk", type=int, default=64)
-    p.add_argument("--image-topk", type=int, default=256)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[42, 43, 44],
+        help="seeds of the main rows; the first one also runs the single-seed rows "
+        "(default 42 43 44)",
+    )
+    p.add_argument(
+        "--reg-scales",
+        type=float,
+        nargs="+",
+        default=[1 / 3, 1.0, 3.0],
+        help="multipliers of q_reg/d_reg: the points of the trade-off curve (default 1/3 1 3)",
+    )
+    p.add_argument(
+        "--text-topk",
+        type=int,
+        default=64,
+        help="terms kept per caption at evaluation, as an index serves them (default 64)",
+    )
+    p.add_argument(
+        "--image-topk",
+        type=int,
+        default=256,
+        help="terms kept per image at evaluation (default 256)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",

@@ -23,7 +23,10 @@ def register(bench: argparse._SubParsersAction) -> None:
         p,
         out="runs/bench-frontier",
         configs={
-            "--paper-config": ("configs/flickr8k-paper.json", None),
+            "--paper-config": (
+                "configs/flickr8k-paper.json",
+                "the paper's method on this data (every frontier option off)",
+            ),
             "--config": ("configs/flickr8k.json", "the recipe"),
         },
         set_help="override a key of every sparse run, both configurations (repeatable)",

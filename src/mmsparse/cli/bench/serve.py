@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmsparse.cli.common import print_json
+from mmsparse.cli.common import add_encoder_threads, encoder_threads, print_json
 
 
 def register(bench_sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
         default="batch,threads",
         help="encoder modes to measure, one server each (default batch,threads)",
     )
-    p.add_argument("--threads", type=int, default=2, help="threads of --encoder threads")
+    add_encoder_threads(p)
     p.add_argument(
         "--rounds",
         type=int,
@@ -49,7 +49,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         requests=args.requests,
         k=args.k,
         encoders=encoders,
-        threads=args.threads,
+        encoder_threads=encoder_threads(args, uses_pool="threads" in encoders),
         rounds=args.rounds,
         seed=args.seed,
         out=args.out,

@@ -15,7 +15,11 @@ def register(bench: argparse._SubParsersAction) -> None:
         "same process, alternating rounds so that machine load hits every variant alike); "
         "report ms per step, s per epoch and the speed-up against the first variant.",
     )
-    p.add_argument("--config", default="configs/flickr8k-paper.json")
+    p.add_argument(
+        "--config",
+        default="configs/flickr8k-paper.json",
+        help="run config whose variants are timed (its data is loaded once)",
+    )
     p.add_argument(
         "--variant",
         action="append",
@@ -25,8 +29,15 @@ def register(bench: argparse._SubParsersAction) -> None:
         "'restricted=model.vocab_restrict=train-captions'",
     )
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant per round")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds; every variant runs --steps steps in each, in turn (default 3)",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps per variant before the first round"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
