@@ -3,11 +3,11 @@
 Every ``mmsparse bench`` command writes :func:`machine_record` under the key ``"machine"``
 of its JSON, in one shape (docs/benchmarks.md, *The machine record*)::
 
-    {"cpu": "AMD EPYC 7B13", "cpus": 2, "cpus_available": 2, "threads": 2,
+    {"cpu": "AMD EPYC", "cpus": 2, "cpus_available": 2, "threads": 2,
      "threads_from": "--threads", "gpu": null, "platform": "Linux-...", "python": "3.11.7",
-     "numpy": "2.1.3", "torch": "2.13.0+cpu", "numba": "0.61.0",
+     "numpy": "2.4.6", "torch": "2.13.0+cpu", "numba": "0.68.1",
      "env": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "MMSPARSE_THREADS": null},
-     "load_average": {"start": [0.5, 1.1, 1.8], "end": [1.5, 1.3, 1.8]}}
+     "load_average": {"start": [9.1, 9.43, 8.41], "end": [9.1, 9.43, 8.41]}}
 
 A benchmark takes :func:`load_average` when it starts and builds the record when it writes
 its results (the ``end`` load is the load at that moment): timings taken beside other work

@@ -14,7 +14,7 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
         help="load test of 'mmsparse serve': latency, requests/s, errors, memory",
         description="Start 'mmsparse serve' on 127.0.0.1, send real captions of the index's "
         "split from concurrent clients, and report p50/p99 latency, requests per second, "
-        "errors and the server's memory before and after (see docs/serving.md).",
+        "errors and the server's memory before and after (see docs/benchmarks.md).",
     )
     p.add_argument("index", help="index directory")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
