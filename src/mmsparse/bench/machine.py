@@ -129,10 +129,9 @@ def describe_machine(machine: dict[str, Any]) -> str:
     1.8] at start, [1.5, 1.3, 1.8] at end``.
     """
     parts = [str(machine.get("cpu") or "unknown CPU")]
-    if machine.get("cpus"):
-        parts.append(f"{machine['cpus']} CPUs")
-    if machine.get("threads"):
-        parts.append(f"{machine['threads']} threads")
+    for key, unit in (("cpus", "CPU"), ("threads", "thread")):
+        if machine.get(key):
+            parts.append(f"{machine[key]} {unit}{'' if machine[key] == 1 else 's'}")
     if machine.get("torch"):
         parts.append(f"torch {machine['torch']}")
     if machine.get("gpu"):
