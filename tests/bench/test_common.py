@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from mmsparse.bench.common import (
     paired_permutation_test,
     reciprocal_rank_at_10,
     replace_marked_block,
-    run_totals,
+    results_footer,
     seed_rows,
 )
 
@@ -55,7 +56,13 @@ def test_seed_rows_mean_and_std_over_seeds_and_totals():
     assert row["sparsity"]["flops"] == 4.0 and row["train_seconds"] == 75.0
     assert row["readability"] == {"img": 35.0}
     assert row["runs"] == ["runs/joint-s1", "runs/joint-s2"]
-    assert run_totals(records) == {"train_seconds_all_runs": 150.0, "n_runs": 2}
+    footer = results_footer(records, [1.0, 2.0, 3.0], time.perf_counter())
+    assert footer["train_seconds_all_runs"] == 150.0 and footer["n_runs"] == 2
+    assert 0 <= footer["total_seconds"] < 5 and footer["machine"]["load_average"]["start"] == [
+        1.0,
+        2.0,
+        3.0,
+    ]
     assert mean_std(row["t2i"]["sparse"]["R@1"]) == "11.00 ± 1.41"
     assert mean_std({"mean": 3.0, "std": 0.0}) == "3.00"
 

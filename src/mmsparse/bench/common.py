@@ -1,20 +1,24 @@
-"""What the training benchmarks share (``bench flickr8k``, ``bench frontier``).
+"""What the benchmarks share (above all the training ones, ``bench flickr8k`` and ``frontier``).
 
 Train or reuse a run and evaluate it on val (:func:`train_and_evaluate`), aggregate runs over
-seeds (:func:`seed_rows`), test paired differences (:func:`paired_permutation_test`), and
-write a marked block of a Markdown report (:func:`replace_marked_block`).
+seeds (:func:`seed_rows`), test paired differences (:func:`paired_permutation_test`), lay the
+rows out as a table (:func:`score_rows`), draw and save a plot (:func:`pyplot`,
+:func:`save_png`), and write a marked block of a Markdown report
+(:func:`replace_marked_block`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mmsparse.bench.machine import machine_record
 from mmsparse.config import EvalConfig, RunConfig
 from mmsparse.evaluate.run import evaluate_run
 from mmsparse.io_utils import atomic_write_text
@@ -26,6 +30,40 @@ logger = logging.getLogger("mmsparse.bench")
 METRICS = ("R@1", "R@5", "R@10", "MRR@10")
 #: The score types, in table order.
 SCORE_TYPES = ("dense", "sparse", "hybrid")
+
+
+@dataclass(frozen=True)
+class SeededBench:
+    """What a training benchmark on Flickr8k runs (``bench flickr8k`` and ``frontier`` share it).
+
+    Each benchmark's spec adds the fields of its own rows.
+
+    Attributes:
+        data: Directory of the Flickr8k features (``../shared/flickr8k``).
+        bundle: Backbone bundle (MiniLM word embeddings and vocabulary; the restricted
+            vocabulary and the readability measure need it), or ``None``.
+        out: Directory of all the runs (finished ones are reused).
+        stage0_config: Config of the stage-0 dense fit (the dense backbone).
+        config: Config of the joint method (D2S and the other rows are derived from it).
+        seeds: Seeds of the main rows; the first one is used for everything else.
+        text_topk: Terms kept per caption at evaluation.
+        image_topk: Terms kept per image at evaluation.
+        reg_scales: Multipliers of ``q_reg``/``d_reg`` for the trade-off curves.
+        overrides: Extra ``key=value`` overrides of every sparse run (e.g. epochs).
+        stage0_overrides: Extra overrides of the stage-0 runs.
+    """
+
+    data: str
+    bundle: str | None
+    out: str
+    stage0_config: str = "configs/flickr8k-stage0.json"
+    config: str = "configs/flickr8k.json"
+    seeds: tuple[int, ...] = (42, 43, 44)
+    text_topk: int = 64
+    image_topk: int = 256
+    reg_scales: tuple[float, ...] = (1 / 3, 1.0, 3.0)
+    overrides: tuple[str, ...] = ()
+    stage0_overrides: tuple[str, ...] = ()
 
 
 @dataclass
@@ -176,12 +214,23 @@ def seed_rows(
     return rows
 
 
-def run_totals(records: Mapping[str, Sequence[RunRecord]]) -> dict[str, Any]:
-    """What the whole table costs from scratch: training seconds summed over runs, and runs.
+def results_footer(
+    records: Mapping[str, Sequence[RunRecord]], load_start: list[float] | None, started: float
+) -> dict[str, Any]:
+    """The last fields of a training benchmark's results.
 
-    (An invocation's own ``total_seconds`` reuses finished runs and resumes partial ones.)
+    ``machine`` (:func:`~mmsparse.bench.machine.machine_record`), ``total_seconds`` (this
+    invocation, which reuses finished runs and resumes partial ones), and what the whole
+    table costs from scratch: ``train_seconds_all_runs`` and ``n_runs``.
+
+    Args:
+        records: The runs of every row.
+        load_start: The load average when the benchmark started.
+        started: ``time.perf_counter()`` when it started.
     """
     return {
+        "machine": machine_record(load_start),
+        "total_seconds": round(time.perf_counter() - started, 1),
         "train_seconds_all_runs": round(
             sum(r.train_seconds for recs in records.values() for r in recs), 1
         ),
@@ -192,6 +241,65 @@ def run_totals(records: Mapping[str, Sequence[RunRecord]]) -> dict[str, Any]:
 def mean_std(cell: Mapping[str, float]) -> str:
     """``{"mean", "std"}`` as ``"mean ± std"`` (just the mean when std is 0)."""
     return f"{cell['mean']:.2f} ± {cell['std']:.2f}" if cell["std"] else f"{cell['mean']:.2f}"
+
+
+def sparsity_cells(row: Mapping[str, Any], score: str) -> list[str]:
+    """FLOPs, terms per caption and terms per image of a row's sparse score (else blanks)."""
+    sp = row.get("sparsity") if score == "sparse" else None
+    if not sp:
+        return ["", "", ""]
+    return [f"{sp['flops']:.1f}", f"{sp['text_nnz']:.1f}", f"{sp['image_nnz']:.1f}"]
+
+
+def score_rows(
+    rows: Mapping[str, Mapping[str, Any]],
+    cells: Callable[[Mapping[str, Any], str], list[str]],
+    groups: Sequence[str] | None = None,
+) -> list[list[str]]:
+    """Table rows: one per (results row, score type it has): name, score, seeds, ``cells``.
+
+    Args:
+        rows: The results' ``rows`` (:func:`seed_rows`).
+        cells: The further cells of a row for one score type.
+        groups: Only the rows of these groups (default: every row).
+    """
+    out = []
+    for name, row in rows.items():
+        if groups is not None and row["group"] not in groups:
+            continue
+        for st in SCORE_TYPES:
+            if st in row["t2i"]:
+                out.append([name, st, str(len(row["seeds"])), *cells(row, st)])
+    return out
+
+
+def pyplot(what: str) -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display).
+
+    Raises:
+        MissingExtraError: Naming ``what`` when matplotlib is not installed.
+    """
+    from mmsparse.errors import require_extra
+
+    require_extra("matplotlib", "plot", what)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig: Any, path: str | Path, dpi: int = 100) -> None:
+    """Lay out ``fig``, write it to ``path`` as PNG atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    from mmsparse.io_utils import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
 
 
 def replace_marked_block(path: str | Path, marker: str, block: str, title: str) -> None:

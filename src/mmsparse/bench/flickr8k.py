@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,53 +34,40 @@ import numpy as np
 from mmsparse.bench.common import (
     METRICS,
     RunRecord,
+    SeededBench,
     data_overrides,
     hit_at_1,
     mean_std,
     paired_permutation_test,
+    pyplot,
     reciprocal_rank_at_10,
     replace_marked_block,
-    run_totals,
+    results_footer,
+    save_png,
+    score_rows,
     seed_rows,
+    sparsity_cells,
     train_and_evaluate,
 )
-from mmsparse.bench.machine import describe_machine, load_average, machine_record
+from mmsparse.bench.machine import describe_machine, load_average
 from mmsparse.config import RunConfig, apply_overrides, load_config
 from mmsparse.evaluate.report import format_table
 from mmsparse.io_utils import atomic_write_json
 
 
 @dataclass(frozen=True)
-class Flickr8kBench:
+class Flickr8kBench(SeededBench):
     """What the benchmark runs.
 
+    The fields of :class:`~mmsparse.bench.common.SeededBench`, and:
+
     Attributes:
-        data: Directory of the Flickr8k features (``../shared/flickr8k``).
-        bundle: Backbone bundle (MiniLM word embeddings and vocabulary), or ``None``.
-        out: Directory of all the runs.
-        stage0_config: Config of the stage-0 dense fit.
-        config: Config of the joint method (D2S and ablations are derived from it).
-        seeds: Seeds of the main rows (dense backbone, D2S, joint).
-        text_topk: Terms kept per caption at evaluation.
-        image_topk: Terms kept per image at evaluation.
-        reg_scales: Multipliers of ``q_reg``/``d_reg`` for the trade-off curve.
+        config: Config of the joint method (default: the paper's configuration).
         variants: Run the single-seed variants (teacher modes, ablations, expansion control).
-        overrides: Extra ``key=value`` overrides applied to every sparse run (e.g. epochs).
-        stage0_overrides: Extra overrides of the stage-0 runs.
     """
 
-    data: str
-    bundle: str | None
-    out: str
-    stage0_config: str = "configs/flickr8k-stage0.json"
     config: str = "configs/flickr8k-paper.json"
-    seeds: tuple[int, ...] = (42, 43, 44)
-    text_topk: int = 64
-    image_topk: int = 256
-    reg_scales: tuple[float, ...] = (1 / 3, 1.0, 3.0)
     variants: bool = True
-    overrides: tuple[str, ...] = ()
-    stage0_overrides: tuple[str, ...] = ()
 
 
 def run_flickr8k_bench(
@@ -238,9 +225,7 @@ def run_flickr8k_bench(
         "rows": seed_rows(records),
         "significance": significance,
         "tradeoff": curve,
-        "machine": machine_record(load_start),
-        "total_seconds": round(time.perf_counter() - t0, 1),
-        **run_totals(records),
+        **results_footer(records, load_start, t0),
     }
     if results_path:
         atomic_write_json(results_path, results)
@@ -253,16 +238,7 @@ def run_flickr8k_bench(
 
 def plot_tradeoff(curve: dict[str, list[dict[str, float]]], path: str | Path) -> None:
     """R@1 against FLOPs for D2S and joint (the paper's Figure 2, left)."""
-    from mmsparse.errors import require_extra
-    from mmsparse.io_utils import atomic_path
-
-    require_extra("matplotlib", "plot", "The trade-off plot")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = pyplot("The trade-off plot").subplots(figsize=(5, 4))
     for method, label in (("d2s", "D2S"), ("joint", "joint (ours)")):
         pts = sorted(curve[method], key=lambda p: p["flops"])
         ax.plot([p["flops"] for p in pts], [p["t2i_R@1"] for p in pts], marker="o", label=label)
@@ -273,10 +249,7 @@ def plot_tradeoff(curve: dict[str, list[dict[str, float]]], path: str | Path) ->
         title="Flickr8k val",
     )
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -292,22 +265,12 @@ def markdown_table(results: dict[str, Any]) -> str:
         "nnz/img",
         "train s",
     ]
-    rows = []
-    for name, row in results["rows"].items():
-        for st in ("dense", "sparse", "hybrid"):
-            if st not in row["t2i"]:
-                continue
-            cells = [name, st, str(len(row["seeds"]))]
-            cells += [mean_std(row[d][st][m]) for d in ("t2i", "i2t") for m in METRICS]
-            sp = row.get("sparsity") if st == "sparse" else None
-            cells += (
-                [f"{sp['flops']:.1f}", f"{sp['text_nnz']:.1f}", f"{sp['image_nnz']:.1f}"]
-                if sp
-                else ["", "", ""]
-            )
-            cells.append(f"{row['train_seconds']:.0f}")
-            rows.append(cells)
-    return format_table(rows, header=header, markdown=True)
+
+    def cells(row: Mapping[str, Any], st: str) -> list[str]:
+        metrics = [mean_std(row[d][st][m]) for d in ("t2i", "i2t") for m in METRICS]
+        return [*metrics, *sparsity_cells(row, st), f"{row['train_seconds']:.0f}"]
+
+    return format_table(score_rows(results["rows"], cells), header=header, markdown=True)
 
 
 def write_report(results: dict[str, Any], path: str | Path) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,18 +43,23 @@ from mmsparse.bench.common import (
     METRICS,
     SCORE_TYPES,
     RunRecord,
+    SeededBench,
     data_overrides,
     hit_at_1,
     mean_std,
     paired_permutation_test,
+    pyplot,
     reciprocal_rank_at_10,
     replace_marked_block,
-    run_totals,
+    results_footer,
+    save_png,
+    score_rows,
     seed_rows,
+    sparsity_cells,
     train_and_evaluate,
     train_or_reuse,
 )
-from mmsparse.bench.machine import describe_machine, load_average, machine_record
+from mmsparse.bench.machine import describe_machine, load_average
 from mmsparse.config import RunConfig, apply_overrides, load_config
 from mmsparse.errors import ConfigError, MMSparseError
 from mmsparse.evaluate.report import format_table
@@ -119,44 +124,25 @@ ALL_SCORES = SCORE_TYPES
 
 
 @dataclass(frozen=True)
-class FrontierBench:
+class FrontierBench(SeededBench):
     """What the frontier benchmark runs.
 
+    The fields of :class:`~mmsparse.bench.common.SeededBench` (``config`` is the recipe;
+    ``overrides`` apply to both configurations), and:
+
     Attributes:
-        data: Directory of the Flickr8k features.
-        bundle: Backbone bundle (needed by the restricted vocabulary and readability).
-        out: Directory of all the runs.
-        stage0_config: Config of the stage-0 dense fit (the dense backbone).
         paper_config: The paper's method on this data (every frontier option off).
-        config: The recipe.
-        seeds: Seeds of the main rows; the first one is used for everything else.
-        text_topk: Terms kept per caption at evaluation.
-        image_topk: Terms kept per image at evaluation.
-        reg_scales: Multipliers of ``q_reg``/``d_reg`` for the trade-off curves.
         ablation: Train the "minus" and "alone" rows of every option.
         paper: Train D2S and joint with the paper configuration (first seed).
         curves: Which configurations get a trade-off curve (``recipe``, ``paper``).
-        overrides: Extra ``key=value`` overrides of every sparse run (both configurations).
-        stage0_overrides: Extra overrides of the stage-0 runs.
         jobs: Runs trained at once, each in its own process with an equal share of the
             threads (1: one after the other, in this process).
     """
 
-    data: str
-    bundle: str | None
-    out: str
-    stage0_config: str = "configs/flickr8k-stage0.json"
     paper_config: str = "configs/flickr8k-paper.json"
-    config: str = "configs/flickr8k.json"
-    seeds: tuple[int, ...] = (42, 43, 44)
-    text_topk: int = 64
-    image_topk: int = 256
-    reg_scales: tuple[float, ...] = (1 / 3, 1.0, 3.0)
     ablation: bool = True
     paper: bool = True
     curves: tuple[str, ...] = ("recipe", "paper")
-    overrides: tuple[str, ...] = ()
-    stage0_overrides: tuple[str, ...] = ()
     jobs: int = 1
 
 
@@ -286,9 +272,7 @@ def run_frontier_bench(
         "ablation": ablation,
         "curves": curves,
         "significance": significance,
-        "machine": machine_record(load_start),
-        "total_seconds": round(time.perf_counter() - t0, 1),
-        **run_totals(records),
+        **results_footer(records, load_start, t0),
     }
     if results_path:
         atomic_write_json(results_path, results)
@@ -505,16 +489,7 @@ def _significance(records: dict[str, list[RunRecord]], main: int) -> dict[str, A
 
 def plot_frontier(results: dict[str, Any], path: str | Path) -> None:
     """R@1 against FLOPs: the curves of both configurations and the dense backbone."""
-    from mmsparse.errors import require_extra
-    from mmsparse.io_utils import atomic_path
-
-    require_extra("matplotlib", "plot", "The frontier plot")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = pyplot("The frontier plot").subplots(figsize=(6, 4.5))
     styles = {
         "recipe-joint": ("C0", "-", "joint, recipe"),
         "recipe-d2s": ("C1", "-", "D2S, recipe"),
@@ -541,10 +516,7 @@ def plot_frontier(results: dict[str, Any], path: str | Path) -> None:
         title="Flickr8k val, served at 64 / 256 terms",
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def frontier_tables(results: dict[str, Any]) -> str:
@@ -562,33 +534,24 @@ def frontier_tables(results: dict[str, Any]) -> str:
         "cap words %",
         "train s",
     ]
-    rows = []
-    for name, row in results["rows"].items():
-        if row["group"] not in ("main", "paper"):
-            continue
-        for st in ("dense", "sparse", "hybrid"):
-            if st not in row["t2i"]:
-                continue
-            cells = [name, st, str(len(row["seeds"]))]
-            cells += [mean_std(row["t2i"][st][m]) for m in METRICS]
-            cells.append(mean_std(row["i2t"][st]["R@1"]))
-            sp = row.get("sparsity") if st == "sparse" else None
-            rd = row.get("readability") if st == "sparse" else None
-            cells += (
-                [f"{sp['flops']:.1f}", f"{sp['text_nnz']:.1f}", f"{sp['image_nnz']:.1f}"]
-                if sp
-                else ["", "", ""]
-            )
-            cells += (
-                [
-                    f"{rd['image_terms_in_captions']:.1f}",
-                    f"{rd['caption_terms_in_other_captions']:.1f}",
-                ]
-                if rd
-                else ["", ""]
-            )
-            cells.append(f"{row['train_seconds']:.0f}")
-            rows.append(cells)
+
+    def cells(row: Mapping[str, Any], st: str) -> list[str]:
+        rd = row.get("readability") if st == "sparse" else None
+        words = ["", ""]
+        if rd:
+            words = [
+                f"{rd['image_terms_in_captions']:.1f}",
+                f"{rd['caption_terms_in_other_captions']:.1f}",
+            ]
+        return [
+            *(mean_std(row["t2i"][st][m]) for m in METRICS),
+            mean_std(row["i2t"][st]["R@1"]),
+            *sparsity_cells(row, st),
+            *words,
+            f"{row['train_seconds']:.0f}",
+        ]
+
+    rows = score_rows(results["rows"], cells, groups=("main", "paper"))
     parts = [format_table(rows, header=header, markdown=True)]
     if results["ablation"]:
         ab_header = [

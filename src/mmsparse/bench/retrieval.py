@@ -215,13 +215,7 @@ def _latency(fn: Callable[[int], Any], n: int, budget_s: float = float("inf")) -
         times.append(time.perf_counter() - t0)
         if i + 1 >= MIN_TIMED and time.perf_counter() - start > budget_s:
             break
-    t = np.asarray(times)
-    return {
-        "p50_ms": _sig(np.percentile(t, 50) * 1e3),
-        "p99_ms": _sig(np.percentile(t, 99) * 1e3),
-        "mean_ms": _sig(t.mean() * 1e3),
-        "latency_queries": int(t.size),
-    }
+    return _times_summary(np.asarray(times))
 
 
 def _serial(
@@ -1095,15 +1089,9 @@ def plot_latency_recall(report: dict[str, Any], path: str | Path) -> None:
     Raises:
         MissingExtraError: If matplotlib is not installed.
     """
-    from mmsparse.errors import require_extra
+    from mmsparse.bench.common import pyplot, save_png
 
-    require_extra("matplotlib", "plot", "The latency/recall plot (matplotlib)")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot("The latency/recall plot (matplotlib)").subplots(figsize=(7, 4.5))
     for name, sw in report.get("sweeps", {}).items():
         key = _recall_key(sw)
         xs = [p[key] for p in sw["points"]]
@@ -1139,7 +1127,4 @@ def plot_latency_recall(report: dict[str, Any], path: str | Path) -> None:
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)

@@ -52,6 +52,15 @@ def parse_ints(text: str, option: str) -> list[int]:
         raise MMSparseError(f"{option} expects comma-separated integers, got {text!r}") from exc
 
 
+def add_overrides(
+    p: argparse.ArgumentParser, help_text: str, flag: str = "--set", dest: str = "overrides"
+) -> None:
+    """A repeatable ``--set KEY=VALUE`` option: config keys to override (a list in ``dest``)."""
+    p.add_argument(
+        flag, dest=dest, action="append", default=[], metavar="KEY=VALUE", help=help_text
+    )
+
+
 def add_index_args(p: argparse.ArgumentParser, data_help: str) -> None:
     """The arguments of every command that opens an index: ``INDEX``, ``--run``, ``--data``.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from mmsparse.cli.common import print_json
+from mmsparse.cli.common import add_overrides, print_json
 from mmsparse.errors import ConfigError, DataError
 
 
@@ -17,14 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a run; --resume continues an interrupted one.",
     )
     p.add_argument("--config", help="JSON/YAML config (optional with --resume)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.lr=1e-4 (repeatable)",
-    )
+    add_overrides(p, "override a config key, e.g. --set train.lr=1e-4 (repeatable)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

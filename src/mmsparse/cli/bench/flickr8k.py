@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+from typing import Any
 
+from mmsparse.cli.common import add_overrides, print_json
 from mmsparse.paths import ENV_FLICKR8K
 
 
@@ -101,26 +102,29 @@ def add_flickr8k_bench_args(
         default=256,
         help="terms kept per image at evaluation (default 256)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=set_help,
-    )
-    p.add_argument(
-        "--set-stage0",
-        dest="stage0_overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the stage-0 runs",
-    )
+    add_overrides(p, set_help)
+    add_overrides(p, "override a key of the stage-0 runs", "--set-stage0", "stage0_overrides")
     p.add_argument("--results", default=results, help="JSON results file")
     p.add_argument("--doc", default=doc, help="Markdown report to update")
     p.add_argument("--plot", default=plot[0], help=plot[1])
     p.add_argument("--json", action="store_true", help="print the results JSON on stdout")
+
+
+def flickr8k_bench_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of a Flickr8k benchmark's spec that :func:`add_flickr8k_bench_args` sets."""
+    return {
+        "data": args.data,
+        "bundle": None if args.bundle.lower() == "none" else args.bundle,
+        "out": args.out,
+        "stage0_config": args.stage0_config,
+        "config": args.config,
+        "seeds": tuple(args.seeds),
+        "text_topk": args.text_topk,
+        "image_topk": args.image_topk,
+        "reg_scales": tuple(args.reg_scales),
+        "overrides": tuple(args.overrides),
+        "stage0_overrides": tuple(args.stage0_overrides),
+    }
 
 
 def cmd_bench_flickr8k(args: argparse.Namespace) -> int:
@@ -128,29 +132,15 @@ def cmd_bench_flickr8k(args: argparse.Namespace) -> int:
     from mmsparse.bench.flickr8k import (
         Flickr8kBench,
         markdown_table,
-        results_json,
         run_flickr8k_bench,
     )
 
-    spec = Flickr8kBench(
-        data=args.data,
-        bundle=None if args.bundle.lower() == "none" else args.bundle,
-        out=args.out,
-        stage0_config=args.stage0_config,
-        config=args.config,
-        seeds=tuple(args.seeds),
-        text_topk=args.text_topk,
-        image_topk=args.image_topk,
-        reg_scales=tuple(args.reg_scales),
-        variants=not args.no_variants,
-        overrides=tuple(args.overrides),
-        stage0_overrides=tuple(args.stage0_overrides),
-    )
+    spec = Flickr8kBench(**flickr8k_bench_fields(args), variants=not args.no_variants)
     results = run_flickr8k_bench(
         spec, results_path=args.results, doc_path=args.doc, plot_path=args.plot
     )
     if args.json:
-        sys.stdout.write(results_json(results) + "\n")
+        print_json(results)
     else:
         print(markdown_table(results))
         print(f"results: {args.results}; report: {args.doc}; curve: {args.plot}")

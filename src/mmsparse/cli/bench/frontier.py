@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from mmsparse.cli.bench.flickr8k import add_flickr8k_bench_args
+from mmsparse.cli.bench.flickr8k import add_flickr8k_bench_args, flickr8k_bench_fields
+from mmsparse.cli.common import print_json
 
 
 def register(bench: argparse._SubParsersAction) -> None:
@@ -67,30 +67,18 @@ def cmd_bench_frontier(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     spec = FrontierBench(
-        data=args.data,
-        bundle=None if args.bundle.lower() == "none" else args.bundle,
-        out=args.out,
-        stage0_config=args.stage0_config,
+        **flickr8k_bench_fields(args),
         paper_config=args.paper_config,
-        config=args.config,
-        seeds=tuple(args.seeds),
-        text_topk=args.text_topk,
-        image_topk=args.image_topk,
-        reg_scales=tuple(args.reg_scales),
         ablation=not args.no_ablation,
         paper=not args.no_paper,
         curves=tuple(args.curves),
-        overrides=tuple(args.overrides),
-        stage0_overrides=tuple(args.stage0_overrides),
         jobs=args.jobs,
     )
     results = run_frontier_bench(
         spec, results_path=args.results, doc_path=args.doc, plot_path=args.plot
     )
     if args.json:
-        from mmsparse.io_utils import json_text
-
-        sys.stdout.write(json_text(results, what="stdout") + "\n")
+        print_json(results)
     else:
         print(frontier_tables(results))
         print(f"results: {args.results}; report: {args.doc}; curve: {args.plot}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from mmsparse.cli.common import add_overrides, print_json
 
 
 def register(bench: argparse._SubParsersAction) -> None:
@@ -38,14 +39,7 @@ def register(bench: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--warmup", type=int, default=3, help="untimed steps per variant before the first round"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of every variant",
-    )
+    add_overrides(p, "override a key of every variant")
     p.add_argument("--out", help="write the JSON report there")
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     p.set_defaults(func=cmd_bench_steps)
@@ -72,9 +66,7 @@ def cmd_bench_steps(args: argparse.Namespace) -> int:
     if args.out:
         atomic_write_json(args.out, report)
     if args.json:
-        from mmsparse.io_utils import json_text
-
-        sys.stdout.write(json_text(report, what="stdout") + "\n")
+        print_json(report)
     else:
         print(format_steps(report))
         print(f"machine: {describe_machine(report['machine'])}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmsparse.cli.common import add_deprecated_alias
+from mmsparse.cli.common import add_deprecated_alias, print_json
 
 
 def register(bench_sub: argparse._SubParsersAction) -> None:
@@ -126,9 +126,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         write_report(report, args.out)
         print(f"report added to {args.out}", file=sys.stderr)
     if args.json:
-        from mmsparse.io_utils import json_text
-
-        sys.stdout.write(json_text(report, what="stdout") + "\n")
+        print_json(report)
     else:
         print(format_report(report))
     return 0
