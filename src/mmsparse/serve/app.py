@@ -387,6 +387,19 @@ def create_app(
         )
 
     @app.get(
+        "/api/images",
+        tags=["search"],
+        summary="Indexed images in index order (to browse without a query)",
+        responses=errors(400),
+    )
+    async def images(
+        offset: int | None = Query(None, ge=0, description="images to skip"),
+        k: int | None = K,
+    ) -> dict[str, Any]:
+        """``total``, ``offset`` and ``images`` (``image_id``, ``filename``, ``url``)."""
+        return svc.browse(offset, k)
+
+    @app.get(
         "/api/images/{image_id}/terms",
         tags=["search"],
         summary="An image's heaviest terms",

@@ -987,6 +987,26 @@ class SearchService:
             return None  # no grey tiles: the page shows the names and the warning
         return "/images/" + urllib.parse.quote(filename)
 
+    def browse(self, offset: str | int | None = None, k: str | int | None = None) -> dict[str, Any]:
+        """Answer ``/api/images``: indexed images in index order (a start page to browse).
+
+        Raises:
+            BadRequest: On a bad ``offset`` or ``k``.
+        """
+        k_ = _positive_int("k", k, 20, self.limits.max_k)
+        n = self.manifest.n_images
+        offset_ = _positive_int("offset", offset, 0, max(n - 1, 0), minimum=0)
+        rows = range(offset_, min(offset_ + k_, n))
+        ids, names = self.searcher.image_ids, self.searcher.filenames
+        return {
+            "total": n,
+            "offset": offset_,
+            "images": [
+                {"image_id": ids[r], "filename": names[r], "url": self._image_url(names[r])}
+                for r in rows
+            ],
+        }
+
     async def image_terms(self, image_id: str, k: str | int | None = None) -> dict[str, Any]:
         """Answer ``/api/images/{id}/terms``: the image's heaviest indexed terms.
 
