@@ -207,11 +207,23 @@ function renderQueryTerms(data, st) {
     if (editable) btn.addEventListener("click", () => openTermMenu(btn, term));
     return el("li", {}, btn);
   };
-  for (const t of terms) {
+  const limit = PHONE.matches ? 12 : Infinity;
+  terms.forEach((t, i) => {
     shown.add(t.term);
-    list.append(make(t.term, t));
-  }
+    const item = make(t.term, t);
+    if (i >= limit && !edits.has(t.term)) item.classList.add("hidden-term");
+    list.append(item);
+  });
   for (const term of edits.keys()) if (!shown.has(term)) list.append(make(term, null));
+  if (terms.length > limit) {
+    const all = el("button", { type: "button", class: "chip more", "aria-expanded": "false" }, `all ${terms.length} terms`);
+    all.addEventListener("click", () => {
+      const open = list.classList.toggle("expanded");
+      all.setAttribute("aria-expanded", String(open));
+      all.textContent = open ? "fewer" : `all ${terms.length} terms`;
+    });
+    list.append(el("li", {}, all));
+  }
   const summary = [];
   for (const [term, e] of edits) {
     if (e.require) summary.push(`“${term}” required`);
@@ -342,7 +354,7 @@ function renderHit(hit, mode) {
   );
   if (terms.length > shownCount) {
     const rest = terms.slice(shownCount).reduce((s, t) => s + t.contribution, 0);
-    const label = `+${terms.length - shownCount} more terms (${fmt(rest, 2)} of the sparse score)`;
+    const label = `+${terms.length - shownCount} more terms, together ${fmt(rest, 2)}`;
     const more = el("button", { class: "chip more", type: "button", "aria-expanded": "false" }, label);
     more.addEventListener("click", () => {
       const expanded = card.classList.toggle("expanded");
