@@ -110,7 +110,7 @@ def test_page_search_explain_and_more_like_this(server):
         page.wait_for_selector("#detail[open] #detail-terms li.chip")
         page.click("#more-like")
         page.wait_for_url(f"**like={image_id}**")
-        page.wait_for_selector(f"#status:has-text('images like {image_id}')")
+        page.wait_for_selector(f"#status:has-text('by likeness to image {image_id},')")
         # the source image is shown as the query, and left out of the results
         page.wait_for_selector("#source:not([hidden]) #source-img:not([hidden])")
         assert image_id not in card_ids(page)
@@ -468,4 +468,28 @@ def test_page_warns_of_missing_image_files_and_of_warming_up(served_index, tmp_p
         page.close()
     finally:
         release.set()
+        stop()
+
+
+def test_page_without_text_search_keeps_its_warning_and_offers_browsing(served_index, browser):
+    from mmsparse.serve import create_app
+    from tests.serve.conftest import start_server
+
+    url, stop = start_server(create_app(served_index))  # the synthetic run: no text encoder
+    try:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#grid .card")  # the collection to browse
+        warning = page.inner_text("#warnings")
+        assert "Text search is not available" in warning and "More like this" in warning
+        assert "--caption-id" not in warning  # no CLI flag the page does not offer
+        assert page.locator("#q").is_disabled()
+        assert page.locator("#upload-label").is_hidden()  # no image encoder either
+        page.locator("#grid .card .open").nth(0).click()
+        page.click("#more-like")
+        page.wait_for_url("**like=**")
+        page.wait_for_selector("#status:has-text('by likeness to image')")
+        assert "Text search is not available" in page.inner_text("#warnings")  # not wiped
+        page.close()
+    finally:
         stop()

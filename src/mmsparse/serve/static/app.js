@@ -515,6 +515,7 @@ async function run() {
   const grid = $("grid");
   renderWeights(st, null);
   renderSource(st, null);
+  $("q").placeholder = st.like || st.image ? "or type words to search by text" : "a dog runs on the beach";
   if (!st.q && !st.like && !st.image) {
     grid.replaceChildren();
     $("query-terms").hidden = true;
@@ -549,7 +550,7 @@ function render(st, data) {
   renderSource(st, data);
   $("notes").replaceChildren(...data.notes.map((n) => el("li", {}, n)));
   grid.replaceChildren(...data.hits.map((h) => renderHit(h, data.mode)));
-  const what = st.like ? `images like ${st.like}` : st.image ? "images like your image" : `“${data.query}”`;
+  const what = st.like ? `image ${st.like}` : st.image ? "your image" : `“${data.query}”`;
   const conf = data.confidence;
   if (!data.hits.length && conf && conf.verdict === "no_match") {
     $("nomatch").hidden = false;
@@ -557,7 +558,7 @@ function render(st, data) {
     status("");
   } else if (data.hits.length) {
     const forced = conf && conf.verdict === "no_match" ? " — no good match; the closest shown anyway" : "";
-    status(`${data.total} images ranked for ${what}, ${data.mode} score, ${data.engine} engine, ${fmt(data.seconds.total * 1000, 1)} ms${forced}`);
+    status(`${data.total} images ranked ${st.like || st.image ? "by likeness to" : "for"} ${what}, ${data.mode} score, ${data.engine} engine, ${fmt(data.seconds.total * 1000, 1)} ms${forced}`);
   } else {
     status(`No image matched ${what}.`);
     grid.replaceChildren(el("li", { class: "empty" }, "No result. The notes above say why."));
@@ -757,7 +758,8 @@ async function init() {
     $("k").max = String(info.limits.max_k);
     $("upload-label").hidden = !info.image_search;
     if (!info.text_search) {
-      addWarning(`Text search is not available for this run (${info.text_search_error}). Search by image instead: open an image below and choose “More like this”${info.image_search ? ", or upload a photo" : ""}.`);
+      const why = String(info.text_search_error || "").split("; search by caption")[0];
+      addWarning(`Text search is not available for this run (${why}). Search by image instead: open an image below and choose “More like this”${info.image_search ? ", or upload a photo" : ""}.`);
       $("q").disabled = true;
       $("q").placeholder = "text search is not available for this run";
     }
