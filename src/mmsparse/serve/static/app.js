@@ -554,6 +554,8 @@ function render(st, data) {
   const conf = data.confidence;
   if (!data.hits.length && conf && conf.verdict === "no_match") {
     $("nomatch").hidden = false;
+    $("query-terms").hidden = true; // the expansions of a nonsense query explain nothing
+    $("notes").replaceChildren(...data.notes.filter((n) => !n.startsWith("no good match")).map((n) => el("li", {}, n)));
     $("nomatch-reason").textContent = `${conf.reasons.join("; ")}. Nothing in the collection is a good answer to “${data.query}”.`;
     status("");
   } else if (data.hits.length) {
