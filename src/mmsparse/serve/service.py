@@ -17,12 +17,26 @@ worker threads, either
 - ``threads``: a pool of ``threads`` workers, each encoding one query.
 
 ``mmsparse bench serve`` measures both (docs/serving.md).
+
+Generations: the service serves one generation of the index at a time
+(:mod:`mmsparse.index.generations`). A watcher thread looks at the index every
+``reload_interval`` seconds (its ``CURRENT`` pointer, and the identity of every file the
+served generation was read from); when they change it opens the new generation in the
+background (segments it already holds are shared, not read again) and then swaps one
+reference. A request takes the generation that is current when it starts and keeps it to
+its end (search, explanation, image ids), so no request sees a mix and none fails because
+of a switch; the old generation is released when its last request ends. A generation that
+fails to open (a file missing, corrupt, or being rewritten in place) is logged in one line
+and the old one is kept; it is tried again when the files change again. The index files are
+read into memory, not memory-mapped, so nothing done to them on disk can crash the server
+(a memory-mapped file truncated in place raised SIGBUS at the next search, with no log).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import functools
 import logging
 import math
@@ -39,7 +53,10 @@ import scipy.sparse as sp
 
 from mmsparse.errors import MMSparseError
 from mmsparse.index.engines import SEARCH_MODES
+from mmsparse.index.generations import CURRENT_NAME
+from mmsparse.index.manifest import MANIFEST_NAME
 from mmsparse.index.search import MAX_QUERY_PIECES, Searcher, SearchResult, cap_query
+from mmsparse.index.segments import file_stamp, open_view
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +323,61 @@ def cut_chars(text: str, max_chars: int) -> tuple[str, bool]:
     return cut[:max_chars].rstrip(), True
 
 
+class Served:
+    """One generation of the index as the service serves it.
+
+    Attributes:
+        searcher: A :class:`~mmsparse.index.Searcher` of the generation (sharing the run
+            and text encoder of the service's first one).
+        number: The generation number.
+        row_of: Global row of every live image id.
+        image_files: File names of the live images (the only ones ``/images/`` serves).
+        image_roots: ``{id prefix: folder}`` of images added from other folders.
+        opened: When the service opened it (seconds since the epoch).
+    """
+
+    def __init__(self, searcher: Searcher) -> None:
+        self.searcher = searcher
+        view = searcher.view
+        self.number = view.number
+        self.row_of = view.row_of
+        self.image_files = {view.filenames[r] for r in view.row_of.values()}
+        self.image_roots = {
+            prefix: Path(root) for prefix, root in view.generation.image_roots.items()
+        }
+        self.opened = time.time()
+        self.doc_vectors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._users = 0
+        self._retired = False
+        self._lock = threading.Lock()
+
+    @property
+    def manifest(self) -> Any:
+        """The index manifest (``n_images``: the live images of this generation)."""
+        return self.searcher.manifest
+
+    def acquire(self) -> None:
+        """A request starts using this generation."""
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        """A request is done with it; a retired generation is closed with the last one."""
+        with self._lock:
+            self._users -= 1
+            close = self._retired and self._users <= 0
+        if close:
+            self.searcher.close()
+
+    def retire(self) -> None:
+        """No new request gets it; it is closed when the last one in flight ends."""
+        with self._lock:
+            self._retired = True
+            close = self._users <= 0
+        if close:
+            self.searcher.close()
+
+
 class SearchService:
     """An index opened once, with its run and text encoder, serving API requests.
 
@@ -322,6 +394,9 @@ class SearchService:
         limits: :class:`ServeLimits`.
         warm_up: Load the text encoder and encode one query at start, so the first request
             is not slow.
+        reload_interval: Seconds between two looks at the index for a new generation (see
+            the module docstring); 0 never looks (the generation opened at start is
+            served until the end).
 
     Raises:
         IndexFormatError: If the index is missing, corrupt or no longer matches its run
@@ -341,29 +416,43 @@ class SearchService:
         encoder: str = "batch",
         limits: ServeLimits | None = None,
         warm_up: bool = True,
+        reload_interval: float = 1.0,
     ) -> None:
         if encoder not in ENCODER_MODES:
             raise MMSparseError(f"unknown encoder mode {encoder!r} (batch or threads)")
+        if not (isinstance(reload_interval, int | float) and reload_interval >= 0):
+            raise MMSparseError(f"reload_interval must be >= 0 seconds, got {reload_interval!r}")
         self.limits = limits or ServeLimits()
         self.encoder_mode = encoder
-        # An injected text encoder replaces the run's (which the Searcher loads on first use).
-        self.searcher = Searcher(
-            index_dir, run_dir=run_dir, data=data, bundle=bundle, text_encoder=text_encoder
-        )
-        self.manifest = self.searcher.manifest
         self.index_dir = Path(index_dir)
-        self.row_of = {image_id: row for row, image_id in enumerate(self.searcher.image_ids)}
+        # An injected text encoder replaces the run's (which the Searcher loads on first use).
+        # The first searcher encodes every query; later generations share its run.
+        pointer = self._pointer()  # before opening: a switch meanwhile is seen next time
+        self._base = Searcher(
+            index_dir,
+            run_dir=run_dir,
+            data=data,
+            bundle=bundle,
+            text_encoder=text_encoder,
+            in_memory=True,
+        )
+        self._served = Served(self._base)
+        self._served_lock = threading.Lock()
+        self._token = (pointer, *self._look(recorded=True)[1:])
         self.images_dir = self._images_dir(images_dir)
-        self.image_files = set(self.searcher.filenames) if self.images_dir else set()
         self.text_error: str | None = None
         self._engine_pool = cf.ThreadPoolExecutor(1, thread_name_prefix="mmsparse-engine")
         self._engine_lock = threading.Lock()
-        self._doc_vectors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._pending = 0
         self._pending_lock = threading.Lock()
         self.served = 0
         self.refused = 0
         self.started = time.time()
+        self.reloads = 0
+        self.reload_errors = 0
+        self.last_reload_error: str | None = None
+        self._failed_token: Any = None
+        self._changed_token: Any = None
         if encoder == "batch":
             self._encoder: Any = _BatchEncoder(self._encode_texts, self.limits.max_batch)
         else:
@@ -374,8 +463,41 @@ class SearchService:
             except MMSparseError as exc:
                 self.text_error = str(exc)
                 log.warning("text search unavailable: %s", exc)
+        self.reload_interval = float(reload_interval)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if self.reload_interval > 0:
+            self._watcher = threading.Thread(
+                target=self._watch, name="mmsparse-generations", daemon=True
+            )
+            self._watcher.start()
 
     # -- set-up ---------------------------------------------------------------------------
+
+    @property
+    def searcher(self) -> Searcher:
+        """The searcher of the generation served now."""
+        return self._served.searcher
+
+    @property
+    def manifest(self) -> Any:
+        """The manifest of the generation served now (``n_images``: its live images)."""
+        return self._served.manifest
+
+    @property
+    def generation(self) -> int:
+        """The generation served now."""
+        return self._served.number
+
+    @property
+    def row_of(self) -> dict[str, int]:
+        """Global row of every live image id of the generation served now."""
+        return self._served.row_of
+
+    @property
+    def image_files(self) -> set[str]:
+        """File names of the live images of the generation served now."""
+        return self._served.image_files
 
     def _images_dir(self, images_dir: str | Path | None) -> Path | None:
         if images_dir is not None:
@@ -383,19 +505,125 @@ class SearchService:
             if not path.is_dir():
                 raise MMSparseError(f"{path}: images folder not found")
             return path.resolve()
-        data = self.searcher.data_dir
+        data = self._base.data_dir
         if data and (Path(data) / "images").is_dir():
             return (Path(data) / "images").resolve()
         return None
 
     def _encode_texts(self, texts: list[str]) -> tuple[np.ndarray, sp.csr_matrix]:
-        return self.searcher.encode_text(texts)
+        return self._base.encode_text(texts)
 
     def close(self) -> None:
-        """Stop the worker threads and release the engine."""
+        """Stop the worker threads and release the index."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
         self._encoder.close()
         self._engine_pool.shutdown(wait=False, cancel_futures=True)
-        self.searcher.close()
+        with self._served_lock:
+            served = self._served
+        served.retire()
+
+    # -- generations ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _use(self) -> Any:
+        """The generation served now, held until the block ends (see the module doc)."""
+        with self._served_lock:
+            served = self._served
+            served.acquire()
+        try:
+            yield served
+        finally:
+            served.release()
+
+    def _look(self, recorded: bool = False) -> tuple[Any, ...]:
+        """What identifies the index on disk: the pointer and the served generation's files.
+
+        The files as they are now, or as they were when opened (``recorded``).
+        """
+        pointer = self._pointer()
+        stamps = self._served.searcher.view.stamps()
+        if not recorded:
+            stamps = {path: file_stamp(path) for path in stamps}
+        manifest = file_stamp(self.index_dir / MANIFEST_NAME)
+        return (pointer, manifest, tuple(sorted((str(p), s) for p, s in stamps.items())))
+
+    def _pointer(self) -> bytes | None:
+        try:
+            return (self.index_dir / CURRENT_NAME).read_bytes()
+        except OSError:
+            return None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.reload_interval):
+            try:
+                self.check_generation()
+            except Exception as exc:  # the watcher must outlive anything
+                log.error("%s: generation watcher: %s", self.index_dir, one_line(str(exc)))
+
+    def check_generation(self) -> bool:
+        """Open and serve the index's new generation if the files changed.
+
+        The watcher's step (callable directly).
+
+        A change of ``CURRENT`` is opened at once; any other change of the files (e.g. a
+        file rewritten in place) is opened once it has held still for one look, so that a
+        copy in progress is not read. A failure is logged in one line and the old
+        generation kept; the same files are not tried again.
+
+        Returns:
+            Whether a new generation is now served.
+        """
+        token = self._look()
+        if token == self._token or token == self._failed_token:
+            return False
+        if token[0] == self._token[0] and token != self._changed_token:
+            if self._changed_token is None or token[1:] != self._changed_token[1:]:
+                log.warning(
+                    "%s: index files changed on disk without a new generation (rewritten in "
+                    "place?); the server keeps serving its copy in memory of generation %d, "
+                    "and opens the files again once they hold still",
+                    self.index_dir,
+                    self.generation,
+                )
+            self._changed_token = token
+            return False
+        old = self._served
+        try:
+            view = open_view(self.index_dir, in_memory=True, reuse=old.searcher.view)
+            try:
+                searcher = self._base.with_view(view)
+            except BaseException:
+                view.close()
+                raise
+        except Exception as exc:
+            self._failed_token = token
+            self.reload_errors += 1
+            self.last_reload_error = one_line(str(exc))
+            log.error(
+                "%s: could not open the index's new files (%s); still serving generation %d",
+                self.index_dir,
+                self.last_reload_error,
+                old.number,
+            )
+            return False
+        new = Served(searcher)
+        with self._served_lock:
+            self._served = new
+        self._token = (token[0], *self._look(recorded=True)[1:])
+        self._changed_token = None
+        self.reloads += 1
+        old.retire()
+        log.info(
+            "%s: serving generation %d (%d images in %d segment(s)), was %d",
+            self.index_dir,
+            new.number,
+            new.manifest.n_images,
+            len(view.segments),
+            old.number,
+        )
+        return True
 
     # -- admission ------------------------------------------------------------------------
 
@@ -430,30 +658,31 @@ class SearchService:
         with self._engine_lock:
             return fn(*args, **kwargs)
 
-    def image_row(self, image_id: str) -> int:
-        """Index row of an image id.
+    def image_row(self, image_id: str, served: Served | None = None) -> int:
+        """Global row of a live image id (in ``served``, default: the current generation).
 
         Raises:
-            BadRequest: 404 on an unknown image id.
+            BadRequest: 404 on an unknown (or removed) image id.
         """
-        row = self.row_of.get(str(image_id))
+        row = (served or self._served).row_of.get(str(image_id))
         if row is None:
             raise BadRequest(f"unknown image id {str(image_id)[:80]!r} (not in this index)", 404)
         return row
 
-    def doc_vector(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+    def doc_vector(self, row: int, served: Served | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The indexed sparse vector of an image row: ``(term ids, weights)``, as searched.
 
         Call from the engine thread (or with no search running).
         """
-        cached = self._doc_vectors.get(row)
+        served = served or self._served
+        cached = served.doc_vectors.get(row)
         if cached is not None:
             return cached
-        terms, weights = self.searcher.doc_vector(row)
+        terms, weights = served.searcher.doc_vector(row)
         order = np.argsort(terms, kind="stable")
         out = (terms[order].astype(np.int64), weights[order].astype(np.float32))
-        if len(self._doc_vectors) < 4096:
-            self._doc_vectors[row] = out
+        if len(served.doc_vectors) < 4096:
+            served.doc_vectors[row] = out
         return out
 
     # -- requests -------------------------------------------------------------------------
@@ -490,7 +719,8 @@ class SearchService:
         """Answer ``/api/search``: a text query ``q``, or ``like`` (an image id's vector).
 
         A text query gets a ``confidence`` verdict (:mod:`mmsparse.index.confidence`); a
-        ``no_match`` one answers no hits unless ``force`` is true.
+        ``no_match`` one answers no hits unless ``force`` is true. The whole request is
+        answered from one generation of the index (``generation`` in the answer).
 
         Returns:
             The JSON-ready result (see docs/serving.md).
@@ -500,7 +730,21 @@ class SearchService:
             Overloaded: If too many searches are in flight.
             MMSparseError: If text search is not possible for this run.
         """
+        with self._use() as served:
+            return await self._search(served, q, like, k, mode, explain, force)
+
+    async def _search(
+        self,
+        served: Served,
+        q: str | None,
+        like: str | None,
+        k: str | int | None,
+        mode: str | None,
+        explain: str | bool | None,
+        force: str | bool | None,
+    ) -> dict[str, Any]:
         t0 = time.perf_counter()
+        searcher = served.searcher
         k_ = _positive_int("k", k, 10, self.limits.max_k)
         mode_ = self.check_mode(mode)
         explain_ = parse_bool("explain", explain, True)
@@ -512,7 +756,7 @@ class SearchService:
             raise BadRequest("give either q or like, not both")
         row = None
         if like:
-            row = self.image_row(like)
+            row = self.image_row(like, served)
         else:
             assert q is not None
             if "\x00" in q:
@@ -540,9 +784,9 @@ class SearchService:
             t_enc = time.perf_counter()
             if row is not None:
                 query_text = None
-                result = await self._on_engine(self._search_like, row, k_, mode_, explain_)
+                result = await self._on_engine(self._search_like, served, row, k_, mode_, explain_)
             else:
-                text, piece_cut = cap_query(text, self.searcher.vocab)
+                text, piece_cut = cap_query(text, searcher.vocab)
                 if piece_cut:
                     notes.append(
                         f"query cut to its first {len(text.split())} words ({MAX_QUERY_PIECES} "
@@ -552,12 +796,12 @@ class SearchService:
                 query_text = text
                 t_enc = time.perf_counter() - t_enc
                 result = await self._on_engine(
-                    self._search_vectors, sparse, dense, k_, mode_, explain_
+                    self._search_vectors, served, sparse, dense, k_, mode_, explain_
                 )
         finally:
             self._release()
-        out = self._result_json(result, explain_)
-        verdict = None if query_text is None else self.searcher.assess(query_text, result)
+        out = self._result_json(result, explain_, served)
+        verdict = None if query_text is None else searcher.assess(query_text, result)
         out["confidence"] = None if verdict is None else verdict.to_dict()
         if verdict is not None and verdict.flagged:
             hide = verdict.verdict == "no_match" and not force_ and out["hits"]
@@ -567,13 +811,13 @@ class SearchService:
             if hide:
                 out["hits"] = []
         out["query"] = query_text
-        out["like"] = None if row is None else self.searcher.image_ids[row]
+        out["like"] = None if row is None else searcher.image_ids[row]
         out["notes"] = notes + out["notes"]
         if row is not None:
             out["notes"].append(
-                f"more like image {self.searcher.image_ids[row]}: its indexed sparse vector is "
-                "the query"
+                f"more like image {searcher.image_ids[row]}: its indexed sparse vector is the query"
             )
+        out["generation"] = served.number
         total = time.perf_counter() - t0
         out["seconds"] = {
             "encode": round(t_enc, 6) if row is None else 0.0,
@@ -583,33 +827,54 @@ class SearchService:
         return out
 
     def _search_vectors(
-        self, sparse: sp.csr_matrix, dense: np.ndarray, k: int, mode: str, explain: bool
+        self,
+        served: Served,
+        sparse: sp.csr_matrix,
+        dense: np.ndarray,
+        k: int,
+        mode: str,
+        explain: bool,
     ) -> SearchResult:
-        return self.searcher.search_vectors(
-            sparse, dense, k=k, mode=mode, explain=explain, explain_terms=self.manifest.vocab_size
+        return served.searcher.search_vectors(
+            sparse,
+            dense,
+            k=k,
+            mode=mode,
+            explain=explain,
+            explain_terms=served.manifest.vocab_size,
         )[0]
 
-    def _search_like(self, row: int, k: int, mode: str, explain: bool) -> SearchResult:
-        terms, weights = self.doc_vector(row)
+    def _search_like(
+        self, served: Served, row: int, k: int, mode: str, explain: bool
+    ) -> SearchResult:
+        terms, weights = self.doc_vector(row, served)
         sparse = sp.csr_matrix(
-            (weights, terms, [0, terms.size]), shape=(1, self.manifest.vocab_size)
+            (weights, terms, [0, terms.size]), shape=(1, served.manifest.vocab_size)
         )
-        dense = self.searcher.doc_dense(row) if mode != "sparse" else None
-        return self._search_vectors(sparse, dense, k, mode, explain)
+        dense = served.searcher.doc_dense(row) if mode != "sparse" else None
+        return self._search_vectors(served, sparse, dense, k, mode, explain)
 
-    def _image_url(self, filename: str) -> str | None:
-        if not self.images_dir or not filename:
+    def _image_url(self, filename: str, served: Served) -> str | None:
+        if not filename or not (self.images_dir or self._root_of(filename, served)):
             return None
         return "/images/" + urllib.parse.quote(filename)
 
-    def _result_json(self, result: SearchResult, explain: bool) -> dict[str, Any]:
+    @staticmethod
+    def _root_of(filename: str, served: Served) -> tuple[Path, str] | None:
+        """``(folder, path in it)`` of an image added from another folder, else ``None``."""
+        for prefix in sorted(served.image_roots, key=len, reverse=True):
+            if filename.startswith(prefix):
+                return served.image_roots[prefix], filename[len(prefix) :]
+        return None
+
+    def _result_json(self, result: SearchResult, explain: bool, served: Served) -> dict[str, Any]:
         hits = []
         for hit in result.hits:
             item: dict[str, Any] = {
                 "rank": hit.rank,
                 "image_id": hit.image_id,
                 "filename": hit.filename,
-                "url": self._image_url(hit.filename),
+                "url": self._image_url(hit.filename, served),
                 "score": _finite(hit.score),
             }
             if explain:
@@ -641,72 +906,88 @@ class SearchService:
             BadRequest: On an unknown image id (404) or a bad ``k``.
         """
         k_ = _positive_int("k", k, 20, self.limits.max_terms_k)
-        row = self.image_row(image_id)
-        terms, weights = await self._on_engine(self.doc_vector, row)
-        order = np.lexsort((terms, -weights))
-        vocab = self.searcher.vocab
-        return {
-            "image_id": self.searcher.image_ids[row],
-            "filename": self.searcher.filenames[row],
-            "url": self._image_url(self.searcher.filenames[row]),
-            "n_terms": int(terms.size),
-            "terms": [
-                {"term": vocab.term(int(terms[j])), "weight": _finite(float(weights[j]))}
-                for j in order[:k_]
-            ],
-        }
+        with self._use() as served:
+            row = self.image_row(image_id, served)
+            terms, weights = await self._on_engine(self.doc_vector, row, served)
+            searcher = served.searcher
+            order = np.lexsort((terms, -weights))
+            vocab = searcher.vocab
+            return {
+                "image_id": searcher.image_ids[row],
+                "filename": searcher.filenames[row],
+                "url": self._image_url(searcher.filenames[row], served),
+                "n_terms": int(terms.size),
+                "generation": served.number,
+                "terms": [
+                    {"term": vocab.term(int(terms[j])), "weight": _finite(float(weights[j]))}
+                    for j in order[:k_]
+                ],
+            }
 
     def image_path(self, name: str) -> Path:
-        """The file of an indexed image name inside the images folder.
+        """The file of an indexed image name inside its images folder.
 
-        Only names listed in the index are served, and the resolved path must lie inside
-        the folder, so ``../`` (in any encoding), absolute paths and links out of the
-        folder are refused.
+        Only names of live images of the served generation are served, and the resolved
+        path must lie inside the folder (the index's images folder, or the folder an
+        image was added from), so ``../`` (in any encoding), absolute paths and links out
+        of the folder are refused.
 
         Raises:
             BadRequest: 404 for anything else.
         """
         shown = name[:80]
-        if self.images_dir is None:
-            raise BadRequest("this index's data has no images folder (start with --images)", 404)
-        if name not in self.image_files or "\x00" in name:
-            raise BadRequest(f"no indexed image file named {shown!r}", 404)
-        path = (self.images_dir / name).resolve()
-        if not path.is_relative_to(self.images_dir) or not path.is_file():
+        with self._use() as served:
+            added = self._root_of(name, served)
+            if self.images_dir is None and added is None:
+                raise BadRequest(
+                    "this index's data has no images folder (start with --images)", 404
+                )
+            if name not in served.image_files or "\x00" in name:
+                raise BadRequest(f"no indexed image file named {shown!r}", 404)
+        folder, rel = added if added is not None else (self.images_dir, name)
+        folder = folder.resolve()
+        path = (folder / rel).resolve()
+        if not path.is_relative_to(folder) or not path.is_file():
             raise BadRequest(f"no indexed image file named {shown!r}", 404)
         return path
 
     def info(self) -> dict[str, Any]:
         """Answer ``/api/info``: the run, engine, vocabulary, images, options and limits."""
-        m = self.manifest
-        return {
-            "run": m.run_dir,
-            "engine": m.engine,
-            "split": m.split,
-            "vocab_size": m.vocab_size,
-            "images": m.n_images,
-            "dense_dim": m.dense_dim,
-            "w1": m.w1,
-            "w2": m.w2,
-            "options": {
-                "image_topk": m.options.image_topk,
-                "threshold": m.options.threshold,
-                "quantize": m.options.quantize,
-            },
-            "modes": self.modes,
-            "text_search": self.text_error is None,
-            "text_search_error": self.text_error,
-            "image_files": self.images_dir is not None,
-            "encoder": self.encoder_mode,
-            "limits": {
-                "max_k": self.limits.max_k,
-                "max_terms_k": self.limits.max_terms_k,
-                "max_query_chars": self.limits.max_query_chars,
-                "max_query_pieces": MAX_QUERY_PIECES,
-                "max_pending": self.limits.max_pending,
-            },
-            "notes": list(self.searcher.notes),
-        }
+        with self._use() as served:
+            m = served.manifest
+            gen = served.searcher.view.generation
+            return {
+                "run": m.run_dir,
+                "engine": m.engine,
+                "split": m.split,
+                "vocab_size": m.vocab_size,
+                "images": m.n_images,
+                "dense_dim": m.dense_dim,
+                "w1": m.w1,
+                "w2": m.w2,
+                "options": {
+                    "image_topk": m.options.image_topk,
+                    "threshold": m.options.threshold,
+                    "quantize": m.options.quantize,
+                },
+                "generation": served.number,
+                "segments": len(gen.segments),
+                "deleted_rows": gen.n_deleted,
+                "generation_created": gen.created,
+                "modes": self.modes,
+                "text_search": self.text_error is None,
+                "text_search_error": self.text_error,
+                "image_files": self.images_dir is not None,
+                "encoder": self.encoder_mode,
+                "limits": {
+                    "max_k": self.limits.max_k,
+                    "max_terms_k": self.limits.max_terms_k,
+                    "max_query_chars": self.limits.max_query_chars,
+                    "max_query_pieces": MAX_QUERY_PIECES,
+                    "max_pending": self.limits.max_pending,
+                },
+                "notes": list(served.searcher.notes),
+            }
 
     def health(self) -> dict[str, Any]:
         """Answer ``/healthz``."""
@@ -717,6 +998,11 @@ class SearchService:
             "refused": self.refused,
             "uptime_s": round(time.time() - self.started, 3),
             "encoder": self._encoder.stats(),
+            "generation": self.generation,
+            "images": self.manifest.n_images,
+            "reloads": self.reloads,
+            "reload_errors": self.reload_errors,
+            "last_reload_error": self.last_reload_error,
         }
 
 
