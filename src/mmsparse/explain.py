@@ -23,11 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmsparse.data.bundle import BackboneBundle
 from mmsparse.data.store import FeatureStore
-from mmsparse.errors import CheckpointError, ConfigError, DataError, MMSparseError
+from mmsparse.errors import ConfigError, MMSparseError
 from mmsparse.evaluate.retrieval import encode_features
-from mmsparse.io_utils import read_json
 from mmsparse.runs import (
     LoadedRun,
     checkpoint_dir,
@@ -35,6 +33,7 @@ from mmsparse.runs import (
     load_run,
     load_run_data,
     resolve_device,
+    run_extraction,
 )
 from mmsparse.sparse.ops import contributions, top_terms
 
@@ -176,36 +175,6 @@ def explain(
         "query": query,
         "pair": pair,
     }
-
-
-def run_extraction(run: LoadedRun) -> dict[str, Any] | None:
-    """The extraction description of a run's features, if recorded anywhere.
-
-    Looked up in the checkpoint's ``model.json`` (``backbone.extraction``), then in the
-    bundle named by the run's ``data.bundle``, then in ``<data.path>/bundle``.
-    """
-    ckpt = checkpoint_dir(run.run_dir)
-    try:
-        meta = read_json(ckpt / "model.json", "model description")
-    except CheckpointError:
-        meta = {}
-    backbone = meta.get("backbone") if isinstance(meta, dict) else None
-    if isinstance(backbone, dict) and isinstance(backbone.get("extraction"), dict):
-        return backbone["extraction"]
-    candidates = []
-    if run.config.data.bundle:
-        candidates.append(Path(run.config.data.bundle))
-    if run.config.data.path:
-        candidates.append(Path(run.config.data.path) / "bundle")
-    for path in candidates:
-        if (path / "bundle.json").is_file():
-            try:
-                extraction = BackboneBundle.load(path).extraction
-            except DataError:
-                continue
-            if isinstance(extraction, dict):
-                return extraction
-    return None
 
 
 def _run_text_encoder(run: LoadedRun, device: str) -> Any:

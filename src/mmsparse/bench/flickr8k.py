@@ -38,7 +38,7 @@ from mmsparse.config import EvalConfig, RunConfig, apply_overrides, load_config
 from mmsparse.evaluate.report import format_table
 from mmsparse.evaluate.run import evaluate_run
 from mmsparse.io_utils import atomic_write_json, atomic_write_text
-from mmsparse.train.trainer import train
+from mmsparse.train import train
 
 logger = logging.getLogger("mmsparse.bench")
 

@@ -55,7 +55,7 @@ from mmsparse.config import RunConfig, apply_overrides, load_config
 from mmsparse.errors import ConfigError, MMSparseError
 from mmsparse.evaluate.report import format_table
 from mmsparse.io_utils import atomic_write_json
-from mmsparse.train.trainer import resume_conflicts
+from mmsparse.train import resume_conflicts
 
 logger = logging.getLogger("mmsparse.bench")
 

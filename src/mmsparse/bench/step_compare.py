@@ -69,7 +69,7 @@ def compare_steps(
         raise ConfigError("bench steps needs at least one --variant")
     base = load_config(config, [*overrides, "train.progress=false", "train.plot=false"])
     store = load_feature_store(base.data)
-    from mmsparse.train.trainer import Trainer
+    from mmsparse.train import Trainer
 
     trainers = {}
     feeds = {}
@@ -77,10 +77,9 @@ def compare_steps(
         for name, ov in variants:
             cfg = apply_overrides(base, list(ov))
             trainer = Trainer(cfg, store, Path(tmp) / name)
-            perm, gen = trainer.epoch_order(1)
-            batches = [trainer.batch_rows(perm, s) for s in range(trainer.steps_per_epoch)]
+            first = list(trainer.batches(trainer.steps_per_epoch))  # epoch 1
             trainers[name] = trainer
-            feeds[name] = (batches, gen, [0])
+            feeds[name] = ([rows for rows, _ in first], first[0][1], [0])
         times: dict[str, list[float]] = {name: [] for name, _ in variants}
 
         def run(name: str, n: int, record: bool) -> None:

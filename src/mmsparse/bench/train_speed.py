@@ -288,10 +288,9 @@ def bench_train(
     Raises:
         ConfigError: On an unknown scale or bad counts.
     """
-    from mmsparse.evaluate.retrieval import encode_split, evaluate_encoded
     from mmsparse.runs import resolve_device
+    from mmsparse.train import Trainer
     from mmsparse.train.distributed import rank_device, setup, teardown
-    from mmsparse.train.trainer import Trainer
 
     sc = _scale(scale)
     if steps < 1 or warmup < 0 or eval_repeats < 1:
@@ -309,7 +308,8 @@ def bench_train(
             torch.cuda.reset_peak_memory_stats(dev)
         with tempfile.TemporaryDirectory(prefix="mmsparse-bench-") as tmp:
             trainer = Trainer(cfg, store, Path(tmp), dist_ctx=ctx)
-            orders = _batches(trainer, warmup + steps)
+            # every batch (and epoch order) made before the clock starts
+            orders = iter(list(trainer.batches(warmup + steps)))
             sums = torch.zeros(len(trainer.term_names), device=dev)
             trainer.model.train()
             t_first = time.perf_counter()
@@ -332,39 +332,35 @@ def bench_train(
             if not ctx.is_main:
                 ctx.barrier()
                 return {}
-            eval_report, eval_enc = _time_eval(
-                trainer, encode_split, evaluate_encoded, eval_repeats
-            )
+            eval_report, eval_enc = _time_eval(trainer, cfg, store, dev, eval_repeats)
             peak_mb, peak_kind = _peak_memory_mb(dev)
-            model = trainer.model
+            about = trainer.describe()
             median = statistics.median(step_ms)
-            epoch_s = trainer.steps_per_epoch * median / 1000
+            epoch_s = about["steps_per_epoch"] * median / 1000
             report: dict[str, Any] = {
                 "format": REPORT_FORMAT,
                 "benchmark": "train_speed",
                 "scale": sc.name,
                 "sizes": {
                     **asdict(sc),
-                    "train_pairs": int(trainer.train_captions.numel()),
-                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "train_pairs": about["train_pairs"],
+                    "parameters": about["parameters"],
                 },
                 "device": device_info(dev),
                 "world_size": ctx.world_size,
                 "settings": {
                     "compile": compile,
                     "amp": amp,
-                    "amp_dtype": str(trainer.amp_dtype).replace("torch.", "")
-                    if trainer.amp_dtype
-                    else "float32",
-                    "fused_adamw": bool(trainer.optimizer.defaults.get("fused")),
-                    "batch_size": trainer.batch_size,
+                    "amp_dtype": about["amp_dtype"],
+                    "fused_adamw": about["fused_adamw"],
+                    "batch_size": about["batch_size"],
                 },
                 "steps_timed": steps,
                 "warmup_steps": warmup,
                 "warmup_seconds": round(warmup_seconds, 3),
                 "step_ms": _summary(step_ms),
                 "wall_ms_per_step": round(1000 * wall / steps, 4),
-                "steps_per_epoch": trainer.steps_per_epoch,
+                "steps_per_epoch": about["steps_per_epoch"],
                 "epoch_seconds": round(epoch_s, 3),
                 "projected_200_epochs_seconds": round(PUBLISHED_EPOCHS * epoch_s, 1),
                 "projected_200_epochs_with_validation_seconds": round(
@@ -406,41 +402,22 @@ def _scale(scale: str | Scale) -> Scale:
     return SCALES[scale]
 
 
-def _batches(trainer: Any, n: int) -> Iterator[tuple[torch.Tensor, torch.Generator | None]]:
-    """``n`` global batches in training order (epoch orders made before the clock starts)."""
-    epochs = -(-n // trainer.steps_per_epoch)
-    orders = [trainer.epoch_order(e + 1) for e in range(epochs)]
-    batches = [
-        (trainer.batch_rows(perm, s), gen)
-        for perm, gen in orders
-        for s in range(trainer.steps_per_epoch)
-    ]
-    return iter(batches[:n])
-
-
 def _time_eval(
-    trainer: Any, encode_split: Any, evaluate_encoded: Any, repeats: int
+    trainer: Any, cfg: RunConfig, store: FeatureStore, dev: torch.device, repeats: int
 ) -> tuple[dict[str, Any], Any]:
     """Full evaluation of the test split: encoding, ranking (3 score types x 2 directions).
 
     Returns:
         The timings and the last encoded split.
     """
-    store, dev, cfg = trainer.store, trainer.device, trainer.cfg
+    from mmsparse.evaluate.retrieval import evaluate_encoded
+
     split = store.split("test")
     runs = []
     for _ in range(repeats + 1):  # the first run warms up kernels and allocations
         _sync(dev)
         t0 = time.perf_counter()
-        enc = encode_split(
-            trainer.model,
-            store,
-            split,
-            cfg.eval,
-            dev,
-            image_feats=trainer.image_feats,
-            caption_feats=trainer.caption_feats,
-        )
+        enc = trainer.encode("test", cfg.eval)
         _sync(dev)
         t1 = time.perf_counter()
         result = evaluate_encoded(
@@ -523,7 +500,7 @@ def reference_loop(
     """
     from mmsparse.losses import SparsityRegularizer, joint_objective
     from mmsparse.runs import build_model
-    from mmsparse.train.trainer import lr_factor, set_trainable
+    from mmsparse.train import lr_factor, set_trainable
 
     dev = torch.device(device)
     split = store.split(cfg.data.train_splits, allow_missing=True)

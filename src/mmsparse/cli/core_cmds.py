@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from mmsparse.errors import ConfigError
+from mmsparse.errors import ConfigError, DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmsparse.config import apply_overrides, load_config
     from mmsparse.evaluate.report import results_table
     from mmsparse.train.distributed import is_main_process
-    from mmsparse.train.trainer import resume_config, train
+    from mmsparse.train.trainer import missing_data_fix, resume_config, train
 
     if args.config:
         cfg = load_config(args.config, args.overrides)
@@ -87,7 +87,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = apply_overrides(resume_config(args.out), args.overrides)
     else:
         raise ConfigError("mmsparse train needs --config FILE (or --resume with --out RUN_DIR)")
-    result = train(cfg, args.out, resume=args.resume)
+    try:
+        result = train(cfg, args.out, resume=args.resume)
+    except DataError as exc:
+        fix = missing_data_fix(cfg, args.out, resume=args.resume)
+        if fix is None:
+            raise
+        raise DataError(f"{exc}; {fix}") from exc
     if not is_main_process():  # under torchrun every rank trains; rank 0 reports
         return 0
     summary = {

@@ -89,13 +89,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = isub.add_parser(
         "build",
-        help="index the images of a split",
-        description="Encode a split's images with the run and index them with one engine ("
+        help="index the images of a split, or a folder of photos (--images)",
+        description="Encode a split's images (or, with --images DIR, every photo of a "
+        "folder, through the run's backbone) with the run and index them with one engine ("
         f"{', '.join(engine_names())}); 'mmsparse index engines' describes each one, what it "
         "can do and its parameters.",
     )
     b.add_argument("run_dir", help="run directory written by 'mmsparse train'")
-    b.add_argument("--split", default="val", help="split whose images are indexed")
+    b.add_argument("--split", help="split whose images are indexed (default val)")
+    b.add_argument(
+        "--images",
+        metavar="DIR",
+        help="index every image of this folder (recursively, no captions needed), encoded "
+        "with the run's backbone; ids are paths relative to DIR. A killed build resumes "
+        "when run again (see docs/photos.md)",
+    )
+    b.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="--images: images per backbone forward pass (default 64)",
+    )
     b.add_argument(
         "--engine",
         choices=engine_names(),
@@ -313,10 +327,12 @@ def cmd_index_build(args: argparse.Namespace) -> int:
                     f"--{option} applies to --engine {' or '.join(takers)} only, not {args.engine}"
                 )
             params[option] = value
+    if args.images is not None:
+        return _index_build_folder(args, params)
     manifest = build_index(
         args.run_dir,
         args.out,
-        split=args.split,
+        split=args.split or "val",
         engine=args.engine,
         data=args.data,
         image_topk=args.image_topk,
@@ -338,6 +354,58 @@ def cmd_index_build(args: argparse.Namespace) -> int:
             f"written to {args.out}: {s['mean_terms_per_image']:.1f} terms per image, "
             f"{s['bytes_per_image']:.0f} bytes per image, built in {s['build_seconds']:.3g} s"
         )
+    return 0
+
+
+def _index_build_folder(args: argparse.Namespace, params: dict[str, Any]) -> int:
+    """``mmsparse index build RUN --images DIR``: a folder of photos."""
+    from mmsparse.index.folder import build_folder_index
+
+    for flag, value in (("--split", args.split), ("--data", args.data), ("--bundle", args.bundle)):
+        if value is not None:
+            raise MMSparseError(
+                f"{flag} applies to an index of a split; --images indexes a folder with the "
+                "run's own backbone"
+            )
+    report = build_folder_index(
+        args.run_dir,
+        args.images,
+        args.out,
+        engine=args.engine,
+        image_topk=args.image_topk,
+        threshold=args.threshold,
+        quantize=args.quantize,
+        engine_params=params or None,
+        store_dense=args.dense,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.json,
+        calibrate=not args.no_calibrate,
+    )
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    m, f = report.manifest, report.manifest.folder
+    s, t = m.stats, f["seconds"]
+    print(
+        f"{m.engine} index of {m.n_images} images of {m.images_dir} written to {args.out}: "
+        f"{s['mean_terms_per_image']:.1f} terms per image, {s['bytes_per_image']:.0f} bytes "
+        "per image"
+    )
+    print(
+        f"time: decode {t['decode']:.1f} s (beside the backbone), backbone "
+        f"{t['backbone']:.1f} s, heads {t['heads']:.1f} s, index {t['index']:.1f} s"
+        + (f", calibration {t['calibrate']:.1f} s" if "calibrate" in t else "")
+        + f"; {t['total']:.1f} s in all ({f['resumed_batches']} of "
+        f"{f['resumed_batches'] + f['encoded_batches']} batches from earlier runs)"
+    )
+    if report.skipped:
+        kinds = ", ".join(f"{n} {why}" for why, n in f["skipped_by_reason"].items())
+        print(f"skipped {len(report.skipped)} file(s) ({kinds}); all listed in folder.json:")
+        for name, why in report.skipped[:10]:
+            print(f"  {name}: {why}")
+        if len(report.skipped) > 10:
+            print(f"  ... and {len(report.skipped) - 10} more")
     return 0
 
 
@@ -433,7 +501,7 @@ def _print_result(result: Any) -> None:
     if result.query_terms:
         print("query terms: " + ", ".join(f"{t} {w:.2f}" for t, w in result.query_terms[:12]))
     for hit in result.hits:
-        name = f"  {hit.filename}" if hit.filename else ""
+        name = f"  {hit.filename}" if hit.filename and hit.filename != hit.image_id else ""
         print(f"{hit.rank:>4}  {hit.score:9.4f}  {hit.image_id}{name}")
         if hit.terms is not None and result.mode == "sparse":
             listed = sum(t[3] for t in hit.terms)

@@ -152,6 +152,11 @@ def _interrupted_message(args: argparse.Namespace) -> str:
             "mmsparse: interrupted; completed epochs are kept: continue with "
             f"'mmsparse train --resume --out {args.out}'"
         )
+    if getattr(args, "images", None) and getattr(args, "index_command", None) == "build":
+        return (
+            f"mmsparse: interrupted; the encoded batches are kept in {args.out}/features: "
+            "run the same command again to continue"
+        )
     return "mmsparse: interrupted (completed checkpoints are kept)"
 
 

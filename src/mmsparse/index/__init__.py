@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from mmsparse.index.build import build_index, index_vectors
     from mmsparse.index.engines import Engine, engine_names, get_engine
     from mmsparse.index.export import export_run
+    from mmsparse.index.folder import FolderIndexReport, build_folder_index
     from mmsparse.index.hits import SearchHits
     from mmsparse.index.inverted import InvertedIndex, write_postings
     from mmsparse.index.manifest import IndexManifest, IndexOptions
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "Engine": "mmsparse.index.engines",
+    "FolderIndexReport": "mmsparse.index.folder",
     "Hit": "mmsparse.index.search",
     "IndexManifest": "mmsparse.index.manifest",
     "IndexOptions": "mmsparse.index.manifest",
@@ -39,6 +41,7 @@ _EXPORTS = {
     "SearchHits": "mmsparse.index.hits",
     "SearchResult": "mmsparse.index.search",
     "Searcher": "mmsparse.index.search",
+    "build_folder_index": "mmsparse.index.folder",
     "build_index": "mmsparse.index.build",
     "dequantize": "mmsparse.index.quantize",
     "engine_names": "mmsparse.index.engines",
@@ -52,6 +55,7 @@ _EXPORTS = {
 
 __all__ = [
     "Engine",
+    "FolderIndexReport",
     "Hit",
     "IndexManifest",
     "IndexOptions",
@@ -59,6 +63,7 @@ __all__ = [
     "SearchHits",
     "SearchResult",
     "Searcher",
+    "build_folder_index",
     "build_index",
     "dequantize",
     "engine_names",

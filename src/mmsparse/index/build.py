@@ -15,10 +15,11 @@ from mmsparse.errors import IndexFormatError, MMSparseError
 from mmsparse.index.encode import encode_vectors
 from mmsparse.index.engines import DEFAULT_ENGINE, Engine, all_engines, get_engine
 from mmsparse.index.manifest import (
-    DOCS_NAME,
     MANIFEST_NAME,
+    NOT_ENGINE_FILES,
     IndexManifest,
     IndexOptions,
+    is_feature_cache,
     run_fingerprint,
     vocab_sha256,
     write_docs,
@@ -31,7 +32,9 @@ log = logging.getLogger(__name__)
 def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise MMSparseError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+    # A folder build's feature cache may precede the first index.json (a killed build).
+    others = [p for p in out.iterdir() if not is_feature_cache(p)] if out.is_dir() else []
+    if others and not (out / MANIFEST_NAME).is_file():
         raise MMSparseError(
             f"{out}: directory exists, is not empty and holds no mmsparse index; "
             "choose another --out"
@@ -165,7 +168,7 @@ def index_vectors(
     engine_bytes = sum(
         p.stat().st_size
         for p in out.rglob("*")
-        if p.is_file() and p.name not in (MANIFEST_NAME, DOCS_NAME)
+        if p.is_file() and p.relative_to(out).parts[0] not in NOT_ENGINE_FILES
     )
     manifest = IndexManifest(
         engine=engine,

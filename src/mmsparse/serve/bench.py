@@ -40,6 +40,11 @@ def split_captions(index_dir: str | Path) -> list[str]:
     from mmsparse.runs import load_run, load_run_data
 
     manifest = IndexManifest.load(index_dir)
+    if not manifest.split:
+        raise MMSparseError(
+            f"{index_dir}: an index of a folder of photos has no captions to send as "
+            "queries; benchmark an index of a split ('mmsparse index build RUN --split val')"
+        )
     run = load_run(manifest.run_dir)
     store = load_run_data(run, manifest.data_dir or None)
     rows = store.split(manifest.split).caption_rows

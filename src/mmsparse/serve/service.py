@@ -386,8 +386,9 @@ class SearchService:
         run_dir: Encode queries with this run (default: the index's).
         bundle: Backbone bundle directory (default: the run's).
         data: Feature directory of the index's data (default: the index's).
-        images_dir: Folder of the image files (default: ``images/`` in the index's data
-            directory, when present); only the file names the index lists are served.
+        images_dir: Folder of the image files (default: the folder of an index of photos,
+            else ``images/`` in the index's data directory, when present); only the file
+            names the index lists are served.
         text_encoder: An object with ``encode(list[str]) -> (N, d_txt)`` features to use
             instead of the run's extraction backend (tests, custom encoders).
         encoder: ``batch`` (concurrent queries encoded together) or ``threads``.
@@ -505,6 +506,12 @@ class SearchService:
             if not path.is_dir():
                 raise MMSparseError(f"{path}: images folder not found")
             return path.resolve()
+        if self.manifest.images_dir:  # an index of a folder of photos
+            folder = Path(self.manifest.images_dir)
+            if folder.is_dir():
+                return folder.resolve()
+            log.warning("%s: the index's image folder is not there (start with --images)", folder)
+            return None
         data = self._base.data_dir
         if data and (Path(data) / "images").is_dir():
             return (Path(data) / "images").resolve()
@@ -960,6 +967,7 @@ class SearchService:
                 "run": m.run_dir,
                 "engine": m.engine,
                 "split": m.split,
+                "images_dir": m.images_dir,
                 "vocab_size": m.vocab_size,
                 "images": m.n_images,
                 "dense_dim": m.dense_dim,

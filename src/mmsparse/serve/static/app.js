@@ -277,7 +277,10 @@ async function init() {
   try {
     info = await getJson("/api/info");
     const run = info.run.split("/").filter(Boolean).pop();
-    $("info").textContent = `${info.images} ${info.split} images · ${info.engine} engine · run ${run} · vocabulary ${info.vocab_size} terms`;
+    const source = info.images_dir
+      ? `images of ${info.images_dir.split("/").filter(Boolean).pop()}`
+      : `${info.split} images`;
+    $("info").textContent = `${info.images} ${source} · ${info.engine} engine · run ${run} · vocabulary ${info.vocab_size} terms`;
     for (const r of document.querySelectorAll("input[name=mode]")) {
       const ok = info.modes.includes(r.value);
       r.disabled = !ok;
