@@ -96,6 +96,8 @@ class LiveReport:
         garbage: Files deleted because no generation within the grace period uses them.
         calibration: What happened to the confidence calibration.
         seconds: Time of each stage.
+        files: ``mmsparse index add --images``: what the folder held (see
+            :func:`mmsparse.index.folder.add_images`).
     """
 
     index: str
@@ -113,6 +115,7 @@ class LiveReport:
     garbage: list[str] = field(default_factory=list)
     calibration: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    files: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -659,6 +662,73 @@ def remove_images(
         return _finish(state, report, gc_grace_s)
 
 
+def image_files(index_dir: str | Path) -> dict[Path, str]:
+    """The file on disk of every live image of an index: ``{absolute path: image id}``.
+
+    An image's file is its file name in the index's photo folder (``images_dir``; an index
+    of a split: ``images/`` of its data folder), or in the folder its id prefix names
+    (photos added from another folder).
+
+    Raises:
+        MMSparseError: If the index has no photo folder to find files in.
+    """
+    index_dir = Path(index_dir)
+    state = _State(index_dir)
+    c = state.collection
+    own = getattr(c, "images_dir", "") or ""
+    if not own and c.data_dir and (Path(c.data_dir) / "images").is_dir():
+        own = str(Path(c.data_dir) / "images")
+    roots = sorted(state.gen.image_roots.items(), key=lambda kv: len(kv[0]), reverse=True)
+    out: dict[Path, str] = {}
+    for image_id, (s, row) in state.live_rows().items():
+        name = state.filenames[s][row]
+        for prefix, root in roots:
+            if name.startswith(prefix):
+                out[(Path(root) / name[len(prefix) :]).resolve()] = image_id
+                break
+        else:
+            if own:
+                out[(Path(own) / name).resolve()] = image_id
+    if not out:
+        raise MMSparseError(
+            f"{index_dir}: the index knows no folder of its image files; remove by id with "
+            "--ids FILE"
+        )
+    return out
+
+
+def ids_of_files(index_dir: str | Path, paths: list[str | Path]) -> list[str]:
+    """The ids of the live images whose files are ``paths`` (a folder: every one under it).
+
+    Raises:
+        MMSparseError: Listing every path that is no indexed image (nor a folder holding
+            one), with the count; nothing is removed then.
+    """
+    files = image_files(index_dir)
+    ids: list[str] = []
+    unknown: list[str] = []
+    for given in paths:
+        path = Path(given).resolve()
+        found = files.get(path)
+        if found is not None:
+            ids.append(found)
+            continue
+        under = [i for f, i in files.items() if f.is_relative_to(path)]
+        if under:
+            ids += sorted(under)
+        else:
+            unknown.append(str(given))
+    if unknown:
+        raise MMSparseError(
+            f"{len(unknown)} of the {len(paths)} paths given are no image of the index "
+            f"{index_dir} (nor a folder holding one): "
+            + ", ".join(unknown[:10])
+            + (f" ... ({len(unknown) - 10} more)" if len(unknown) > 10 else "")
+            + "; nothing was removed"
+        )
+    return list(dict.fromkeys(ids))
+
+
 def optimize_index(
     index_dir: str | Path,
     *,
@@ -772,6 +842,8 @@ __all__ = [
     "add_vectors_locked",
     "check_vectors",
     "engine_of",
+    "ids_of_files",
+    "image_files",
     "live_info",
     "merge_candidates",
     "optimize_index",

@@ -10,9 +10,11 @@ one-line 500 for a bug (never a traceback).
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ def create_app(
     encoder: str = "batch",
     limits: ServeLimits | None = None,
     service: SearchService | None = None,
+    reload_interval: float = 1.0,
 ) -> Any:
     """The ASGI application serving one index.
 
@@ -57,6 +60,8 @@ def create_app(
         encoder: ``batch`` or ``threads`` (see :mod:`mmsparse.serve.service`).
         limits: :class:`~mmsparse.serve.service.ServeLimits` (caps and queue bound).
         service: An already opened service (then the other arguments are ignored).
+        reload_interval: Seconds between two looks for a new generation of the index
+            (0: never; see :mod:`mmsparse.serve.service`).
 
     Returns:
         A FastAPI application; ``app.state.service`` is its
@@ -90,6 +95,7 @@ def create_app(
             text_encoder=text_encoder,
             encoder=encoder,
             limits=limits,
+            reload_interval=reload_interval,
         )
     svc = service
 
@@ -244,4 +250,5 @@ def app_from_env() -> Any:
         raise MMSparseError(f"{ENV_CONFIG} is not set (start the server with 'mmsparse serve')")
     cfg = json.loads(raw)
     limits = ServeLimits(**cfg.pop("limits", {}))
+    faulthandler.enable(file=sys.stderr, all_threads=True)  # a native crash leaves a line
     return create_app(limits=limits, **cfg)
