@@ -34,8 +34,7 @@ def photos(tmp_path):
                 "filename": name,
                 "split": "val",
                 "sentences": [
-                    {"sentid": 2 * i + j, "raw": c, "tokens": c.split()}
-                    for j, c in enumerate(caps)
+                    {"sentid": 2 * i + j, "raw": c, "tokens": c.split()} for j, c in enumerate(caps)
                 ],
             }
         )
