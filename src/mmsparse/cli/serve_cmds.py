@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import math
 import os
 import sys
@@ -123,9 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise MMSparseError(f"--port must be between 1 and 65535, got {args.port}")
     if not (args.reload_interval >= 0 and math.isfinite(args.reload_interval)):
         raise MMSparseError(f"--reload-interval must be >= 0 seconds, got {args.reload_interval}")
-    # A crash in native code (an engine's library) leaves its traceback in the log (stderr)
-    # instead of a silent exit.
-    faulthandler.enable(file=sys.stderr, all_threads=True)
+
     # Before the index is opened and before 'serving at ...' is printed: a busy port was
     # uvicorn's error after that line, and exit status 3.
     check_port_free(args.host, args.port)
@@ -144,6 +141,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if service.text_error:
         print(f"warning: text search unavailable: {service.text_error}", file=sys.stderr)
+    from mmsparse.serve.app import enable_faulthandler
+
+    enable_faulthandler()
     try:
         if args.workers == 1:
             app = create_app(service=service)

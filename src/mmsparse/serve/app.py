@@ -239,6 +239,19 @@ class _StrictUtf8:
         await self.app(scope, receive, send)
 
 
+def enable_faulthandler() -> None:
+    """Make a crash in native code (an engine's library) leave its traceback in the log.
+
+    The server's log is its stderr; without this such a crash is a silent exit.
+    """
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            faulthandler.enable(file=stream, all_threads=True)
+            return
+        except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation: no fileno
+            continue
+
+
 def app_from_env() -> Any:
     """Application factory of uvicorn's worker processes (``mmsparse serve --workers N``).
 
@@ -250,5 +263,5 @@ def app_from_env() -> Any:
         raise MMSparseError(f"{ENV_CONFIG} is not set (start the server with 'mmsparse serve')")
     cfg = json.loads(raw)
     limits = ServeLimits(**cfg.pop("limits", {}))
-    faulthandler.enable(file=sys.stderr, all_threads=True)  # a native crash leaves a line
+    enable_faulthandler()  # a crash in native code leaves its traceback in the log
     return create_app(limits=limits, **cfg)
