@@ -354,3 +354,40 @@ def test_a_rebuild_over_a_live_index_makes_it_plain_again(tmp_path):
     (index / CURRENT_NAME).write_text(pointer)  # a damaged pointer: a clear error
     with pytest.raises(MMSparseError, match="corrupt generation pointer"):
         open_view(index)
+
+
+def test_a_writer_killed_before_publishing_leaves_the_last_generation(tmp_path, monkeypatch):
+    """Killed after its segment and deletion files were written, before the switch: the
+    index is still the last generation, searches as before, and the next writer removes
+    what the killed one left."""
+    import mmsparse.index.live as live
+
+    rng = np.random.default_rng(12)
+    index, coll = build(tmp_path, rng, n=20)
+    add_vectors(index, docs(rng, 3), rng.standard_normal((3, D)), ["a", "b", "c"], gc_grace_s=0)
+    coll.put(["a", "b", "c"], *_last_three(index))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(live, "publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        add_vectors(index, docs(rng, 2), rng.standard_normal((2, D)), ["a", "d"], gc_grace_s=0)
+    assert (index / "segments" / "s000002").is_dir()  # written, never published
+    assert read_current(index).generation == 1
+    check_against_brute_force(index, coll, "none", rng)
+    monkeypatch.undo()
+    rep = remove_images(index, ["b"], gc_grace_s=0)
+    coll.drop(["b"])
+    assert rep.generation == 2 and "segments/s000002" in rep.garbage
+    check_against_brute_force(index, coll, "none", rng)
+
+
+def _last_three(index):
+    view = open_view(index)
+    try:
+        sparse, dense = view.engine.stored_vectors()
+        rows = [view.row_of[i] for i in ("a", "b", "c")]
+        return sparse[rows], dense[rows]
+    finally:
+        view.close()

@@ -40,6 +40,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,20 +303,28 @@ def _adopt_calibration(
     from mmsparse.index.verdict import CALIBRATION_NAME, Calibration, index_identity
 
     path = index_dir / CALIBRATION_NAME
+
+    def note(text: str) -> None:
+        report.calibration = report.calibration or text
+
     if not path.is_file():
-        report.calibration = "none (the index has no confidence.json)"
+        note("none (the index has no confidence.json)")
         return
     try:
         cal = Calibration.load(index_dir)
     except IndexFormatError as exc:
-        report.calibration = f"not kept ({exc})"
+        note(f"not kept ({exc})")
+        return
+    ours = index_identity(index_dir, collection)  # live now: the collection's
+    if cal.index_sha256 == ours:
+        note("kept (tied to the collection)")
         return
     if cal.index_sha256 != classic:
-        report.calibration = "not kept (it belonged to another build of the index)"
+        note("not kept (it belonged to another build of the index)")
         return
-    cal.index_sha256 = index_identity(index_dir, collection)
+    cal.index_sha256 = ours
     cal.save(index_dir)
-    report.calibration = "kept (tied to the collection from now on)"
+    note("kept (tied to the collection from now on)")
 
 
 def _tier(n_live: int) -> int:
@@ -348,9 +357,18 @@ def merge_candidates(sizes: list[int], merge_factor: int = MERGE_FACTOR) -> list
 
 
 def _merge(
-    state: _State, which: list[int], report: LiveReport, *, operation: str, progress: bool
+    state: _State,
+    which: list[int],
+    report: LiveReport,
+    *,
+    operation: str,
+    progress: bool,
+    before_publish: Callable[[Generation], None] | None = None,
 ) -> _State:
-    """Merge adjacent segments ``which`` into one (deleted rows dropped) and publish."""
+    """Merge adjacent segments ``which`` into one (deleted rows dropped) and publish.
+
+    ``before_publish`` is called with the new generation, written but not yet published.
+    """
     from mmsparse.index.segments import OpenSegment
 
     t0 = time.perf_counter()
@@ -398,6 +416,8 @@ def _merge(
     report.seconds[operation] = round(
         report.seconds.get(operation, 0.0) + time.perf_counter() - t0, 3
     )
+    if before_publish is not None:
+        before_publish(gen)
     return _publish(state, gen, report)
 
 
@@ -763,22 +783,43 @@ def optimize_index(
             report.calibration = "unchanged (the index is one segment with nothing deleted)"
         else:
             which = list(range(len(state.gen.segments)))
-            state = _merge(state, which, report, operation="optimize", progress=progress)
-            if calibrate:
-                report.calibration = _recalibrate(index_dir, text_encoder, progress)
+
+            def recalibrate(gen: Generation) -> None:
+                # before the switch: the merged generation and its calibration come together
+                report.calibration = _recalibrate(index_dir, gen, text_encoder, progress)
+
+            state = _merge(
+                state,
+                which,
+                report,
+                operation="optimize",
+                progress=progress,
+                before_publish=recalibrate if calibrate else None,
+            )
         report.seconds["total"] = round(time.perf_counter() - t0, 3)
         return _finish(state, report, gc_grace_s)
 
 
-def _recalibrate(index_dir: Path, text_encoder: Any, progress: bool) -> str:
-    from mmsparse.index.confidence import calibrate_index
+def _recalibrate(index_dir: Path, gen: Generation, text_encoder: Any, progress: bool) -> str:
+    """Compute the calibration over generation ``gen`` (not published yet) and save it."""
+    from mmsparse.index.confidence import calibrate
+    from mmsparse.index.search import Searcher
+    from mmsparse.index.segments import open_view
+    from mmsparse.index.verdict import collection_identity
 
     t0 = time.perf_counter()
     try:
-        calibrate_index(index_dir, text_encoder=text_encoder, progress=progress)
+        view = open_view(index_dir, generation=gen)
+        searcher = Searcher(index_dir, view=view, text_encoder=text_encoder)
+        try:
+            cal = calibrate(searcher, progress=progress)
+        finally:
+            searcher.close()
     except MMSparseError as exc:
         log.warning("%s: confidence calibration not computed again (%s)", index_dir, exc)
         return f"kept: not computed again ({exc})"
+    cal.index_sha256 = collection_identity(view.collection)
+    cal.save(index_dir)
     return f"computed again over the merged images in {time.perf_counter() - t0:.1f} s"
 
 

@@ -574,10 +574,12 @@ class SearchService:
 
         The watcher's step (callable directly).
 
-        A change of ``CURRENT`` is opened at once; any other change of the files (e.g. a
-        file rewritten in place) is opened once it has held still for one look, so that a
-        copy in progress is not read. A failure is logged in one line and the old
-        generation kept; the same files are not tried again.
+        A change of ``CURRENT`` is opened at once; any other change of the files (a
+        rebuild, a file written over in place) is opened once it has held still for one
+        look, so that a copy in progress is not read. Each outcome is one line in the log:
+        the generation now served, or why the files could not be opened and that the old
+        generation (its copy in memory) is still served; the same files are not tried
+        again.
 
         Returns:
             Whether a new generation is now served.
@@ -585,17 +587,14 @@ class SearchService:
         token = self._look()
         if token == self._token or token == self._failed_token:
             return False
-        if token[0] == self._token[0] and token != self._changed_token:
-            if self._changed_token is None or token[1:] != self._changed_token[1:]:
-                log.warning(
-                    "%s: index files changed on disk without a new generation (rewritten in "
-                    "place?); the server keeps serving its copy in memory of generation %d, "
-                    "and opens the files again once they hold still",
-                    self.index_dir,
-                    self.generation,
-                )
+        in_place = token[0] == self._token[0]  # the files changed, not the pointer
+        if in_place and token != self._changed_token:
+            log.debug(
+                "%s: index files changing on disk; waiting for them to hold still", self.index_dir
+            )
             self._changed_token = token
             return False
+        how = "files changed on disk without a new generation" if in_place else "new generation"
         old = self._served
         try:
             view = open_view(self.index_dir, in_memory=True, reuse=old.searcher.view)
@@ -609,8 +608,9 @@ class SearchService:
             self.reload_errors += 1
             self.last_reload_error = one_line(str(exc))
             log.error(
-                "%s: could not open the index's new files (%s); still serving generation %d",
+                "%s: could not open the index (%s: %s); still serving generation %d from memory",
                 self.index_dir,
+                how,
                 self.last_reload_error,
                 old.number,
             )
@@ -623,11 +623,12 @@ class SearchService:
         self.reloads += 1
         old.retire()
         log.info(
-            "%s: serving generation %d (%d images in %d segment(s)), was %d",
+            "%s: serving generation %d (%d images in %d segment(s); %s), was %d",
             self.index_dir,
             new.number,
             new.manifest.n_images,
             len(view.segments),
+            how,
             old.number,
         )
         return True
