@@ -319,3 +319,63 @@ def test_garbage_collection_never_takes_the_files_of_a_served_generation(index):
         assert svc.info()["images"] == m.n_images + 1
     finally:
         svc.close()
+
+
+def test_the_page_shows_photos_added_while_it_is_open(index, tmp_path):
+    """A browser on the search page; photos are added (files in another folder, served from
+    there), the same search in the same page then shows them, their images load, and the
+    header's count follows."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium installed (apt-get install -y chromium)")
+    from PIL import Image
+
+    from mmsparse.serve import create_app
+
+    svc = SearchService(index, text_encoder=HashEncoder(), reload_interval=0.05)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(service=svc), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert _wait_for(lambda: server.started)
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    text = "a dog runs on the beach"
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{port}/?" + urllib.parse.urlencode({"q": text}))
+            page.wait_for_selector("#status:has-text('images')")
+            assert page.inner_text("#info").startswith("40 ")
+            dense, sparse = encode(svc, [text])
+            Image.new("RGB", (24, 24), (200, 30, 30)).save(folder / "IMG_1.jpg", "JPEG")
+            add_vectors(
+                index,
+                sparse * 4.0,
+                dense,
+                ["camera/IMG_1.jpg"],
+                image_roots={"camera/": str(folder)},
+                gc_grace_s=0,
+            )
+            assert _wait_for(lambda: svc.generation == 1)
+            page.click("button[type=submit]")
+            page.wait_for_selector("#grid .card[data-image-id='camera/IMG_1.jpg']")
+            first = page.locator("#grid .card").nth(0)
+            assert first.get_attribute("data-image-id") == "camera/IMG_1.jpg"
+            page.wait_for_function(
+                "[...document.querySelectorAll('#grid img')].every(i => i.complete && "
+                "i.naturalWidth > 0)"
+            )
+            page.wait_for_selector("#info:has-text('41 ')")
+            assert errors == []
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        svc.close()

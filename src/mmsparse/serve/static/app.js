@@ -212,6 +212,9 @@ async function run() {
   else params.set("q", st.q);
   try {
     const data = await getJson(`/api/search?${params}`);
+    if (info && data.generation !== undefined && data.generation !== info.generation) {
+      refreshInfo(); // photos were added or removed: the header's count follows
+    }
     renderQueryTerms(data.query_terms);
     $("notes").replaceChildren(...data.notes.map((n) => el("li", {}, n)));
     grid.replaceChildren(...data.hits.map(renderHit));
@@ -247,6 +250,24 @@ function submit(event) {
   run();
 }
 
+function showInfo() {
+  const run = info.run.split("/").filter(Boolean).pop();
+  const source = info.images_dir
+    ? `images of ${info.images_dir.split("/").filter(Boolean).pop()}`
+    : `${info.split} images`;
+  $("info").textContent = `${info.images} ${source} · ${info.engine} engine · run ${run} · vocabulary ${info.vocab_size} terms`;
+  $("info").title = `index generation ${info.generation} (${info.segments} segment(s))`;
+}
+
+async function refreshInfo() {
+  try {
+    info = await getJson("/api/info");
+    showInfo();
+  } catch (err) {
+    // the header keeps the last count; the search itself was answered
+  }
+}
+
 async function init() {
   $("search-form").addEventListener("submit", submit);
   for (const r of document.querySelectorAll("input[name=mode]")) {
@@ -276,11 +297,7 @@ async function init() {
   });
   try {
     info = await getJson("/api/info");
-    const run = info.run.split("/").filter(Boolean).pop();
-    const source = info.images_dir
-      ? `images of ${info.images_dir.split("/").filter(Boolean).pop()}`
-      : `${info.split} images`;
-    $("info").textContent = `${info.images} ${source} · ${info.engine} engine · run ${run} · vocabulary ${info.vocab_size} terms`;
+    showInfo();
     for (const r of document.querySelectorAll("input[name=mode]")) {
       const ok = info.modes.includes(r.value);
       r.disabled = !ok;
