@@ -97,7 +97,8 @@ def test_serve_shows_the_folder_files(photo_run, tmp_path):
         assert service.image_path("sub/deeper/d.png") == root.resolve() / "sub/deeper/d.png"
         with pytest.raises(BadRequest):
             service.image_path("notes.txt")  # in the folder, not in the index
-        assert service.info()["images_dir"] == str(root.resolve())
+        assert service.info()["images_dir"] == root.name  # a name; paths only when asked
+        assert service.info(paths=True)["paths"]["images_dir"] == str(root.resolve())
     finally:
         service.close()
 

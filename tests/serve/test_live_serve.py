@@ -379,3 +379,36 @@ def test_the_page_shows_photos_added_while_it_is_open(index, tmp_path):
         server.should_exit = True
         thread.join(timeout=10)
         svc.close()
+
+
+def test_filters_browsing_and_totals_count_live_images_only(index):
+    """Removed images are in no filter, page of /api/images or total; added ones are,
+    across segments (a required term's rows from every segment)."""
+    svc = SearchService(index, text_encoder=HashEncoder(), reload_interval=0)
+    try:
+        query = "a dog runs on the beach"
+        before = asyncio_run(svc.search(query, k=5, force=True))
+        top_term = before["query_terms"][0]["term"]
+        _, ids = add_found_by(svc, index, [query, "two children play"], gc_grace_s=0)
+        removed = [h["image_id"] for h in before["hits"][:3]]
+        remove_images(index, removed, gc_grace_s=0)
+        assert svc.check_generation() is True
+        listed = svc.browse(k=100)
+        names = [i["image_id"] for i in listed["images"]]
+        assert listed["total"] == 40 + 2 - 3 == len(names)
+        assert not set(removed) & set(names) and set(ids) <= set(names)
+        out = asyncio_run(svc.search(query, k=50, force=True, terms=f"+{top_term}"))
+        hits = [h["image_id"] for h in out["hits"]]
+        assert ids[0] == hits[0] and not set(removed) & set(hits)
+        view = svc.searcher.view
+        holding = {
+            view.image_ids[r]
+            for r in svc.searcher.engine.term_rows(svc.searcher.vocab.id(top_term))
+            if view.is_live_row(r)
+        }
+        assert set(hits) == holding and out["total"] == len(holding)
+        assert f"filtered: {len(holding)} of 39 images" in " ".join(out["notes"])
+        everything = asyncio_run(svc.search(query, k=100, force=True, mode="dense"))
+        assert everything["total"] == 39 and len(everything["hits"]) == 39
+    finally:
+        svc.close()

@@ -58,6 +58,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--images", help="folder of the image files (default: DATA/images)")
     _limit_args(p)
+    p.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=10,
+        help="largest image a search by uploaded image accepts, in MB (default 10)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="let pages of ORIGIN call the API (repeatable; '*' for any); none by default",
+    )
+    p.add_argument(
+        "--access-log", action="store_true", help="log every request on stderr (uvicorn's)"
+    )
+    p.add_argument(
+        "--show-paths",
+        action="store_true",
+        help="/api/info gives the server's absolute paths (default: the run's name only)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -100,8 +121,14 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         "bundle": args.bundle,
         "images_dir": args.images,
         "encoder": args.encoder,
-        "limits": {"threads": args.threads, "max_pending": args.max_pending, "max_k": args.max_k},
-        "reload_interval": args.reload_interval,
+        "limits": {
+            "threads": args.threads,
+            "max_pending": args.max_pending,
+            "max_k": args.max_k,
+            "max_upload_mb": getattr(args, "max_upload_mb", 10),
+        },
+        "show_paths": bool(getattr(args, "show_paths", False)),
+        "reload_interval": getattr(args, "reload_interval", 1.0),
     }
 
 
@@ -114,7 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Every count is at least 1: with --max-k 0 or --max-pending 0 the server started and
     # then refused every request.
-    for option in ("--workers", "--threads", "--max-pending", "--max-k"):
+    for option in ("--workers", "--threads", "--max-pending", "--max-k", "--max-upload-mb"):
         value = getattr(args, option[2:].replace("-", "_"))
         if value < 1:
             raise MMSparseError(f"{option} must be at least 1, got {value}")
@@ -144,23 +171,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mmsparse.serve.app import enable_faulthandler
 
     enable_faulthandler()
+    check = service.image_check
+    if check and check["missing"]:
+        print(
+            f"warning: {check['missing']} of {check['checked']} indexed image files checked "
+            f"are missing from {service.images_dir} (e.g. {', '.join(check['examples'])}); "
+            "give the folder of the images with --images",
+            file=sys.stderr,
+        )
+    access_log = bool(args.access_log)
+    cors = args.cors_origin or None
     try:
         if args.workers == 1:
-            app = create_app(service=service)
-            uvicorn.run(app, host=host, port=args.port, log_level="warning", access_log=False)
+            app = create_app(service=service, cors_origins=cors)
+            uvicorn.run(
+                app,
+                host=host,
+                port=args.port,
+                log_level="info" if access_log else "warning",
+                access_log=access_log,
+            )
             return 0
         service.close()
         from mmsparse.io_utils import json_text
 
-        os.environ[ENV_CONFIG] = json_text({**_config(args)}, indent=None, what="--config")
+        os.environ[ENV_CONFIG] = json_text(
+            {**_config(args), "cors_origins": cors}, indent=None, what="--config"
+        )
         uvicorn.run(
             "mmsparse.serve.app:app_from_env",
             factory=True,
             host=host,
             port=args.port,
             workers=args.workers,
-            log_level="warning",
-            access_log=False,
+            log_level="info" if access_log else "warning",
+            access_log=access_log,
         )
     except SystemExit as exc:
         # uvicorn exits (status 1 or 3) when it cannot start, e.g. when another process

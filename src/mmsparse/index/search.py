@@ -62,6 +62,13 @@ class Hit:
             shared terms, largest product first (at most ``explain_terms`` of them).
         shared_terms: With ``explain``: how many terms the query and image share (the
             listed ones are the top of these).
+        sparse_score: With ``explain``: the sparse score ``S_s = q · d`` (the sum of every
+            shared term's product), in every mode.
+        dense_score: With ``explain`` in ``dense``/``hybrid`` mode: the dense score
+            ``S_d`` (a hybrid hit's score is ``w1 · S_d + w2 · S_s``).
+        missing_terms: With ``explain``: ``(term, query weight)`` of the query's terms
+            the image lacks, heaviest first (at most ``explain_terms``).
+        n_missing: With ``explain``: how many query terms the image lacks.
     """
 
     rank: int
@@ -71,6 +78,10 @@ class Hit:
     score: float
     terms: list[tuple[str, float, float, float]] | None = None
     shared_terms: int | None = None
+    sparse_score: float | None = None
+    dense_score: float | None = None
+    missing_terms: list[tuple[str, float]] | None = None
+    n_missing: int | None = None
 
 
 @dataclass
@@ -85,6 +96,9 @@ class SearchResult:
         engine: Engine of the index.
         hits: Ranked images.
         query_terms: The query's heaviest sparse terms ``(term, weight)``.
+        n_query_terms: How many terms the query's sparse vector has (``query_terms`` lists
+            the first 20 unless asked for more).
+        weights: ``(w1, w2)`` of a ``hybrid`` search (``None`` in the other modes).
         notes: What was adjusted (cut query, lowered k, no shared term, option mismatch).
         seconds: Search time (engine only, without encoding).
         confidence: Text and caption queries: the
@@ -102,6 +116,8 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     confidence: Any = None
+    n_query_terms: int = 0
+    weights: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -407,6 +423,8 @@ class Searcher:
         mode: str = "sparse",
         explain: bool = False,
         explain_terms: int = 10,
+        query_terms: int | None = 20,
+        weights: tuple[float, float] | None = None,
         **engine_kwargs: Any,
     ) -> list[SearchResult]:
         """Search with query vectors, one result per row.
@@ -419,6 +437,9 @@ class Searcher:
                 dense vectors: :attr:`modes`).
             explain: Add the matching terms and their contributions to every hit.
             explain_terms: Terms shown per hit.
+            query_terms: Query terms listed in :attr:`SearchResult.query_terms`
+                (``None``: all; :attr:`SearchResult.n_query_terms` counts them).
+            weights: ``(w1, w2)`` of a ``hybrid`` search instead of the index's.
             **engine_kwargs: Engine search parameters (``mmsparse index engines`` lists
                 them: Seismic ``query_cut``, ``heap_factor``; kannolo ``ef_search``; Milvus
                 ``candidates``), and ``threads`` or ``live`` (see
@@ -441,7 +462,14 @@ class Searcher:
         threads = engine_kwargs.pop("threads", None)
         live = engine_kwargs.pop("live", None)
         query = self.engine.check_query(
-            sparse, k, dense=dense, mode=mode, threads=threads, live=live, params=engine_kwargs
+            sparse,
+            k,
+            dense=dense,
+            mode=mode,
+            threads=threads,
+            live=live,
+            params=engine_kwargs,
+            weights=weights,
         )
         sparse = query.sparse
         t0 = time.perf_counter()
@@ -466,14 +494,22 @@ class Searcher:
                 engine=self.manifest.engine,
                 notes=q_notes,
                 seconds=seconds,
+                n_query_terms=int(q.nnz),
+                weights=self.engine.hybrid_weights(query) if mode == "hybrid" else None,
             )
             order = np.lexsort((q.indices, -q.data))
             res.query_terms = [
-                (_term(vocab, int(q.indices[j])), float(q.data[j])) for j in order[:20]
+                (_term(vocab, int(q.indices[j])), float(q.data[j]))
+                for j in (order if query_terms is None else order[:query_terms])
             ]
             terms_w = None
             if explain and rows.size and q.nnz:
                 terms_w = self.engine.doc_weights(rows, q.indices)
+            dense_scores = None
+            if explain and mode != "sparse" and rows.size:
+                # (k, d) stored vectors of the hits · (d,) query: each hit's dense score S_d
+                docs = np.concatenate([self.engine.doc_dense(int(r)) for r in rows.tolist()])
+                dense_scores = docs.astype(np.float64) @ query.dense[i].astype(np.float64)
             for r, (row, score) in enumerate(zip(rows.tolist(), scores.tolist())):
                 hit = Hit(
                     rank=r + 1,
@@ -485,10 +521,25 @@ class Searcher:
                 if explain:
                     hit.terms = []
                     hit.shared_terms = 0
+                    hit.sparse_score = 0.0
+                    hit.missing_terms = [
+                        (_term(vocab, int(q.indices[j])), float(q.data[j]))
+                        for j in order[:explain_terms]
+                    ]
+                    hit.n_missing = int(q.nnz)
+                    if dense_scores is not None:
+                        hit.dense_score = float(dense_scores[r])
                     if terms_w is not None:
                         prod = q.data * terms_w[r]
                         nz = np.flatnonzero(prod)
                         hit.shared_terms = int(nz.size)
+                        hit.sparse_score = float(prod.astype(np.float64).sum())
+                        absent = order[terms_w[r][order] == 0]  # heaviest first
+                        hit.n_missing = int(absent.size)
+                        hit.missing_terms = [
+                            (_term(vocab, int(q.indices[j])), float(q.data[j]))
+                            for j in absent[:explain_terms]
+                        ]
                         top = nz[np.lexsort((q.indices[nz], -prod[nz]))][:explain_terms]
                         hit.terms = [
                             (

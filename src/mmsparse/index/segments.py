@@ -124,7 +124,8 @@ class SegmentedEngine:
 
     It offers the search surface of an :class:`~mmsparse.index.engines.Engine`
     (``check_query``, ``search``, ``search_batch``, ``doc_weights``, ``doc_vector``,
-    ``doc_dense``, ``stored_vectors``, ``modes``, ``check_mode``), over global rows. With
+    ``doc_dense``, ``term_rows``, ``stored_vectors``, ``modes``, ``check_mode``), over
+    global rows. With
     one segment, any attribute it does not define is that segment's engine's (e.g.
     ``.index`` of the ``inverted`` engine).
 
@@ -192,6 +193,7 @@ class SegmentedEngine:
         threads: int | None = None,
         live: np.ndarray | None = None,
         params: Any = None,
+        weights: tuple[float, float] | None = None,
     ) -> Query:
         """Every check of a search request (:meth:`Engine.check_query`), over global rows.
 
@@ -200,7 +202,14 @@ class SegmentedEngine:
         live = check_live(live, self.n_docs)
         self.check_mode(mode)
         query = self.engines[0].check_query(
-            sparse, k, dense=dense, mode=mode, threads=threads, live=None, params=params
+            sparse,
+            k,
+            dense=dense,
+            mode=mode,
+            threads=threads,
+            live=None,
+            params=params,
+            weights=weights,
         )
         if self.live is not None:
             live = self.live if live is None else (live & self.live)
@@ -216,13 +225,25 @@ class SegmentedEngine:
         mode: str = "sparse",
         threads: int | None = None,
         live: np.ndarray | None = None,
+        weights: tuple[float, float] | None = None,
         **params: Any,
     ) -> SearchHits:
         """Top-``k`` live images of every query (see :meth:`Engine.search_batch`)."""
         query = self.check_query(
-            sparse, k, dense=dense, mode=mode, threads=threads, live=live, params=params
+            sparse,
+            k,
+            dense=dense,
+            mode=mode,
+            threads=threads,
+            live=live,
+            params=params,
+            weights=weights,
         )
         return self.search(query)
+
+    def hybrid_weights(self, query: Query | None = None) -> tuple[float, float]:
+        """``(w1, w2)`` of a hybrid search: the query's, else the index's."""
+        return self.engines[0].hybrid_weights(query)
 
     def search(self, query: Query) -> SearchHits:
         """Run a request checked by :meth:`check_query`: each segment, then the merge."""
@@ -285,6 +306,14 @@ class SegmentedEngine:
         """The stored dense vector of a global row (``None`` without dense)."""
         seg, local = self.locate(row)
         return self.engines[seg].doc_dense(local)
+
+    def term_rows(self, term: int) -> np.ndarray:
+        """Global rows whose stored sparse vector holds ``term`` (deleted ones included)."""
+        parts = [
+            np.asarray(e.term_rows(term), dtype=np.int64) + off
+            for e, off in zip(self.engines, self.offsets[:-1])
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def stored_vectors(self) -> tuple[sp.csr_matrix, np.ndarray | None]:
         """Every global row's stored vectors (deleted ones included), in row order."""

@@ -44,7 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError, MMSparseError, QueryError, require_extra
-from mmsparse.index.hits import SearchHits, check_k, check_live, check_queries
+from mmsparse.index.hits import SearchHits, check_k, check_live, check_queries, check_weights
 from mmsparse.index.manifest import IndexManifest
 from mmsparse.index.quantize import QUANTIZE_MODES, dequantize
 from mmsparse.index.quantize import quantize as quantize_docs
@@ -189,6 +189,8 @@ class Query:
         threads: Threads to search with (``None``: the engine's default).
         live: ``(n_docs,)`` bool of the rows that may be returned, or ``None`` (all).
         params: Every search parameter of the engine, given or the index's default.
+        weights: ``(w1, w2)`` of a ``hybrid`` search that replace the index's (``None``:
+            the index's, :attr:`Engine.w1` and :attr:`Engine.w2`).
     """
 
     sparse: sp.csr_matrix
@@ -198,6 +200,7 @@ class Query:
     threads: int | None
     live: np.ndarray | None
     params: dict[str, Any]
+    weights: tuple[float, float] | None = None
 
 
 # -- the contract -------------------------------------------------------------------------
@@ -572,6 +575,7 @@ class Engine(ABC):
         threads: int | None = None,
         live: np.ndarray | None = None,
         params: Mapping[str, Any] | None = None,
+        weights: tuple[float, float] | None = None,
     ) -> Query:
         """Every check of a search request, in one place (see :meth:`search_batch`).
 
@@ -607,6 +611,10 @@ class Engine(ABC):
             isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1
         ):
             raise QueryError(f"threads must be at least 1, got {threads!r}")
+        if weights is not None:
+            weights = check_weights(weights)
+            if mode != "hybrid":
+                weights = None  # only a hybrid score has weights
         given = self.check_params(params, "search")
         stored = self.stored_search_params()
         knobs = {
@@ -621,7 +629,14 @@ class Engine(ABC):
             threads=None if threads is None else int(threads),
             live=check_live(live, self.n_docs),
             params=knobs,
+            weights=weights,
         )
+
+    def hybrid_weights(self, query: Query | None = None) -> tuple[float, float]:
+        """``(w1, w2)`` of a hybrid search: the query's, else the index's."""
+        if query is not None and query.weights is not None:
+            return query.weights
+        return self.w1, self.w2
 
     def stored_search_params(self) -> dict[str, Any]:
         """The index's search defaults.
@@ -640,6 +655,7 @@ class Engine(ABC):
         mode: str = "sparse",
         threads: int | None = None,
         live: np.ndarray | None = None,
+        weights: tuple[float, float] | None = None,
         **params: Any,
     ) -> SearchHits:
         """Top-``k`` images of every query.
@@ -651,7 +667,9 @@ class Engine(ABC):
             mode: ``sparse``, ``dense`` or ``hybrid`` (see :attr:`modes`).
             threads: Threads to search with (engines with ``threads``).
             live: ``(n_docs,)`` bool: only rows where it is true are returned (deleted
-                rows of a live index); ``None`` returns any row.
+                rows of a live index, or a filter); ``None`` returns any row.
+            weights: ``(w1, w2)`` of a ``hybrid`` search, replacing the index's (finite,
+                non-negative, not both 0); ignored in the other modes.
             **params: Search parameters (see :attr:`search_params`; ``None`` or absent:
                 the index's default).
 
@@ -665,7 +683,14 @@ class Engine(ABC):
             MMSparseError: If the engine fails.
         """
         query = self.check_query(
-            sparse, k, dense=dense, mode=mode, threads=threads, live=live, params=params
+            sparse,
+            k,
+            dense=dense,
+            mode=mode,
+            threads=threads,
+            live=live,
+            params=params,
+            weights=weights,
         )
         return self.search(query)
 
@@ -760,6 +785,25 @@ class Engine(ABC):
             if isinstance(given, Mapping):
                 out.update({k: v for k, v in given.items() if k in declared})
         return out
+
+    def term_rows(self, term: int) -> np.ndarray:
+        """Rows whose stored sparse vector holds ``term`` (int64, increasing).
+
+        What a filter on a term is made of (``mmsparse serve``: a required term). The base
+        version reads :meth:`doc_weights` over every row, in blocks; engines with postings
+        read the term's posting list.
+
+        Raises:
+            QueryError: If the engine does not return stored weights.
+        """
+        out = []
+        block = 65536
+        col = np.array([int(term)], dtype=np.int64)
+        for start in range(0, self.n_docs, block):
+            rows = np.arange(start, min(start + block, self.n_docs), dtype=np.int64)
+            w = np.asarray(self.doc_weights(rows, col))[:, 0]
+            out.append(rows[w != 0])
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     @property
     def nbytes(self) -> int:

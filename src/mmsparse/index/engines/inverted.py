@@ -78,14 +78,20 @@ class InvertedEngine(Engine):
             mode=query.mode,
             index=self.index,
             sparse=query.sparse,
-            w1=self.w1,
-            w2=self.w2,
+            w1=self.hybrid_weights(query)[0],
+            w2=self.hybrid_weights(query)[1],
             live=query.live,
         )
 
     def doc_weights(self, rows: np.ndarray, terms: np.ndarray) -> np.ndarray:
         """Stored (dequantised) weights of ``rows`` at ``terms`` (from the postings)."""
         return self.index.doc_weights(rows, terms)
+
+    def term_rows(self, term: int) -> np.ndarray:
+        """The rows of the term's posting list."""
+        index = self.index
+        s, e = int(index.indptr[int(term)]), int(index.indptr[int(term) + 1])
+        return np.asarray(index.doc_ids[s:e], dtype=np.int64)
 
     def doc_vector(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """The row's terms and dequantised weights, read from the postings."""
