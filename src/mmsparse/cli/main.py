@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "mmsparse.cli.frontier_cmds",
     "mmsparse.cli.bench_cmds",
     "mmsparse.cli.honest_cmds",
+    "mmsparse.cli.photos_cmds",
 )
 
 
