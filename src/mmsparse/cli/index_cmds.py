@@ -121,6 +121,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.set_defaults(func=cmd_index_engines)
 
+    from mmsparse.cli.live_cmds import register_live
+
+    register_live(isub)  # index add, remove, optimize, info (a live index)
+
     p = sub.add_parser(
         "search",
         help="search an index with text or a caption id",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Any
@@ -26,6 +27,15 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
         help="searches in flight beyond which requests get 503 (default 64)",
     )
     p.add_argument("--max-k", type=int, default=100, help="largest k a search may ask for")
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between two looks at the index for a new generation ('index add', "
+        "'index remove', 'index optimize', a rebuild): the server switches to it without a "
+        "restart (default 1; 0: never)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,6 +97,7 @@ def _config(args: argparse.Namespace, threads: int) -> dict[str, Any]:
             "max_upload_mb": getattr(args, "max_upload_mb", 10),
         },
         "show_paths": bool(getattr(args, "show_paths", False)),
+        "reload_interval": getattr(args, "reload_interval", 1.0),
     }
 
 
@@ -116,6 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise MMSparseError(f"{option} must be at least 1, got {value}")
     if not 0 < args.port < 65536:
         raise MMSparseError(f"--port must be between 1 and 65535, got {args.port}")
+    if not (args.reload_interval >= 0 and math.isfinite(args.reload_interval)):
+        raise MMSparseError(f"--reload-interval must be >= 0 seconds, got {args.reload_interval}")
+
     # Before the index is opened and before 'serving at ...' is printed: a busy port was
     # uvicorn's error after that line, and exit status 3.
     check_port_free(args.host, args.port)
@@ -128,11 +142,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     where = f"http://{'[' + host + ']' if ':' in host else host}:{args.port}/"
     print(
         f"serving {service.manifest.engine} index {args.index} ({service.manifest.n_images} "
-        f"images) at {where} (API docs at {where}docs); Ctrl-C stops",
+        f"images, generation {service.generation}) at {where} (API docs at {where}docs); "
+        "Ctrl-C stops",
         file=sys.stderr,
     )
     if service.text_error:
         print(f"warning: text search unavailable: {service.text_error}", file=sys.stderr)
+    from mmsparse.serve.app import enable_faulthandler
+
+    enable_faulthandler()
     check = service.image_check
     if check and check["missing"]:
         print(

@@ -44,7 +44,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,7 @@ class FolderFeatures:
             and unreadable images), sorted by path.
         hidden: Hidden files and folders skipped.
         converted: Original mode to count, for images converted to RGB.
+        known: Image files left out because the caller has them already (``keep``).
         encoded_batches: Batches encoded by this call.
         resumed_batches: Batches found in the cache (a killed or earlier run).
         seconds: ``list`` (walking the folder), ``decode`` and ``backbone`` (see
@@ -187,6 +188,7 @@ class FolderFeatures:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     hidden: int = 0
     converted: dict[str, int] = field(default_factory=dict)
+    known: int = 0
     encoded_batches: int = 0
     resumed_batches: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -209,6 +211,7 @@ def encode_folder(
     exclude: Sequence[str | Path] = (),
     progress: bool = True,
     callback: BatchCallback | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> FolderFeatures:
     """Encode every image of a folder with an extraction backend (see the module docstring).
 
@@ -222,6 +225,9 @@ def encode_folder(
         exclude: Folders inside ``images`` not to walk into.
         progress: Show a progress bar on stderr.
         callback: Called as ``callback(done, total)`` (images) after each encoded batch.
+        keep: Encode only the image files (relative paths) for which it is true; the
+            others are counted as ``known`` (``mmsparse index add`` leaves out the photos
+            an index has already).
 
     Returns:
         The :class:`FolderFeatures`.
@@ -236,11 +242,18 @@ def encode_folder(
     t0 = time.perf_counter()
     cache = Path(cache_dir)
     listing = list_image_folder(images, exclude=[*exclude, cache])
+    known = 0
+    if keep is not None:
+        kept = [(f, st) for f, st in zip(listing.files, listing.stamps) if keep(f)]
+        known = len(listing.files) - len(kept)
+        listing.files = [f for f, _ in kept]
+        listing.stamps = [st for _, st in kept]
     seconds = {"list": round(time.perf_counter() - t0, 3)}
     if not listing.files:
         raise DataError(
             f"{listing.root}: no image file found ({' '.join(IMAGE_SUFFIXES)}; "
-            f"{len(listing.skipped)} other file(s) skipped, {listing.hidden} hidden)"
+            + (f"{known} left out as known, " if known else "")
+            + f"{len(listing.skipped)} other file(s) skipped, {listing.hidden} hidden)"
         )
     _prepare_cache(cache, engine.extraction())
     batches = [
@@ -299,6 +312,7 @@ def encode_folder(
         skipped=skipped,
         hidden=listing.hidden,
         converted=dict(sorted(modes.items())),
+        known=known,
         encoded_batches=stage.encoded_batches,
         resumed_batches=stage.resumed_batches,
         seconds=seconds,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import scipy.sparse as sp
 from mmsparse.errors import IndexFormatError, MMSparseError
 from mmsparse.index.encode import encode_vectors
 from mmsparse.index.engines import DEFAULT_ENGINE, Engine, all_engines, get_engine
+from mmsparse.index.generations import IndexLock, is_live, remove_live_layout
 from mmsparse.index.manifest import (
     MANIFEST_NAME,
     NOT_ENGINE_FILES,
@@ -141,6 +143,40 @@ def index_vectors(
         raise MMSparseError("sparse vectors, dense vectors and image ids differ in length")
     out = Path(out)
     _prepare_out(out)
+    # Over an existing index: one writer at a time (mmsparse.index.generations.IndexLock)
+    lock = IndexLock(out, "index build") if (out / MANIFEST_NAME).is_file() else nullcontext()
+    with lock:
+        return _write_index(
+            out,
+            cls,
+            engine,
+            sparse,
+            dense,
+            image_ids,
+            filenames,
+            manifest_fields,
+            options,
+            engine_params,
+            store_dense,
+            progress,
+        )
+
+
+def _write_index(
+    out: Path,
+    cls: type[Engine],
+    engine: str,
+    sparse: sp.csr_matrix,
+    dense: np.ndarray,
+    image_ids: list[str],
+    filenames: list[str],
+    manifest_fields: dict[str, Any],
+    options: IndexOptions,
+    engine_params: dict[str, Any] | None,
+    store_dense: bool,
+    progress: bool,
+) -> IndexManifest:
+    n = sparse.shape[0]
     t0 = time.perf_counter()
     for other in all_engines():  # a previous index here may be of another engine
         other.remove_files(out)
@@ -164,6 +200,10 @@ def index_vectors(
         scale=scale,
     )
     write_docs(out, list(image_ids), list(filenames))
+    if is_live(out):
+        # A build over a live index makes it an index as built again: generation 0 of the
+        # files just written (a server switches to it when index.json changes below).
+        remove_live_layout(out)
     build_seconds = time.perf_counter() - t0
     engine_bytes = sum(
         p.stat().st_size

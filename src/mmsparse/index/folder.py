@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmsparse.errors import CheckpointError, IndexFormatError, MMSparseError
+from mmsparse.errors import CheckpointError, DataError, IndexFormatError, MMSparseError
 from mmsparse.index.build import check_build_request, index_vectors
 from mmsparse.index.encode import encode_vectors
 from mmsparse.index.manifest import (
+    ADDED_FEATURES_DIR,
     FEATURES_DIR,
     FOLDER_REPORT_NAME,
     MANIFEST_NAME,
@@ -48,6 +49,7 @@ from mmsparse.io_utils import atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from mmsparse.extract.batches import BatchCallback
+    from mmsparse.index.live import LiveReport
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +248,254 @@ def build_folder_index(
         {"images_dir": feats.root, "skipped": [list(x) for x in feats.skipped]},
     )
     return FolderIndexReport(manifest=manifest, skipped=list(feats.skipped))
+
+
+def add_images(
+    index_dir: str | Path,
+    images: str | Path,
+    *,
+    run_dir: str | Path | None = None,
+    name: str | None = None,
+    existing: str = "skip",
+    device: str = "cpu",
+    batch_size: int = 64,
+    merge_factor: int | None = None,
+    gc_grace_s: float | None = None,
+    progress: bool = True,
+    callback: BatchCallback | None = None,
+) -> LiveReport:
+    """Add the photos of a folder to an index, as a new segment (``mmsparse index add``).
+
+    The photos are encoded as :func:`build_folder_index` encodes them (the run's backbone,
+    then its heads, with the **index's** pruning options), then added by
+    :func:`~mmsparse.index.live.add_vectors` and published as a new generation; a running
+    ``mmsparse serve`` switches to it. The photos' ids (see ``docs/photos.md``):
+
+    * a folder inside the index's own photo folder (or that folder itself): the path
+      relative to the index's folder, as ``index build --images`` names them
+      (``2024/trip/IMG_1.jpg``), and ``mmsparse serve`` shows the file from there;
+    * any other folder (or any folder, for an index of a split): ``NAME/`` and the path
+      relative to the folder, ``NAME`` being ``name`` (default: the folder's name); the
+      generation records NAME's folder, where ``mmsparse serve`` shows the files from.
+      A NAME that is a folder of the index's own photo folder, or that names another
+      folder already, is refused (choose another ``name``).
+
+    Photos whose id the index holds already are left out before encoding
+    (``existing="skip"``, the default: adding a folder again adds its new photos), or
+    encoded again and replaced (``replace``: e.g. after editing them), or refused
+    (``error``). Their backbone features are kept in ``INDEX/features-added/`` (one
+    cache per folder), so a killed add encodes only what is left when run again.
+
+    Args:
+        index_dir: The index (built with ``index build``, of a folder or a split).
+        images: The folder of photos to add (walked recursively, as for a build).
+        run_dir: The run to encode with (default: the index's; it must be the same
+            checkpoint and vocabulary).
+        name: The id prefix of a folder outside the index's photo folder.
+        existing: ``skip``, ``replace`` or ``error`` (see above).
+        device: Device of the backbone and the heads.
+        batch_size: Images per backbone forward pass.
+        merge_factor: The tiered merge rule's factor (default
+            :data:`~mmsparse.index.live.MERGE_FACTOR`; 0: no merge).
+        gc_grace_s: Seconds before a replaced generation's files are deleted (default
+            :data:`~mmsparse.index.generations.GC_GRACE_S`).
+        progress: Show progress bars.
+        callback: Called as ``callback(done, total)`` after each encoded batch.
+
+    Returns:
+        The :class:`~mmsparse.index.live.LiveReport`; its ``files`` holds what the folder
+        held (``n_files``, ``known``, ``skipped`` with reasons, ``seconds``).
+
+    Raises:
+        MMSparseError: If the engine cannot change by segments (milvus), another writer
+            holds the index, the run is not the index's or cannot encode photos, the name
+            is taken, or an id is there with ``existing="error"``.
+        DataError: If the folder is missing.
+    """
+    from mmsparse.extract import encode_folder, list_image_folder, load_image_backend
+    from mmsparse.index.generations import GC_GRACE_S, IndexLock
+    from mmsparse.index.live import (
+        EXISTING,
+        MERGE_FACTOR,
+        LiveReport,
+        _State,
+        add_vectors_locked,
+        engine_of,
+    )
+    from mmsparse.runs import resolve_device, run_extraction
+
+    t_start = time.perf_counter()
+    index_dir = Path(index_dir)
+    collection = IndexManifest.load(index_dir)
+    engine_of(collection, "add")
+    if existing not in EXISTING:
+        raise MMSparseError(f"--existing must be one of {', '.join(EXISTING)}, got {existing!r}")
+    folder = Path(images)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: images folder not found (--images)")
+    folder = folder.resolve()
+    prefix, roots = _added_ids(index_dir, collection, folder, name)
+    with IndexLock(index_dir, "index add"):
+        state = _State(index_dir)
+        live = state.live_rows()
+        run_dir = run_dir or collection.run_dir
+        run = _index_run(index_dir, collection, run_dir, resolve_device(device))
+        extraction = run_extraction(run)
+        if extraction is None:
+            raise MMSparseError(
+                f"{run_dir}: this run's backbone ({_backbone_name(run)}) cannot encode raw "
+                "images (it was trained on features only); photos cannot be added"
+            )
+        listing = list_image_folder(folder, exclude=[index_dir])
+        ids = [prefix + f for f in listing.files]
+        present = [i for i in ids if i in live]
+        report = LiveReport(index=str(index_dir), operation="add", generation=state.gen.generation)
+        if present and existing == "error":
+            raise MMSparseError(
+                f"{len(present)} of the {len(ids)} photos of {folder} are in the index "
+                "already: "
+                + ", ".join(present[:10])
+                + (" ..." if len(present) > 10 else "")
+                + " (--existing skip leaves them, --existing replace encodes them again)"
+            )
+        if existing == "skip" and ids and len(present) == len(ids):
+            report.skipped = len(present)
+            report.files = {"n_files": len(ids), "known": len(present), "skipped": []}
+            report.n_images, report.segments = state.gen.n_images, len(state.gen.segments)
+            report.deleted_rows = state.gen.n_deleted
+            log.info(
+                "%s: all %d photos of %s are in the index already", index_dir, len(ids), folder
+            )
+            return report
+        t0 = time.perf_counter()
+        backend = load_image_backend(extraction, device=str(resolve_device(device)))
+        if backend.d_img != run.model.d_img:
+            raise MMSparseError(
+                f"{run_dir}: backbone {backend.name} gives {backend.d_img}-d image features "
+                f"but the run's image head takes {run.model.d_img}"
+            )
+        backend.load_image_model()
+        seconds = {"load": round(time.perf_counter() - t0, 3)}
+        skip_known = existing == "skip"
+        feats = encode_folder(
+            backend,
+            folder,
+            index_dir / ADDED_FEATURES_DIR / _cache_key(folder),
+            batch_size=batch_size,
+            exclude=[index_dir],
+            progress=progress,
+            callback=callback,
+            keep=(lambda f: prefix + f not in live) if skip_known else None,
+        )
+        seconds.update(feats.seconds)
+        t0 = time.perf_counter()
+        opts = collection.options
+        dense, sparse = encode_vectors(
+            run.model,
+            feats.features,
+            "image",
+            topk=opts.image_topk,
+            threshold=opts.threshold,
+            batch_size=run.config.eval.batch_size,
+            progress=progress,
+        )
+        seconds["heads"] = round(time.perf_counter() - t0, 3)
+        new_ids = [prefix + f for f in feats.ids]
+        report = add_vectors_locked(
+            index_dir,
+            sparse,
+            dense,
+            new_ids,
+            new_ids,
+            existing=existing,
+            image_roots=roots,
+            merge_factor=MERGE_FACTOR if merge_factor is None else merge_factor,
+            gc_grace_s=GC_GRACE_S if gc_grace_s is None else gc_grace_s,
+            progress=progress,
+            note=str(folder),
+        )
+        report.skipped += feats.known
+        seconds["total"] = round(time.perf_counter() - t_start, 3)
+        report.seconds = {**seconds, **report.seconds, "total": seconds["total"]}
+        report.files = {
+            "folder": str(folder),
+            "id_prefix": prefix,
+            "n_files": feats.n_files + feats.known,
+            "known": feats.known,
+            "encoded": len(feats.ids),
+            "skipped": [list(x) for x in feats.skipped],
+            "encoded_batches": feats.encoded_batches,
+            "resumed_batches": feats.resumed_batches,
+        }
+        return report
+
+
+def _added_ids(
+    index_dir: Path, collection: IndexManifest, folder: Path, name: str | None
+) -> tuple[str, dict[str, str]]:
+    """The id prefix of the photos of ``folder``, and the image roots to record."""
+    own = Path(collection.images_dir).resolve() if collection.images_dir else None
+    if own is not None and (folder == own or folder.is_relative_to(own)):
+        if name is not None:
+            raise MMSparseError(
+                f"--name applies to a folder outside the index's photo folder {own}; the "
+                f"photos of {folder} are named by their path in it"
+            )
+        rel = folder.relative_to(own).as_posix()
+        return ("" if rel == "." else rel + "/"), {}
+    label = name if name is not None else folder.name
+    if not label or "/" in label or label in (".", "..") or label.startswith("."):
+        raise MMSparseError(
+            f"--name {label!r}: give a plain name (no '/', not hidden) for the photos of {folder}"
+        )
+    if own is not None and (own / label).exists():
+        raise MMSparseError(
+            f"--name {label}: the index's photo folder {own} has a {label!r} of its own, so "
+            f"the ids of {folder} would mix with its photos; choose another --name"
+        )
+    from mmsparse.index.generations import read_current
+
+    taken = read_current(index_dir, collection).image_roots.get(label + "/")
+    if taken is not None and Path(taken) != folder:
+        raise MMSparseError(
+            f"--name {label}: already names the photos of {taken}; choose another --name"
+        )
+    return label + "/", {label + "/": str(folder)}
+
+
+def _index_run(index_dir: Path, collection: IndexManifest, run_dir: str | Path, device: Any) -> Any:
+    """The index's run, loaded, checked to be the checkpoint and vocabulary it was built with.
+
+    Raises:
+        IndexFormatError: If the run is not there or is not the index's.
+    """
+    from mmsparse.runs import load_run
+
+    if not Path(run_dir).is_dir():
+        raise IndexFormatError(
+            f"{index_dir}: the run it was built from, {run_dir}, is not there; give the run's "
+            "directory with --run RUN_DIR"
+        )
+    run = load_run(run_dir, device=device)
+    if vocab_sha256(run.vocab.tokens) != collection.vocab_sha256:
+        raise IndexFormatError(
+            f"{index_dir}: the index was built with another vocabulary than the run {run_dir}"
+        )
+    fingerprint = run_fingerprint(run_dir)
+    if fingerprint != collection.checkpoint_sha256:
+        raise IndexFormatError(
+            f"{index_dir}: the index was built from checkpoint "
+            f"{collection.checkpoint_sha256[:12]} but {run_dir} holds {fingerprint[:12]}; "
+            "photos added with it would not match (rebuild the index with 'mmsparse index build')"
+        )
+    return run
+
+
+def _cache_key(folder: Path) -> str:
+    """The feature cache of an added folder: a digest of its absolute path."""
+    import hashlib
+
+    return hashlib.sha256(str(folder).encode("utf-8")).hexdigest()[:16]
 
 
 def _check_out(out: Path) -> None:

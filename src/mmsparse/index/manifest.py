@@ -15,6 +15,11 @@ An index of a folder of photos (:func:`mmsparse.index.build_folder_index`) also 
     INDEX/features/      the backbone features of the folder's images, in batches (kept:
                          a killed build resumes from it, and building again encodes only
                          new or changed photos; deleting it loses nothing the index needs)
+    INDEX/features-added/  the same for each folder 'mmsparse index add --images' read
+
+An index changed by ``mmsparse index add``, ``remove`` or ``optimize`` is *live*: it also
+has ``CURRENT``, ``generations/``, ``segments/``, ``deletes/`` and ``LOCK``
+(:mod:`mmsparse.index.generations`); ``index.json`` stays the collection's manifest.
 
 The manifest is what makes an index safe to reuse: a search refuses an index whose
 checkpoint or vocabulary no longer match the run, and reports options that differ from
@@ -38,10 +43,24 @@ MANIFEST_NAME = "index.json"
 DOCS_NAME = "docs.json"
 FOLDER_REPORT_NAME = "folder.json"
 FEATURES_DIR = "features"
+ADDED_FEATURES_DIR = "features-added"  # mmsparse index add --images: one cache per folder
 FEATURES_MARKER = "cache.json"  # mmsparse.extract.folder.CACHE_META: the folder is ours
 CALIBRATION_FILE = "confidence.json"  # mmsparse.index.confidence.CALIBRATION_NAME
 #: Files and folders of an index directory that are not the engine's (not in its size).
-NOT_ENGINE_FILES = (MANIFEST_NAME, DOCS_NAME, FOLDER_REPORT_NAME, FEATURES_DIR, CALIBRATION_FILE)
+NOT_ENGINE_FILES = (
+    MANIFEST_NAME,
+    DOCS_NAME,
+    FOLDER_REPORT_NAME,
+    FEATURES_DIR,
+    ADDED_FEATURES_DIR,
+    CALIBRATION_FILE,
+    # a live index (mmsparse.index.generations): its pointer, lock and generations
+    "CURRENT",
+    "LOCK",
+    "generations",
+    "segments",
+    "deletes",
+)
 
 
 @dataclass(frozen=True)

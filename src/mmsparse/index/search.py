@@ -24,6 +24,7 @@ Documented behaviour on unusual input:
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
@@ -37,9 +38,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import DataError, IndexFormatError, MMSparseError
-from mmsparse.index.engines import open_engine
 from mmsparse.index.hits import check_k
-from mmsparse.index.manifest import IndexManifest, read_docs, run_fingerprint, vocab_sha256
+from mmsparse.index.manifest import run_fingerprint, vocab_sha256
+from mmsparse.index.segments import IndexView, open_view
 from mmsparse.index.verdict import Verdict, assess, load_calibration
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,12 @@ def load_text_encoder(extraction: dict[str, Any] | None) -> Any:
 class Searcher:
     """An opened index with the run it was built from.
 
+    The index is opened at its current generation (:mod:`mmsparse.index.generations`; an
+    index as built is generation 0): its segments are searched as one index
+    (:class:`~mmsparse.index.segments.SegmentedEngine`), deleted images left out. Rows are
+    the generation's global rows. :meth:`with_view` gives a searcher of another generation
+    sharing this one's run and text encoder (``mmsparse serve`` switching generations).
+
     Args:
         index_dir: Directory written by :func:`mmsparse.index.build_index`.
         run_dir: The run to encode queries with (default: the one in the manifest).
@@ -174,13 +181,22 @@ class Searcher:
         bundle: Backbone bundle directory for ``caption_id`` queries (default: the run's).
         text_encoder: An object with ``encode(list[str]) -> (N, d_txt)`` features to use
             instead of the run's extraction backend (servers, tests, custom encoders).
+        in_memory: Read the index files into memory instead of memory-mapping them (a
+            server: immune to files changed in place).
+        view: An already opened :class:`~mmsparse.index.segments.IndexView` of the index
+            (then ``verify`` and ``in_memory`` are not used).
 
     Attributes:
         index_dir: The index directory.
-        manifest: Its :class:`~mmsparse.index.IndexManifest`.
-        engine: The opened :class:`~mmsparse.index.engines.Engine`.
-        image_ids: Image id of every indexed row.
-        filenames: Image file name of every indexed row.
+        view: The opened generation (:class:`~mmsparse.index.segments.IndexView`).
+        generation: Its number.
+        manifest: The index's :class:`~mmsparse.index.IndexManifest`, ``n_images`` being
+            the live images of the generation.
+        engine: The :class:`~mmsparse.index.segments.SegmentedEngine` over the
+            generation's segments (the search surface of an
+            :class:`~mmsparse.index.engines.Engine`).
+        image_ids: Image id of every row (deleted rows included).
+        filenames: Image file name of every row.
         run: The loaded run (``None`` with ``load_run=False``).
         vocab: The run's vocabulary (``None`` without the run).
         notes: Notes every result carries (options that differ from the run's).
@@ -200,11 +216,11 @@ class Searcher:
         load_run: bool = True,
         bundle: str | Path | None = None,
         text_encoder: Any = None,
+        in_memory: bool = False,
+        view: IndexView | None = None,
     ) -> None:
         self.index_dir = Path(index_dir)
-        self.manifest = IndexManifest.load(self.index_dir)
-        self.image_ids, self.filenames = read_docs(self.index_dir, self.manifest.n_images)
-        self.engine = open_engine(self.index_dir, self.manifest, verify=verify)
+        self._set_view(view or open_view(self.index_dir, verify=verify, in_memory=in_memory))
         self.notes: list[str] = []
         self.run: Any = None
         self.data = data
@@ -214,11 +230,45 @@ class Searcher:
         self.vocab: Any = None
         self.calibration: Any = None
         self._known: set[int] | None = None  # known words without a calibration
+        self._run_notes: list[str] = []
         if load_run:
             self._open_run(run_dir or self.manifest.run_dir)
-            self.calibration, note = load_calibration(self.index_dir, self.manifest)
-            if note:
-                self.notes.append(note)
+            self._run_notes = list(self.notes)
+            self._load_calibration()
+
+    def _set_view(self, view: IndexView) -> None:
+        self.view = view
+        self.generation = view.number
+        self.manifest = view.manifest
+        self.image_ids, self.filenames = view.image_ids, view.filenames
+        self.engine = view.engine
+
+    def _load_calibration(self) -> None:
+        self.calibration, note = load_calibration(self.index_dir, self.manifest)
+        self.notes = list(self._run_notes) + ([note] if note else [])
+
+    def with_view(self, view: IndexView) -> Searcher:
+        """A searcher of another generation of the same index.
+
+        It shares this one's run, text encoder and data; the calibration is read again.
+
+        Raises:
+            IndexFormatError: If ``view`` is of an index built from another run or
+                vocabulary.
+        """
+        if (view.manifest.checkpoint_sha256, view.manifest.vocab_sha256) != (
+            self.manifest.checkpoint_sha256,
+            self.manifest.vocab_sha256,
+        ):
+            raise IndexFormatError(
+                f"{view.index_dir}: generation {view.number} was built from another run or "
+                "vocabulary than the one served"
+            )
+        other = copy.copy(self)
+        other._set_view(view)
+        if self.run is not None:
+            other._load_calibration()
+        return other
 
     def _open_run(self, run_dir: str | Path) -> None:
         from mmsparse.runs import load_run
@@ -566,8 +616,8 @@ class Searcher:
         return result
 
     def close(self) -> None:
-        """Release the engine."""
-        self.engine.close()
+        """Release the index (its generation's segments)."""
+        self.view.close()
 
 
 def _term(vocab: Any, i: int) -> str:

@@ -8,9 +8,11 @@ one-line 500 for a bug (never a traceback).
 """
 
 import contextlib
+import faulthandler
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +49,7 @@ def create_app(
     cors_origins: list[str] | None = None,
     show_paths: bool = False,
     warm_up: bool = True,
+    reload_interval: float = 1.0,
 ) -> Any:
     """The ASGI application serving one index.
 
@@ -68,6 +71,8 @@ def create_app(
             ``?paths=1`` asks for them).
         warm_up: Run the warm-up searches when the application starts (``/readyz`` is
             503 until they have run).
+        reload_interval: Seconds between two looks for a new generation of the index
+            (0: never; see :mod:`mmsparse.serve.service`).
 
     Returns:
         A FastAPI application; ``app.state.service`` is its
@@ -105,6 +110,7 @@ def create_app(
             encoder=encoder,
             limits=limits,
             show_paths=show_paths,
+            reload_interval=reload_interval,
         )
     svc = service
     lim = svc.limits
@@ -533,6 +539,19 @@ class _StrictUtf8:
         await self.app(scope, receive, send)
 
 
+def enable_faulthandler() -> None:
+    """Make a crash in native code (an engine's library) leave its traceback in the log.
+
+    The server's log is its stderr; without this such a crash is a silent exit.
+    """
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            faulthandler.enable(file=stream, all_threads=True)
+            return
+        except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation: no fileno
+            continue
+
+
 def app_from_env() -> Any:
     """Application factory of uvicorn's worker processes (``mmsparse serve --workers N``).
 
@@ -544,4 +563,5 @@ def app_from_env() -> Any:
         raise MMSparseError(f"{ENV_CONFIG} is not set (start the server with 'mmsparse serve')")
     cfg = json.loads(raw)
     limits = ServeLimits(**cfg.pop("limits", {}))
+    enable_faulthandler()  # a crash in native code leaves its traceback in the log
     return create_app(limits=limits, **cfg)

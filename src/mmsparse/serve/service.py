@@ -17,12 +17,28 @@ worker threads, either
 - ``threads``: a pool of ``threads`` workers, each encoding one query.
 
 ``mmsparse bench serve`` measures both (docs/serving.md).
+
+Generations: the service serves one generation of the index at a time
+(:mod:`mmsparse.index.generations`). A watcher thread looks at the index every
+``reload_interval`` seconds (its ``CURRENT`` pointer, and the identity of every file the
+served generation was read from); when they change it opens the new generation in the
+background (segments it already holds are shared, not read again) and then swaps one
+reference. A request takes the generation that is current when it starts and keeps it to
+its end (its search, explanations, image ids and files: a context variable that the engine
+thread inherits), so no request sees a mix and none fails because of a switch; the old
+generation is released when its last request ends. A generation that fails to open (a file
+missing, corrupt, or being rewritten in place) is logged in one line and the old one is
+kept; it is tried again when the files change again. The index files are read into memory,
+not memory-mapped, so nothing done to them on disk can crash the server (a memory-mapped
+file truncated in place raised SIGBUS at the next search, with no log line).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
+import contextvars
 import functools
 import logging
 import math
@@ -39,7 +55,10 @@ import scipy.sparse as sp
 
 from mmsparse.errors import MMSparseError
 from mmsparse.index.engines import SEARCH_MODES
+from mmsparse.index.generations import CURRENT_NAME
+from mmsparse.index.manifest import MANIFEST_NAME
 from mmsparse.index.search import MAX_QUERY_PIECES, Searcher, SearchResult, cap_query
+from mmsparse.index.segments import file_stamp, open_view
 from mmsparse.serve import queries, results
 
 log = logging.getLogger(__name__)
@@ -330,6 +349,71 @@ def cut_chars(text: str, max_chars: int) -> tuple[str, bool]:
     return cut[:max_chars].rstrip(), True
 
 
+class Served:
+    """One generation of the index as the service serves it.
+
+    Attributes:
+        searcher: A :class:`~mmsparse.index.Searcher` of the generation (sharing the run
+            and text encoder of the service's first one).
+        number: The generation number.
+        row_of: Global row of every live image id.
+        live_rows: The live rows, in index order.
+        image_files: File names of the live images (the only ones ``/images/`` serves).
+        image_roots: ``{id prefix: folder}`` of images added from other folders.
+        doc_vectors: Cache of stored sparse vectors by row.
+        term_rows: Cache of the rows holding a term.
+    """
+
+    def __init__(self, searcher: Searcher) -> None:
+        self.searcher = searcher
+        view = searcher.view
+        self.number = view.number
+        self.row_of = view.row_of
+        self.live_rows = np.array(sorted(view.row_of.values()), dtype=np.int64)
+        self.image_files = {view.filenames[r] for r in view.row_of.values()}
+        self.image_roots = {
+            prefix: Path(root) for prefix, root in view.generation.image_roots.items()
+        }
+        self.doc_vectors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.term_rows: dict[int, np.ndarray] = {}
+        self._users = 0
+        self._retired = False
+        self._lock = threading.Lock()
+
+    @property
+    def manifest(self) -> Any:
+        """The index manifest (``n_images``: the live images of this generation)."""
+        return self.searcher.manifest
+
+    def acquire(self) -> None:
+        """A request starts using this generation."""
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        """A request is done with it; a retired generation is closed with the last one."""
+        with self._lock:
+            self._users -= 1
+            close = self._retired and self._users <= 0
+        if close:
+            self.searcher.close()
+
+    def retire(self) -> None:
+        """No new request gets it; it is closed when the last one in flight ends."""
+        with self._lock:
+            self._retired = True
+            close = self._users <= 0
+        if close:
+            self.searcher.close()
+
+
+#: The generation a request holds (set by :meth:`SearchService._use`; inherited by the
+#: engine thread's calls, which run in a copy of the request's context).
+_REQUEST: contextvars.ContextVar[Served | None] = contextvars.ContextVar(
+    "mmsparse_served", default=None
+)
+
+
 class SearchService:
     """An index opened once, with its run and text encoder, serving API requests.
 
@@ -352,6 +436,9 @@ class SearchService:
         warm_up_hook: Called at the end of the warm-up searches (tests: a slow warm-up).
         show_paths: ``/api/info`` shows the server's absolute paths (run, index, images);
             by default only the run's name.
+        reload_interval: Seconds between two looks at the index for a new generation (see
+            the module docstring); 0 never looks (the generation opened at start is
+            served until the end).
 
     Raises:
         IndexFormatError: If the index is missing, corrupt or no longer matches its run
@@ -374,20 +461,35 @@ class SearchService:
         image_encoder: Any = None,
         warm_up_hook: Any = None,
         show_paths: bool = False,
+        reload_interval: float = 1.0,
     ) -> None:
         if encoder not in ENCODER_MODES:
             raise MMSparseError(f"unknown encoder mode {encoder!r} (batch or threads)")
+        if not (isinstance(reload_interval, int | float) and reload_interval >= 0):
+            raise MMSparseError(f"reload_interval must be >= 0 seconds, got {reload_interval!r}")
         self.limits = limits or ServeLimits()
         self.encoder_mode = encoder
-        # An injected text encoder replaces the run's (which the Searcher loads on first use).
-        self.searcher = Searcher(
-            index_dir, run_dir=run_dir, data=data, bundle=bundle, text_encoder=text_encoder
-        )
-        self.manifest = self.searcher.manifest
         self.index_dir = Path(index_dir)
-        self.row_of = {image_id: row for row, image_id in enumerate(self.searcher.image_ids)}
+        # An injected text encoder replaces the run's (which the Searcher loads on first use).
+        # The first searcher encodes every query; later generations share its run.
+        pointer = self._pointer()  # before opening: a switch meanwhile is seen next time
+        self._base = Searcher(
+            index_dir,
+            run_dir=run_dir,
+            data=data,
+            bundle=bundle,
+            text_encoder=text_encoder,
+            in_memory=True,
+        )
+        self._served = Served(self._base)
+        self._served_lock = threading.Lock()
+        self._token = (pointer, *self._look(recorded=True)[1:])
+        self._failed_token: Any = None
+        self._changed_token: Any = None
+        self.reloads = 0
+        self.reload_errors = 0
+        self.last_reload_error: str | None = None
         self.images_dir = self._images_dir(images_dir)
-        self.image_files = set(self.searcher.filenames) if self.images_dir else set()
         self.image_check = self._check_image_files()
         self.show_paths = bool(show_paths)
         self.text_error: str | None = None
@@ -400,7 +502,6 @@ class SearchService:
         )
         self.uploads = queries.UploadCache(self.limits.uploads_kept)
         self._image_pool = cf.ThreadPoolExecutor(1, thread_name_prefix="mmsparse-images")
-        self._term_rows: dict[int, np.ndarray] = {}
         self._warm_up_hook = warm_up_hook
         self._warm_thread: threading.Thread | None = None
         self.ready = threading.Event()
@@ -408,7 +509,6 @@ class SearchService:
         self.warm_up_seconds: float | None = None
         self._engine_pool = cf.ThreadPoolExecutor(1, thread_name_prefix="mmsparse-engine")
         self._engine_lock = threading.Lock()
-        self._doc_vectors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._pending = 0
         self._pending_lock = threading.Lock()
         self.served = 0
@@ -424,6 +524,161 @@ class SearchService:
             except MMSparseError as exc:
                 self.text_error = str(exc)
                 log.warning("text search unavailable: %s", exc)
+        self.reload_interval = float(reload_interval)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if self.reload_interval > 0:
+            self._watcher = threading.Thread(
+                target=self._watch, name="mmsparse-generations", daemon=True
+            )
+            self._watcher.start()
+
+    # -- the generation a request holds ----------------------------------------------------
+
+    def _current(self) -> Served:
+        """The request's generation, or the one served now outside a request."""
+        return _REQUEST.get() or self._served
+
+    @property
+    def searcher(self) -> Searcher:
+        """The searcher of the request's generation (outside a request: the current one)."""
+        return self._current().searcher
+
+    @property
+    def manifest(self) -> Any:
+        """The manifest of the request's generation (``n_images``: its live images)."""
+        return self._current().manifest
+
+    @property
+    def generation(self) -> int:
+        """The generation served now."""
+        return self._served.number
+
+    @property
+    def row_of(self) -> dict[str, int]:
+        """Global row of every live image id of the request's generation."""
+        return self._current().row_of
+
+    @property
+    def image_files(self) -> set[str]:
+        """File names of the live images of the request's generation."""
+        return self._current().image_files
+
+    @property
+    def _doc_vectors(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        return self._current().doc_vectors
+
+    @property
+    def _term_rows(self) -> dict[int, np.ndarray]:
+        return self._current().term_rows
+
+    @contextlib.contextmanager
+    def _use(self) -> Any:
+        """Hold the generation served now for the block (a request; see the module doc)."""
+        held = _REQUEST.get()
+        if held is not None:  # nested (search_upload calls search): the same generation
+            yield held
+            return
+        with self._served_lock:
+            served = self._served
+            served.acquire()
+        token = _REQUEST.set(served)
+        try:
+            yield served
+        finally:
+            _REQUEST.reset(token)
+            served.release()
+
+    # -- generations ----------------------------------------------------------------------
+
+    def _pointer(self) -> bytes | None:
+        try:
+            return (self.index_dir / CURRENT_NAME).read_bytes()
+        except OSError:
+            return None
+
+    def _look(self, recorded: bool = False) -> tuple[Any, ...]:
+        """What identifies the index on disk: the pointer and the served generation's files.
+
+        The files as they are now, or as they were when opened (``recorded``).
+        """
+        pointer = self._pointer()
+        stamps = self._served.searcher.view.stamps()
+        if not recorded:
+            stamps = {path: file_stamp(path) for path in stamps}
+        manifest = file_stamp(self.index_dir / MANIFEST_NAME)
+        return (pointer, manifest, tuple(sorted((str(p), s) for p, s in stamps.items())))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.reload_interval):
+            try:
+                self.check_generation()
+            except Exception as exc:  # the watcher must outlive anything
+                log.error("%s: generation watcher: %s", self.index_dir, one_line(str(exc)))
+
+    def check_generation(self) -> bool:
+        """Open and serve the index's new generation if the files changed.
+
+        The watcher's step (callable directly).
+
+        A change of ``CURRENT`` is opened at once; any other change of the files (a
+        rebuild, a file written over in place) is opened once it has held still for one
+        look, so that a copy in progress is not read. Each outcome is one line in the log:
+        the generation now served, or why the files could not be opened and that the old
+        generation (its copy in memory) is still served; the same files are not tried
+        again.
+
+        Returns:
+            Whether a new generation is now served.
+        """
+        token = self._look()
+        if token == self._token or token == self._failed_token:
+            return False
+        in_place = token[0] == self._token[0]  # the files changed, not the pointer
+        if in_place and token != self._changed_token:
+            log.debug(
+                "%s: index files changing on disk; waiting for them to hold still", self.index_dir
+            )
+            self._changed_token = token
+            return False
+        how = "files changed on disk without a new generation" if in_place else "new generation"
+        old = self._served
+        try:
+            view = open_view(self.index_dir, in_memory=True, reuse=old.searcher.view)
+            try:
+                searcher = self._base.with_view(view)
+            except BaseException:
+                view.close()
+                raise
+        except Exception as exc:
+            self._failed_token = token
+            self.reload_errors += 1
+            self.last_reload_error = one_line(str(exc))
+            log.error(
+                "%s: could not open the index (%s: %s); still serving generation %d from memory",
+                self.index_dir,
+                how,
+                self.last_reload_error,
+                old.number,
+            )
+            return False
+        new = Served(searcher)
+        with self._served_lock:
+            self._served = new
+        self._token = (token[0], *self._look(recorded=True)[1:])
+        self._changed_token = None
+        self.reloads += 1
+        old.retire()
+        log.info(
+            "%s: serving generation %d (%d images in %d segment(s); %s), was %d",
+            self.index_dir,
+            new.number,
+            new.manifest.n_images,
+            len(view.segments),
+            how,
+            old.number,
+        )
+        return True
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -475,14 +730,19 @@ class SearchService:
         return check
 
     def _encode_texts(self, texts: list[str]) -> tuple[np.ndarray, sp.csr_matrix]:
-        return self.searcher.encode_text(texts)
+        return self._base.encode_text(texts)
 
     def close(self) -> None:
-        """Stop the worker threads and release the engine."""
+        """Stop the worker threads and release the index."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
         self._encoder.close()
         self._engine_pool.shutdown(wait=False, cancel_futures=True)
         self._image_pool.shutdown(wait=False, cancel_futures=True)
-        self.searcher.close()
+        with self._served_lock:
+            served = self._served
+        served.retire()
 
     # -- readiness ------------------------------------------------------------------------
 
@@ -507,7 +767,7 @@ class SearchService:
                 dense, sparse = self._encode_texts(["a photo of a dog"])
             else:
                 sparse, dense = self._like_vectors(
-                    0, "hybrid" if "hybrid" in self.modes else "sparse"
+                    int(self._served.live_rows[0]), "hybrid" if "hybrid" in self.modes else "sparse"
                 )
             for mode in self.modes:
                 self._locked(self._search_vectors, sparse, dense, 10, mode, True)
@@ -563,17 +823,19 @@ class SearchService:
     async def _on_engine(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         call = functools.partial(self._locked, fn, *args, **kwargs)
-        return await loop.run_in_executor(self._engine_pool, call)
+        # In a copy of the request's context: the engine thread uses its generation.
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._engine_pool, context.run, call)
 
     def _locked(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         with self._engine_lock:
             return fn(*args, **kwargs)
 
     def image_row(self, image_id: str) -> int:
-        """Index row of an image id.
+        """Global row of a live image id (of the request's generation).
 
         Raises:
-            BadRequest: 404 on an unknown image id.
+            BadRequest: 404 on an unknown (or removed) image id.
         """
         row = self.row_of.get(str(image_id))
         if row is None:
@@ -651,6 +913,29 @@ class SearchService:
             Overloaded: If too many searches are in flight.
             MMSparseError: If text search is not possible for this run.
         """
+        with self._use() as served:
+            out = await self._search(
+                q, like, image, k, offset, mode, explain, force, terms, w1, w2, include_self, upload
+            )
+            out["generation"] = served.number
+            return out
+
+    async def _search(
+        self,
+        q: str | None,
+        like: str | None,
+        image: str | None,
+        k: str | int | None,
+        offset: str | int | None,
+        mode: str | None,
+        explain: str | bool | None,
+        force: str | bool | None,
+        terms: str | None,
+        w1: str | float | None,
+        w2: str | float | None,
+        include_self: str | bool | None,
+        upload: dict[str, Any] | None,
+    ) -> dict[str, Any]:
         t0 = time.perf_counter()
         k_ = _positive_int("k", k, 10, self.limits.max_k)
         offset_ = _positive_int("offset", offset, 0, self.limits.max_depth - 1, minimum=0)
@@ -759,7 +1044,7 @@ class SearchService:
         out["terms"] = queries.terms_spec(edits)
         if any(e.require or e.exclude for e in edits):
             out["notes"].append(
-                f"filtered: {int(live.sum()) if live is not None else 0} of "
+                f"filtered: {self._count_live(live)} of "
                 f"{self.manifest.n_images} images hold every required term and no excluded one"
             )
         if mode_ == "dense" and any(e.factor is not None for e in edits):
@@ -909,7 +1194,7 @@ class SearchService:
         return sparse, dense
 
     def term_rows(self, term: int) -> np.ndarray:
-        """Rows holding a term (cached; call from the engine thread)."""
+        """Global rows holding a term, deleted ones included (cached; engine thread)."""
         rows = self._term_rows.get(int(term))
         if rows is None:
             rows = self.searcher.engine.term_rows(int(term))
@@ -917,13 +1202,20 @@ class SearchService:
                 self._term_rows[int(term)] = rows
         return rows
 
+    def _count_live(self, live: np.ndarray | None) -> int:
+        """Live images (not deleted) a mask admits (``None``: every live image)."""
+        deleted = self.searcher.engine.live  # None when nothing is deleted
+        if live is None:
+            return int(self.manifest.n_images)
+        return int((live & deleted).sum() if deleted is not None else live.sum())
+
     def _total(self, sparse: sp.csr_matrix, mode: str, live: np.ndarray | None) -> int:
         """How many images the query ranks: those sharing a term (sparse), or every one."""
-        n = self.manifest.n_images
+        n = self.searcher.engine.n_docs  # global rows, deleted ones included
         if mode == "sparse":
             mask = queries.rows_sharing_terms(sparse.indices[sparse.data > 0], n, self.term_rows)
-            return int((mask & live).sum() if live is not None else mask.sum())
-        return int(live.sum()) if live is not None else n
+            return self._count_live(mask & live if live is not None else mask)
+        return self._count_live(live)
 
     def _ranked(
         self,
@@ -937,13 +1229,13 @@ class SearchService:
         include_self: bool,
         weights: tuple[float, float] | None,
     ) -> tuple[SearchResult, int, np.ndarray | None]:
-        n = self.manifest.n_images
+        n = self.searcher.engine.n_docs  # masks are over global rows, deleted ones too
         live = queries.filter_mask(edits, n, self.term_rows)
         if row is not None and not include_self:
             live = np.ones(n, dtype=bool) if live is None else live.copy()
             live[row] = False
         total = self._total(sparse, mode, live)
-        if live is not None and not live.any():
+        if live is not None and not self._count_live(live):
             result = SearchResult(
                 query=None, caption_id=None, k=k, mode=mode, engine=self.manifest.engine
             )
@@ -981,11 +1273,22 @@ class SearchService:
         )[0]
 
     def _image_url(self, filename: str) -> str | None:
-        if not self.images_dir or not filename:
+        if not filename:
             return None
-        if self.image_check and self.image_check["all_missing"]:
-            return None  # no grey tiles: the page shows the names and the warning
+        if self._root_of(filename) is None:
+            if not self.images_dir:
+                return None
+            if self.image_check and self.image_check["all_missing"]:
+                return None  # no grey tiles: the page shows the names and the warning
         return "/images/" + urllib.parse.quote(filename)
+
+    def _root_of(self, filename: str) -> tuple[Path, str] | None:
+        """``(folder, path in it)`` of an image added from another folder, else ``None``."""
+        roots = self._current().image_roots
+        for prefix in sorted(roots, key=len, reverse=True):
+            if filename.startswith(prefix):
+                return roots[prefix], filename[len(prefix) :]
+        return None
 
     def browse(self, offset: str | int | None = None, k: str | int | None = None) -> dict[str, Any]:
         """Answer ``/api/images``: indexed images in index order (a start page to browse).
@@ -994,18 +1297,21 @@ class SearchService:
             BadRequest: On a bad ``offset`` or ``k``.
         """
         k_ = _positive_int("k", k, 20, self.limits.max_k)
-        n = self.manifest.n_images
-        offset_ = _positive_int("offset", offset, 0, max(n - 1, 0), minimum=0)
-        rows = range(offset_, min(offset_ + k_, n))
-        ids, names = self.searcher.image_ids, self.searcher.filenames
-        return {
-            "total": n,
-            "offset": offset_,
-            "images": [
-                {"image_id": ids[r], "filename": names[r], "url": self._image_url(names[r])}
-                for r in rows
-            ],
-        }
+        with self._use() as served:
+            live = served.live_rows  # deleted images are not listed
+            n = int(live.size)
+            offset_ = _positive_int("offset", offset, 0, max(n - 1, 0), minimum=0)
+            rows = live[offset_ : offset_ + k_].tolist()
+            ids, names = served.searcher.image_ids, served.searcher.filenames
+            return {
+                "total": n,
+                "offset": offset_,
+                "generation": served.number,
+                "images": [
+                    {"image_id": ids[r], "filename": names[r], "url": self._image_url(names[r])}
+                    for r in rows
+                ],
+            }
 
     async def image_terms(self, image_id: str, k: str | int | None = None) -> dict[str, Any]:
         """Answer ``/api/images/{id}/terms``: the image's heaviest indexed terms.
@@ -1014,38 +1320,47 @@ class SearchService:
             BadRequest: On an unknown image id (404) or a bad ``k``.
         """
         k_ = _positive_int("k", k, 20, self.limits.max_terms_k)
-        row = self.image_row(image_id)
-        terms, weights = await self._on_engine(self.doc_vector, row)
-        order = np.lexsort((terms, -weights))
-        vocab = self.searcher.vocab
-        return {
-            "image_id": self.searcher.image_ids[row],
-            "filename": self.searcher.filenames[row],
-            "url": self._image_url(self.searcher.filenames[row]),
-            "n_terms": int(terms.size),
-            "terms": [
-                {"term": vocab.term(int(terms[j])), "weight": _finite(float(weights[j]))}
-                for j in order[:k_]
-            ],
-        }
+        with self._use() as served:
+            row = self.image_row(image_id)
+            terms, weights = await self._on_engine(self.doc_vector, row)
+            order = np.lexsort((terms, -weights))
+            vocab = self.searcher.vocab
+            return {
+                "image_id": self.searcher.image_ids[row],
+                "filename": self.searcher.filenames[row],
+                "url": self._image_url(self.searcher.filenames[row]),
+                "n_terms": int(terms.size),
+                "generation": served.number,
+                "terms": [
+                    {"term": vocab.term(int(terms[j])), "weight": _finite(float(weights[j]))}
+                    for j in order[:k_]
+                ],
+            }
 
     def image_path(self, name: str) -> Path:
-        """The file of an indexed image name inside the images folder.
+        """The file of an indexed image name inside its images folder.
 
-        Only names listed in the index are served, and the resolved path must lie inside
-        the folder, so ``../`` (in any encoding), absolute paths and links out of the
-        folder are refused.
+        Only names of live images of the served generation are served, and the resolved
+        path must lie inside the folder (the index's images folder, or the folder an
+        image was added from), so ``../`` (in any encoding), absolute paths and links out
+        of the folder are refused.
 
         Raises:
             BadRequest: 404 for anything else.
         """
         shown = name[:80]
-        if self.images_dir is None:
-            raise BadRequest("this index's data has no images folder (start with --images)", 404)
-        if name not in self.image_files or "\x00" in name:
-            raise BadRequest(f"no indexed image file named {shown!r}", 404)
-        path = (self.images_dir / name).resolve()
-        if not path.is_relative_to(self.images_dir) or not path.is_file():
+        with self._use():
+            added = self._root_of(name)
+            if self.images_dir is None and added is None:
+                raise BadRequest(
+                    "this index's data has no images folder (start with --images)", 404
+                )
+            if name not in self.image_files or "\x00" in name:
+                raise BadRequest(f"no indexed image file named {shown!r}", 404)
+        folder, rel = added if added is not None else (self.images_dir, name)
+        folder = folder.resolve()
+        path = (folder / rel).resolve()
+        if not path.is_relative_to(folder) or not path.is_file():
             raise BadRequest(f"no indexed image file named {shown!r}", 404)
         return path
 
@@ -1057,6 +1372,18 @@ class SearchService:
                 ``images_dir``); default: the service's ``show_paths``. Otherwise the run
                 and the images folder are named by their last path component only.
         """
+        with self._use() as served:
+            out = self._info(paths)
+            gen = served.searcher.view.generation
+            out.update(
+                generation=served.number,
+                segments=len(gen.segments),
+                deleted_rows=gen.n_deleted,
+                generation_created=gen.created,
+            )
+            return out
+
+    def _info(self, paths: bool | None) -> dict[str, Any]:
         m = self.manifest
         show = self.show_paths if paths is None else bool(paths)
         out: dict[str, Any] = {
@@ -1113,6 +1440,11 @@ class SearchService:
             "refused": self.refused,
             "uptime_s": round(time.time() - self.started, 3),
             "encoder": self._encoder.stats(),
+            "generation": self.generation,
+            "images": self._served.manifest.n_images,
+            "reloads": self.reloads,
+            "reload_errors": self.reload_errors,
+            "last_reload_error": self.last_reload_error,
         }
 
 

@@ -12,7 +12,16 @@ import argparse
 import importlib
 
 #: The bench commands, in the order of ``mmsparse bench --help``.
-BENCH_COMMANDS = ("flickr8k", "frontier", "honest", "retrieval", "serve", "steps", "train")
+BENCH_COMMANDS = (
+    "flickr8k",
+    "frontier",
+    "honest",
+    "photos",
+    "retrieval",
+    "serve",
+    "steps",
+    "train",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

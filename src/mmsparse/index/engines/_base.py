@@ -443,6 +443,7 @@ class Engine(ABC):
         n_docs: int | None = None,
         vocab_size: int | None = None,
         dense_dim: int | None = None,
+        in_memory: bool = False,
     ) -> Engine:
         """Open the engine's files in ``directory``.
 
@@ -458,6 +459,9 @@ class Engine(ABC):
                 against those that do).
             vocab_size: Likewise, the sparse dimension.
             dense_dim: Likewise, the dense dimension.
+            in_memory: Read the files into the process's memory instead of memory-mapping
+                them (``mmsparse serve``: a file changed in place cannot crash the
+                process). The engines of other libraries read theirs into memory anyway.
 
         Raises:
             IndexFormatError: If the files are missing, corrupt or disagree with the sizes.
@@ -483,6 +487,7 @@ class Engine(ABC):
             verify=verify,
             w1=1.0 if w1 is None else w1,
             w2=1.0 if w2 is None else w2,
+            in_memory=in_memory,
         )
 
     def __init__(
@@ -496,10 +501,12 @@ class Engine(ABC):
         verify: bool = True,
         w1: float = 1.0,
         w2: float = 1.0,
+        in_memory: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.params = dict(params or {})
         self.verify = bool(verify)
+        self.in_memory = bool(in_memory)
         self.w1, self.w2 = float(w1), float(w2)
         self.n_docs: int = n_docs  # type: ignore[assignment]  # checked below
         self.vocab_size: int = vocab_size  # type: ignore[assignment]
@@ -733,6 +740,52 @@ class Engine(ABC):
         """``(1, dense_dim)`` stored dense vector of one row, or ``None`` without dense."""
         return None
 
+    def stored_vectors(self) -> tuple[sp.csr_matrix, np.ndarray | None]:
+        """Every row's stored vectors, as searched: what a merge of segments rebuilds from.
+
+        The base version reads :meth:`doc_vector` and :meth:`doc_dense` row by row.
+
+        Returns:
+            ``(n_docs, V)`` float32 CSR of the (dequantised) sparse weights, and the
+            ``(n_docs, dense_dim)`` float32 dense vectors or ``None`` without dense.
+        """
+        indptr, indices, data = [0], [], []
+        for row in range(self.n_docs):
+            terms, weights = self.doc_vector(row)
+            indices.append(np.asarray(terms, dtype=np.int64))
+            data.append(np.asarray(weights, dtype=np.float32))
+            indptr.append(indptr[-1] + len(terms))
+        csr = sp.csr_matrix(
+            (
+                np.concatenate(data) if data else np.zeros(0, np.float32),
+                np.concatenate(indices) if indices else np.zeros(0, np.int64),
+                np.asarray(indptr, dtype=np.int64),
+            ),
+            shape=(self.n_docs, self.vocab_size),
+        )
+        dense = None
+        if self.has_dense:
+            dense = np.concatenate([self.doc_dense(r) for r in range(self.n_docs)]).astype(
+                np.float32
+            )
+        return csr, dense
+
+    @classmethod
+    def params_of(cls, engine_params: Mapping[str, Any]) -> dict[str, Any]:
+        """The build and search parameters recorded in a manifest's ``engine_params``.
+
+        What :meth:`build` was given (or defaulted to), so that another segment of the
+        same index can be built alike: the declared parameters found at the top level of
+        what :meth:`_build` returned, or under its ``build`` and ``search`` keys.
+        """
+        declared = {p.name for p in (*cls.build_params, *cls.search_params)}
+        out = {k: v for k, v in engine_params.items() if k in declared}
+        for part in ("build", "search"):
+            given = engine_params.get(part)
+            if isinstance(given, Mapping):
+                out.update({k: v for k, v in given.items() if k in declared})
+        return out
+
     def term_rows(self, term: int) -> np.ndarray:
         """Rows whose stored sparse vector holds ``term`` (int64, increasing).
 
@@ -873,8 +926,17 @@ def dense_hint() -> str:
     return ", or ".join(always + optional) or "an engine that holds dense vectors"
 
 
-def open_engine(directory: str | Path, manifest: IndexManifest, verify: bool = True) -> Engine:
+def open_engine(
+    directory: str | Path, manifest: IndexManifest, verify: bool = True, in_memory: bool = False
+) -> Engine:
     """Open the engine of an index directory described by ``manifest``.
+
+    Args:
+        directory: The index (or segment) directory.
+        manifest: Its manifest.
+        verify: Check the files' checksums.
+        in_memory: Read the files into memory instead of memory-mapping them (see
+            :meth:`Engine.open`).
 
     Raises:
         IndexFormatError: If the manifest names no known engine, or the files are bad.
@@ -883,4 +945,4 @@ def open_engine(directory: str | Path, manifest: IndexManifest, verify: bool = T
         cls = get_engine(manifest.engine)
     except MMSparseError as exc:
         raise IndexFormatError(f"{directory}: {exc}") from None
-    return cls.open(directory, manifest, verify=verify)
+    return cls.open(directory, manifest, verify=verify, in_memory=in_memory)

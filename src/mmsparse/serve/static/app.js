@@ -532,6 +532,9 @@ async function run() {
   else params.set("q", st.q);
   try {
     const data = await getJson(`/api/search?${params}`);
+    if (info && data.generation !== undefined && data.generation !== info.generation) {
+      refreshInfo(); // photos were added or removed: the header's count follows
+    }
     render(st, data);
   } catch (err) {
     grid.replaceChildren();
@@ -666,6 +669,21 @@ function submit(event) {
   run();
 }
 
+function showInfo() {
+  const where = info.split ? `${info.split} images` : "images";
+  $("info").textContent = `${info.images} ${where} · ${info.engine} engine · run ${info.run} · vocabulary ${info.vocab_size} terms · modes ${info.modes.join(", ")}`;
+  $("info").title = `index generation ${info.generation} (${info.segments} segment(s))`;
+}
+
+async function refreshInfo() {
+  try {
+    info = await getJson("/api/info");
+    showInfo();
+  } catch (err) {
+    // the header keeps the last count; the search itself was answered
+  }
+}
+
 async function waitReady() {
   const banner = $("ready");
   for (;;) {
@@ -750,8 +768,7 @@ async function init() {
   const ready = waitReady();
   try {
     info = await getJson("/api/info");
-    const where = info.split ? `${info.split} images` : "images";
-    $("info").textContent = `${info.images} ${where} · ${info.engine} engine · run ${info.run} · vocabulary ${info.vocab_size} terms · modes ${info.modes.join(", ")}`;
+    showInfo();
     for (const r of document.querySelectorAll("input[name=mode]")) {
       const ok = info.modes.includes(r.value);
       r.disabled = !ok;
