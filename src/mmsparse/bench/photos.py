@@ -30,7 +30,6 @@ import contextlib
 import http.client
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -45,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from mmsparse.bench.machine import load_average, machine_record
 from mmsparse.errors import MMSparseError
 from mmsparse.io_utils import atomic_write_json
 
@@ -342,14 +342,14 @@ def bench_photos(
         for q in queries[: 2 * clients]:  # warm-up, untimed
             _get(port, "/api/search?" + urllib.parse.urlencode({"q": q, "k": k}))
         mem_before = _rss_mb(server.pid)
-        load_avg = {"start": list(os.getloadavg())}
+        load_avg = {"start": load_average()}
         load = Load(port, clients, queries, k)
         say(f"{clients} clients searching; {phase_s:.0f} s before the add")
         t_start = time.time()
         load.start()
         try:
             time.sleep(phase_s)
-            load_avg["before"] = list(os.getloadavg())
+            load_avg["before"] = load_average()
             t_add0 = time.time()
             say(f"copying {len(added)} photos into {photos / 'added'} and adding them")
             for name in added:
@@ -360,7 +360,7 @@ def bench_photos(
                 "index add",
             )  # fmt: skip
             t_add1 = time.time()
-            load_avg["during"] = list(os.getloadavg())
+            load_avg["during"] = load_average()
             new_gen = int(add["published"][0]) if add.get("published") else gen0
             t_wait = time.time()
             while load.first_answer_from(new_gen) is None and time.time() - t_wait < 60:
@@ -372,7 +372,7 @@ def bench_photos(
             t_end = time.time()
         finally:
             load.stop()
-        load_avg["after"] = list(os.getloadavg())
+        load_avg["after"] = load_average()
         mem_after = _rss_mb(server.pid)
         health = _get(port, "/healthz")[1]
         say(f"checking the {len(added)} added photos by their captions")
@@ -424,12 +424,8 @@ def bench_photos(
                 "memory_mb": {"before": mem_before, "after": mem_after},
                 "health": health,
             },
-            "machine": {
-                "cpus": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-                "load_average": load_avg,
-            },
+            "machine": machine_record(load_avg["start"]),
+            "phase_load_average": load_avg,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
     if out:
@@ -466,7 +462,7 @@ def report_table(report: dict[str, Any]) -> str:
             f"{f['R@5']}, R@10 {f['R@10']} ({f['captions']} captions of {f['photos']} photos; "
             f"{f['photos_found_in_top_k']} photos in a top {report['k']})"
         )
-    la = report["machine"]["load_average"]
+    la = report["phase_load_average"]
     lines.append(
         f"load average (1 min): {la['start'][0]:.2f} at start, {la['during'][0]:.2f} after the "
         f"add, {la['after'][0]:.2f} at the end, on {report['machine']['cpus']} CPUs"

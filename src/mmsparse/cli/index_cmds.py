@@ -1,4 +1,4 @@
-"""``mmsparse index build``, ``index engines``, ``search``, ``export``, ``bench retrieval``.
+"""``mmsparse index build``, ``index engines``, ``search`` and ``export``.
 
 The engines, their ``--param`` keys and the search modes come from the engine registry
 (:mod:`mmsparse.index.engines`): an engine added there appears here.
@@ -7,45 +7,14 @@ The engines, their ``--param`` keys and the search modes come from the engine re
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
+from mmsparse.cli.common import add_index_args
+
+# The names this module's commands call (kept for code written against them).
+from mmsparse.cli.common import parse_params as _params
+from mmsparse.cli.common import print_json as _print_json
 from mmsparse.errors import MMSparseError
-
-
-def _print_json(obj: Any) -> None:
-    from mmsparse.io_utils import json_text
-
-    sys.stdout.write(json_text(obj, default=str, what="stdout") + "\n")
-
-
-def _params(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings to a dict (values parsed as JSON when possible)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise MMSparseError(f"--param expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def _settings(text: str) -> list[tuple[int, float]]:
-    """``"10:0.9,20:0.8"`` to ``[(10, 0.9), (20, 0.8)]``."""
-    out = []
-    for item in text.split(","):
-        try:
-            cut, factor = item.split(":")
-            out.append((int(cut), float(factor)))
-        except ValueError as exc:
-            raise MMSparseError(
-                f"--seismic-search expects QUERY_CUT:HEAP_FACTOR[,...], got {item!r}"
-            ) from exc
-    return out
 
 
 def _engine_help(stage: str) -> str:
@@ -62,19 +31,6 @@ def _engine_help(stage: str) -> str:
     if without:
         parts.append(f"{' and '.join(without)}: none")
     return "; ".join(parts)
-
-
-def add_index_args(p: argparse.ArgumentParser, data_help: str) -> None:
-    """The arguments of every command that opens an index: ``INDEX``, ``--run``, ``--data``.
-
-    Args:
-        p: The command's parser (``search``, ``serve``).
-        data_help: What ``--data`` is for in this command.
-    """
-    p.add_argument("index", help="index directory written by 'mmsparse index build'")
-    p.add_argument("--run", help="encode queries with this run (default: the index's)")
-    p.add_argument("--data", help=data_help)
-    p.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -214,7 +170,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", help="run directory written by 'mmsparse train'")
     p.add_argument("--split", default="val", help="split whose images are exported")
-    p.add_argument("--format", required=True, choices=("anserini", "opensearch", "elasticsearch"))
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("anserini", "opensearch", "elasticsearch"),
+        help="the engine whose ingest format is written (docs/serving.md, Exports)",
+    )
     p.add_argument(
         "--out", required=True, help="output directory (new or empty, unless --overwrite)"
     )
@@ -238,82 +199,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index-name", default="mmsparse-images", help="opensearch/es index")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_export)
-
-
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    """Add ``mmsparse bench retrieval``."""
-    p = bench_sub.add_parser(
-        "retrieval",
-        help="engines at scale: build time, size, latency, QPS, recall@10",
-        description="Build a synthetic-but-realistic corpus from a run's real image "
-        "vectors and compare exact sparse (inverted, inverted-blockmax, bmp), approximate "
-        "sparse (seismic, kannolo, swept to equal recall), milvus-lite and faiss dense search "
-        "(see docs/serving.md).",
-    )
-    p.add_argument("--run", required=True, help="trained run directory")
-    p.add_argument("--data", help="feature directory (default: the run's)")
-    p.add_argument("--n-images", type=int, default=1_000_000)
-    p.add_argument("--n-queries", type=int, default=10_000)
-    p.add_argument(
-        "--engines",
-        default="inverted,inverted-blockmax,bmp,seismic,kannolo,faiss-flat,faiss-hnsw",
-        help="comma-separated subset to run (also: milvus)",
-    )
-    p.add_argument(
-        "--latency-queries", type=int, default=1000, help="queries timed one by one on one thread"
-    )
-    p.add_argument(
-        "--milvus-images",
-        type=int,
-        default=20_000,
-        help="milvus-lite is measured on at most this many images",
-    )
-    p.add_argument("--image-topk", type=int, help="terms kept per image (default: the run's)")
-    p.add_argument("--text-topk", type=int, help="terms kept per query (default: the run's)")
-    p.add_argument(
-        "--seismic",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="seismic build parameter, e.g. --seismic n_postings=6000 (repeatable)",
-    )
-    p.add_argument(
-        "--seismic-search",
-        default="3:0.7,5:0.8,10:0.9,20:0.9,30:1.0,50:1.0",
-        help="seismic query_cut:heap_factor sweep, in increasing recall order",
-    )
-    p.add_argument("--hnsw-ef", default="16,32,64,128,256,512,1024", help="faiss efSearch sweep")
-    p.add_argument(
-        "--hnsw", action="append", default=[], metavar="KEY=VALUE", help="faiss M, efConstruction"
-    )
-    p.add_argument("--kannolo-ef", default="10,20,40,80,160,320,640", help="ef_search sweep")
-    p.add_argument(
-        "--kannolo", action="append", default=[], metavar="KEY=VALUE", help="m, ef_construction"
-    )
-    p.add_argument(
-        "--kannolo-images", type=int, default=100_000, help="kannolo graph on at most this many"
-    )
-    p.add_argument("--bmp-bsize", type=int, default=32, help="bmp images per block")
-    p.add_argument("--blockmax-bsize", type=int, default=64, help="own block-max block size")
-    p.add_argument(
-        "--sweep-queries", type=int, default=2000, help="queries of every sweep point's recall"
-    )
-    p.add_argument(
-        "--latency-budget", type=float, default=20.0, help="seconds of timing per engine/setting"
-    )
-    p.add_argument(
-        "--serial-budget",
-        type=float,
-        default=60.0,
-        help="seconds for the one-query-at-a-time exact engines (bmp, inverted-blockmax)",
-    )
-    p.add_argument("--plot", help="write the latency-against-recall PNG here")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", help="directory for the built indexes (default: temporary)")
-    p.add_argument("--out", default="benchmarks/retrieval.json", help="results JSON")
-    p.add_argument("--table", help="also write the markdown table to this file")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=cmd_bench_retrieval)
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
@@ -544,51 +429,4 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{args.format} export of {info['n_images']} images written to {args.out}: "
             + ", ".join(info["files"])
         )
-    return 0
-
-
-def cmd_bench_retrieval(args: argparse.Namespace) -> int:
-    """Run ``mmsparse bench retrieval``."""
-    from mmsparse.bench.retrieval import DEFAULT_SEISMIC_BUILD, bench_retrieval, format_bench_table
-
-    def ints(text: str) -> list[int]:
-        try:
-            return [int(x) for x in text.split(",") if x.strip()]
-        except ValueError as exc:
-            raise MMSparseError(f"expected comma-separated integers, got {text!r}") from exc
-
-    report = bench_retrieval(
-        args.run,
-        n_images=args.n_images,
-        n_queries=args.n_queries,
-        engines=[e.strip() for e in args.engines.split(",") if e.strip()],
-        latency_queries=args.latency_queries,
-        milvus_images=args.milvus_images,
-        seed=args.seed,
-        data=args.data,
-        work=args.work,
-        out=args.out,
-        table=args.table,
-        seismic_build={**DEFAULT_SEISMIC_BUILD, **_params(args.seismic)},
-        seismic_search=_settings(args.seismic_search),
-        hnsw=_params(args.hnsw),
-        hnsw_ef=ints(args.hnsw_ef),
-        kannolo=_params(args.kannolo),
-        kannolo_ef=ints(args.kannolo_ef),
-        kannolo_images=args.kannolo_images,
-        bmp_bsize=args.bmp_bsize,
-        blockmax_bsize=args.blockmax_bsize,
-        sweep_queries=args.sweep_queries,
-        latency_budget=args.latency_budget,
-        serial_budget=args.serial_budget,
-        plot=args.plot,
-        image_topk=args.image_topk,
-        text_topk=args.text_topk,
-        progress=not args.json,
-    )
-    if args.json:
-        _print_json(report)
-    else:
-        print(format_bench_table(report))
-        print(f"results written to {args.out}")
     return 0

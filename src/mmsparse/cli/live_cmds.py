@@ -12,13 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mmsparse.cli.common import print_json
 from mmsparse.errors import MMSparseError
-
-
-def _print_json(obj: Any) -> None:
-    from mmsparse.io_utils import json_text
-
-    sys.stdout.write(json_text(obj, default=str, what="stdout") + "\n")
 
 
 def register_live(isub: argparse._SubParsersAction) -> None:
@@ -149,7 +144,7 @@ def cmd_index_add(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     if args.json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
         return 0
     print(_summary(report))
     skipped = report.files.get("skipped") or []
@@ -183,7 +178,7 @@ def cmd_index_remove(args: argparse.Namespace) -> int:
     ids = read_ids(args.ids) if args.ids is not None else ids_of_files(args.index, args.files)
     report = remove_images(args.index, ids)
     if args.json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
         print(_summary(report))
     return 0
@@ -195,7 +190,7 @@ def cmd_index_optimize(args: argparse.Namespace) -> int:
 
     report = optimize_index(args.index, calibrate=not args.no_calibrate, progress=not args.json)
     if args.json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
         print(_summary(report))
         if report.calibration:
@@ -209,7 +204,7 @@ def cmd_index_info(args: argparse.Namespace) -> int:
 
     info = live_info(args.index)
     if args.json:
-        _print_json(info)
+        print_json(info)
         return 0
     kind = "live" if info["live"] else "as built"
     change = (

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from mmsparse.bench.machine import MACHINE_KEYS
 from mmsparse.bench.photos import bench_photos, photo_captions, report_table
 from mmsparse.errors import MMSparseError
 from tests.index.conftest import photo_run  # noqa: F401 - the tiny CLIP run fixture
@@ -63,6 +64,8 @@ def test_bench_photos_on_tiny_data(photo_run, photos, tmp_path):  # noqa: F811
     )
     assert json.loads(out.read_text()) == report
     assert report["failed_requests"] == 0 and report["requests"] > 0
+    assert tuple(report["machine"]) == MACHINE_KEYS
+    assert set(report["phase_load_average"]) == {"start", "before", "during", "after"}
     phases = report["phases"]
     assert phases["before"]["generations"] == [0] and phases["after"]["generations"] == [1]
     assert all(phases[p]["requests"] > 0 and phases[p]["failed"] == 0 for p in phases)

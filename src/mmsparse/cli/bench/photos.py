@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from mmsparse.cli.common import print_json
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """No top-level commands here (the benchmark lives under ``mmsparse bench``)."""
-
-
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+def register(bench_sub: argparse._SubParsersAction) -> None:
     """Add ``mmsparse bench photos`` to ``bench_sub``."""
     p = bench_sub.add_parser(
         "photos",
@@ -69,9 +66,7 @@ def cmd_bench_photos(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     if args.json:
-        from mmsparse.io_utils import json_text
-
-        sys.stdout.write(json_text(report, what="stdout") + "\n")
+        print_json(report)
     else:
         print(report_table(report))
         print(f"results written to {args.out}")
