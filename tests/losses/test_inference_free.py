@@ -38,6 +38,7 @@ def test_lookup_scores_are_idf_weighted_matches_and_the_weights_learn():
     M = torch.tensor([[1.0, 1.0, 0.0, 1.0]])
     w = torch.tensor([2.0, 3.0, 5.0, -1.0], requires_grad=True)
     score = (lookup_queries(M, w) @ Z.T).sum()
-    assert float(score.detach()) == 2.0 * 0.5  # term 1 absent from the image, term 3 weighs relu(-1)=0
+    # term 1 is absent from the image, term 3 weighs relu(-1) = 0
+    assert float(score.detach()) == 2.0 * 0.5
     score.backward()
     np.testing.assert_allclose(w.grad.numpy(), [0.5, 0.0, 0.0, 0.0])

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-from typing import Any
 
+from mmsparse.cli.common import add_overrides, print_json
 from mmsparse.errors import ConfigError, DataError
 
 
@@ -18,14 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a run; --resume continues an interrupted one.",
     )
     p.add_argument("--config", help="JSON/YAML config (optional with --resume)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.lr=1e-4 (repeatable)",
-    )
+    add_overrides(p, "override a config key, e.g. --set train.lr=1e-4 (repeatable)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -62,16 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "synthetic dataset and show results and sparse terms (~1 minute, CPU).",
     )
     p.add_argument("--out", help="keep the three runs in this directory")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed of the synthetic data and the runs (42)"
+    )
     p.add_argument("--epochs", type=int, help="epochs per run (default 12)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_demo)
-
-
-def _print_json(obj: Any) -> None:
-    from mmsparse.io_utils import json_text
-
-    sys.stdout.write(json_text(obj, default=str, what="stdout") + "\n")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -107,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "val": result.val,
     }
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         print(
             f"run {result.run_dir}: best epoch {result.best_epoch} of {result.epochs_run} "
@@ -152,7 +140,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
     )
     if args.json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         print(
             f"{args.run_dir} on {result.info['split']} ({result.info['n_captions']} captions, "
@@ -170,7 +158,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_demo(args.out, seed=args.seed, epochs=args.epochs)
     if args.json:
-        _print_json({k: v for k, v in report.items() if k != "table"})
+        print_json({k: v for k, v in report.items() if k != "table"})
     else:
         print(format_demo(report))
     return 0

@@ -8,11 +8,7 @@ import sys
 from mmsparse.errors import MMSparseError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """No top-level commands here (see :func:`register_bench`)."""
-
-
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+def register(bench_sub: argparse._SubParsersAction) -> None:
     """Add ``mmsparse bench e2e``."""
     p = bench_sub.add_parser(
         "e2e",
@@ -30,7 +26,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-queries", type=int, default=500, help="queries timed per size")
     p.add_argument("--no-dense", action="store_true", help="time the sparse pipeline only")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the query draw and the corpus")
     p.add_argument("--out", default="benchmarks/end_to_end.json", help="results JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_bench_e2e)
@@ -38,7 +34,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
 
 def cmd_bench_e2e(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench e2e``."""
-    from mmsparse.bench.end_to_end import bench_end_to_end, format_e2e_table
+    from mmsparse.bench.e2e import bench_end_to_end, format_e2e_table
 
     try:
         sizes = [int(x) for x in args.sizes.split(",") if x.strip()]

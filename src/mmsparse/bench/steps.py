@@ -10,7 +10,6 @@ the ratio of the first variant's time to each one's (the speed-up).
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -18,8 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from mmsparse.bench.machine import load_average, machine_record
 from mmsparse.config import apply_overrides, load_config
 from mmsparse.data.store import load_feature_store
 from mmsparse.errors import ConfigError
@@ -65,6 +63,7 @@ def compare_steps(
     Raises:
         ConfigError: On no variant or a bad override.
     """
+    load_start = load_average()
     if not variants:
         raise ConfigError("bench steps needs at least one --variant")
     base = load_config(config, [*overrides, "train.progress=false", "train.plot=false"])
@@ -117,8 +116,7 @@ def compare_steps(
         "config": str(config),
         "steps": steps,
         "rounds": rounds,
-        "threads": torch.get_num_threads(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine_record(load_start),
         "variants": out,
     }
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mmsparse.bench.end_to_end import bench_end_to_end, format_e2e_table
+from mmsparse.bench.e2e import bench_end_to_end, format_e2e_table
 from tests.index.conftest import make_run
 from tests.serve.conftest import HashEncoder
 
