@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from mmsparse.errors import IndexFormatError, MMSparseError
 from mmsparse.index import Searcher
 from mmsparse.serve import SearchService, ServeLimits, create_app
-from mmsparse.serve.service import BadRequest, Overloaded, http_error
+from mmsparse.serve.params import BadRequest, Overloaded, http_error
 from tests.serve.conftest import HashEncoder
 
 TestClient = pytest.importorskip(

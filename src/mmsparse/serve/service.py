@@ -42,11 +42,9 @@ import contextvars
 import functools
 import logging
 import math
-import queue
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,359 +57,21 @@ from mmsparse.index.generations import CURRENT_NAME
 from mmsparse.index.manifest import MANIFEST_NAME
 from mmsparse.index.search import MAX_QUERY_PIECES, Searcher, SearchResult, cap_query
 from mmsparse.index.segments import file_stamp, open_view
-from mmsparse.serve import queries, results
+from mmsparse.serve import queries, results, uploads
+from mmsparse.serve.limits import ServeLimits
+from mmsparse.serve.params import (
+    BadRequest,
+    Overloaded,
+    cut_chars,
+    one_line,
+    parse_bool,
+    parse_weight,
+    positive_int,
+)
+from mmsparse.serve.served import REQUEST, Served
+from mmsparse.serve.workers import ENCODER_MODES, BatchEncoder, ThreadEncoder
 
 log = logging.getLogger(__name__)
-
-ENCODER_MODES = ("batch", "threads")
-
-
-class BadRequest(MMSparseError):
-    """A request parameter is invalid; answered with a 4xx status and a one-line message.
-
-    Attributes:
-        status: The HTTP status (400 by default, 404 for an unknown image).
-    """
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Overloaded(MMSparseError):
-    """More requests are in flight than the service admits (answered with 503)."""
-
-
-def one_line(text: str, limit: int = 300) -> str:
-    """``text`` on one line (whitespace collapsed), at most ``limit`` characters."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def http_error(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """The HTTP answer to an error raised while serving a request (the one mapping).
-
-    :class:`BadRequest` keeps its status (400, 404), :class:`Overloaded` is 503 with
-    ``Retry-After: 1``, any other :class:`~mmsparse.errors.MMSparseError` is 400, anything
-    else a one-line 500 (a bug; never a traceback).
-
-    Returns:
-        ``(status, {"error": one line, "status": status}, headers)``.
-    """
-    headers: dict[str, str] = {}
-    if isinstance(exc, BadRequest | queries.QueryInputError):
-        status, message = exc.status, str(exc)
-    elif isinstance(exc, Overloaded):
-        status, message, headers = 503, str(exc), {"Retry-After": "1"}
-    elif isinstance(exc, MMSparseError):
-        status, message = 400, str(exc)
-    else:
-        status, message = 500, f"internal error ({type(exc).__name__}: {exc})"
-    return status, {"error": one_line(message), "status": status}, headers
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """Caps on what one request may ask for and on the requests in flight.
-
-    Attributes:
-        max_k: Largest ``k`` a search may ask for.
-        max_terms_k: Largest ``k`` of ``/api/images/{id}/terms``.
-        max_query_chars: Longer queries are cut at a word boundary (with a note) before
-            encoding; the encoder's own limit of word pieces applies after that.
-        max_pending: Searches in flight (encoding, queued or searching) beyond which a
-            request is answered 503 at once.
-        max_batch: Largest batch of the ``batch`` encoder.
-        threads: Workers of the ``threads`` encoder.
-        max_depth: Deepest result a search may page to (``offset + k``).
-        max_upload_mb: Largest uploaded query image, in MB (10**6 bytes).
-        max_upload_pixels: Most pixels of an uploaded image (decompression bombs).
-        uploads_kept: Uploaded queries kept for later pages, modes and edits.
-    """
-
-    max_k: int = 100
-    max_terms_k: int = 200
-    max_query_chars: int = 1000
-    max_pending: int = 64
-    max_batch: int = 32
-    threads: int = 2
-    max_depth: int = 1000
-    max_upload_mb: int = 10
-    max_upload_pixels: int = 50_000_000
-    uploads_kept: int = 256
-
-    def __post_init__(self) -> None:
-        # Each at least 1: a 0 (or negative) limit makes the server refuse every request.
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MMSparseError(
-                    f"serve limit {f.name} must be an integer of at least 1, got {value!r}"
-                )
-
-
-class _BatchEncoder:
-    """One thread that encodes every query waiting at the moment in one batch."""
-
-    def __init__(self, encode: Any, max_batch: int) -> None:
-        self._encode = encode
-        self._max_batch = max_batch
-        self._queue: queue.Queue[tuple[str, cf.Future] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="mmsparse-encoder", daemon=True)
-        self._thread.start()
-        self.batches = 0
-        self.encoded = 0
-
-    def submit(self, text: str) -> cf.Future:
-        fut: cf.Future = cf.Future()
-        self._queue.put((text, fut))
-        return fut
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            items = [item]
-            while len(items) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                items.append(nxt)
-            live = [(t, f) for t, f in items if f.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            try:
-                dense, sparse = self._encode([t for t, _ in live])
-            except BaseException as exc:  # handed to every waiting request
-                for _, fut in live:
-                    fut.set_exception(exc)
-                continue
-            self.batches += 1
-            self.encoded += len(live)
-            for i, (_, fut) in enumerate(live):
-                fut.set_result((dense[i : i + 1], sparse[i]))
-
-    def stats(self) -> dict[str, Any]:
-        return {"mode": "batch", "batches": self.batches, "queries": self.encoded}
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=5)
-
-
-class _ThreadEncoder:
-    """A pool of threads, each encoding one query."""
-
-    def __init__(self, encode: Any, threads: int) -> None:
-        self._encode = encode
-        self._pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="mmsparse-encoder")
-
-    def submit(self, text: str) -> cf.Future:
-        return self._pool.submit(self._encode_one, text)
-
-    def _encode_one(self, text: str) -> tuple[np.ndarray, sp.csr_matrix]:
-        dense, sparse = self._encode([text])
-        return dense, sparse[0]
-
-    def stats(self) -> dict[str, Any]:
-        return {"mode": "threads", "threads": self._pool._max_workers}
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _positive_int(
-    name: str, value: str | int | None, default: int, cap: int, minimum: int = 1
-) -> int:
-    what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
-    if value is None or value == "":
-        return default
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise BadRequest(f"{name} must be {what}, got {str(value)[:40]!r}") from None
-    if number < minimum:
-        raise BadRequest(f"{name} must be {what}, got {number}")
-    if number > cap:
-        raise BadRequest(f"{name} must be at most {cap}, got {number}")
-    return number
-
-
-def _weight(name: str, value: str | float | None) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise BadRequest(f"{name} must be a number, got {str(value)[:40]!r}") from None
-    if not math.isfinite(number) or number < 0:
-        raise BadRequest(f"{name} must be a finite number >= 0, got {str(value)[:40]!r}")
-    return number
-
-
-def parse_bool(name: str, value: str | bool | None, default: bool = False) -> bool:
-    """A query-string flag: ``true``/``false``/``1``/``0``/``yes``/``no`` (or absent).
-
-    Raises:
-        BadRequest: On any other value.
-    """
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    v = value.strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise BadRequest(f"{name} must be true or false, got {value[:40]!r}")
-
-
-def check_utf8_query_string(raw: bytes) -> None:
-    """Refuse a query string that is not UTF-8 (raw or percent-encoded bytes).
-
-    Raises:
-        BadRequest: Naming the parameter whose value is not valid UTF-8.
-    """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("the query string is not valid UTF-8") from None
-    for part in text.split("&"):
-        name, _, value = part.partition("=")
-        try:
-            urllib.parse.unquote_to_bytes(value.replace("+", " ")).decode("utf-8")
-        except UnicodeDecodeError:
-            label = urllib.parse.unquote(name, errors="replace")[:40] or "a parameter"
-            raise BadRequest(
-                f"{label} is not valid UTF-8 text (percent-encoded bytes that are not UTF-8)"
-            ) from None
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Check that a server can listen on ``host:port`` now (bind a socket and close it).
-
-    Every address ``host`` resolves to is tried as the server will bind it (with
-    ``SO_REUSEADDR``, so a port left in ``TIME_WAIT`` by a stopped server is free).
-
-    Raises:
-        MMSparseError: One line naming the address and the option that fixes it: the port
-            is in use, needs privileges, or the host is unknown or not of this machine.
-    """
-    import errno
-    import socket
-
-    where = f"{host}:{port}"
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except (socket.gaierror, UnicodeError) as exc:
-        raise MMSparseError(f"--host {host}: unknown host ({exc}); give another --host") from None
-    bound = 0
-    for family, kind, proto, _, address in infos:
-        try:
-            with socket.socket(family, kind, proto) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-                bound += 1
-        except OSError as exc:
-            if exc.errno == errno.EADDRNOTAVAIL:
-                continue  # as asyncio does: an address family this machine lacks (::1)
-            if exc.errno == errno.EADDRINUSE:
-                raise MMSparseError(
-                    f"port {port} on {host} is already in use (another server?); choose "
-                    "another --port"
-                ) from None
-            if exc.errno == errno.EACCES:
-                raise MMSparseError(
-                    f"no permission to listen on {where} (ports below 1024 need root); "
-                    "choose another --port"
-                ) from None
-            raise MMSparseError(f"cannot listen on {where}: {exc.strerror}") from None
-    if not bound:
-        raise MMSparseError(f"--host {host} is not an address of this machine; give another --host")
-
-
-def cut_chars(text: str, max_chars: int) -> tuple[str, bool]:
-    """Cut ``text`` to at most ``max_chars`` characters at a word boundary."""
-    if len(text) <= max_chars:
-        return text, False
-    head = text[: max_chars + 1]
-    cut = head.rsplit(None, 1)[0] if " " in head.strip() else text[:max_chars]
-    return cut[:max_chars].rstrip(), True
-
-
-class Served:
-    """One generation of the index as the service serves it.
-
-    Attributes:
-        searcher: A :class:`~mmsparse.index.Searcher` of the generation (sharing the run
-            and text encoder of the service's first one).
-        number: The generation number.
-        row_of: Global row of every live image id.
-        live_rows: The live rows, in index order.
-        image_files: File names of the live images (the only ones ``/images/`` serves).
-        image_roots: ``{id prefix: folder}`` of images added from other folders.
-        doc_vectors: Cache of stored sparse vectors by row.
-        term_rows: Cache of the rows holding a term.
-    """
-
-    def __init__(self, searcher: Searcher) -> None:
-        self.searcher = searcher
-        view = searcher.view
-        self.number = view.number
-        self.row_of = view.row_of
-        self.live_rows = np.array(sorted(view.row_of.values()), dtype=np.int64)
-        self.image_files = {view.filenames[r] for r in view.row_of.values()}
-        self.image_roots = {
-            prefix: Path(root) for prefix, root in view.generation.image_roots.items()
-        }
-        self.doc_vectors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.term_rows: dict[int, np.ndarray] = {}
-        self._users = 0
-        self._retired = False
-        self._lock = threading.Lock()
-
-    @property
-    def manifest(self) -> Any:
-        """The index manifest (``n_images``: the live images of this generation)."""
-        return self.searcher.manifest
-
-    def acquire(self) -> None:
-        """A request starts using this generation."""
-        with self._lock:
-            self._users += 1
-
-    def release(self) -> None:
-        """A request is done with it; a retired generation is closed with the last one."""
-        with self._lock:
-            self._users -= 1
-            close = self._retired and self._users <= 0
-        if close:
-            self.searcher.close()
-
-    def retire(self) -> None:
-        """No new request gets it; it is closed when the last one in flight ends."""
-        with self._lock:
-            self._retired = True
-            close = self._users <= 0
-        if close:
-            self.searcher.close()
-
-
-#: The generation a request holds (set by :meth:`SearchService._use`; inherited by the
-#: engine thread's calls, which run in a copy of the request's context).
-_REQUEST: contextvars.ContextVar[Served | None] = contextvars.ContextVar(
-    "mmsparse_served", default=None
-)
 
 
 class SearchService:
@@ -494,13 +154,13 @@ class SearchService:
         self.show_paths = bool(show_paths)
         self.text_error: str | None = None
         opts = self.manifest.options
-        self.images = queries.ImageQueryEncoder(
+        self.images = uploads.ImageQueryEncoder(
             self.searcher.run,
             topk=opts.image_topk,
             threshold=opts.threshold,
             image_encoder=image_encoder,
         )
-        self.uploads = queries.UploadCache(self.limits.uploads_kept)
+        self.uploads = uploads.UploadCache(self.limits.uploads_kept)
         self._image_pool = cf.ThreadPoolExecutor(1, thread_name_prefix="mmsparse-images")
         self._warm_up_hook = warm_up_hook
         self._warm_thread: threading.Thread | None = None
@@ -515,9 +175,9 @@ class SearchService:
         self.refused = 0
         self.started = time.time()
         if encoder == "batch":
-            self._encoder: Any = _BatchEncoder(self._encode_texts, self.limits.max_batch)
+            self._encoder: Any = BatchEncoder(self._encode_texts, self.limits.max_batch)
         else:
-            self._encoder = _ThreadEncoder(self._encode_texts, self.limits.threads)
+            self._encoder = ThreadEncoder(self._encode_texts, self.limits.threads)
         if warm_up:
             try:
                 self._encode_texts(["a photo"])
@@ -537,7 +197,7 @@ class SearchService:
 
     def _current(self) -> Served:
         """The request's generation, or the one served now outside a request."""
-        return _REQUEST.get() or self._served
+        return REQUEST.get() or self._served
 
     @property
     def searcher(self) -> Searcher:
@@ -575,18 +235,18 @@ class SearchService:
     @contextlib.contextmanager
     def _use(self) -> Any:
         """Hold the generation served now for the block (a request; see the module doc)."""
-        held = _REQUEST.get()
+        held = REQUEST.get()
         if held is not None:  # nested (search_upload calls search): the same generation
             yield held
             return
         with self._served_lock:
             served = self._served
             served.acquire()
-        token = _REQUEST.set(served)
+        token = REQUEST.set(served)
         try:
             yield served
         finally:
-            _REQUEST.reset(token)
+            REQUEST.reset(token)
             served.release()
 
     # -- generations ----------------------------------------------------------------------
@@ -937,8 +597,8 @@ class SearchService:
         upload: dict[str, Any] | None,
     ) -> dict[str, Any]:
         t0 = time.perf_counter()
-        k_ = _positive_int("k", k, 10, self.limits.max_k)
-        offset_ = _positive_int("offset", offset, 0, self.limits.max_depth - 1, minimum=0)
+        k_ = positive_int("k", k, 10, self.limits.max_k)
+        offset_ = positive_int("offset", offset, 0, self.limits.max_depth - 1, minimum=0)
         if offset_ + k_ > self.limits.max_depth:
             raise BadRequest(
                 f"offset + k must be at most {self.limits.max_depth} (results are ranked "
@@ -1097,7 +757,7 @@ class SearchService:
     def _weights(
         self, w1: str | float | None, w2: str | float | None
     ) -> tuple[float, float] | None:
-        a, b = _weight("w1", w1), _weight("w2", w2)
+        a, b = parse_weight("w1", w1), parse_weight("w2", w2)
         if a is None and b is None:
             return None
         m = self.manifest
@@ -1128,7 +788,7 @@ class SearchService:
             decoded = await loop.run_in_executor(
                 self._image_pool,
                 functools.partial(
-                    queries.decode_upload,
+                    uploads.decode_upload,
                     data,
                     max_bytes=self.limits.max_upload_mb * 1_000_000,
                     max_pixels=self.limits.max_upload_pixels,
@@ -1144,14 +804,14 @@ class SearchService:
                     self._image_pool, self.images.encode, [decoded.image]
                 )
                 thumb = await loop.run_in_executor(
-                    self._image_pool, queries.thumbnail_jpeg, decoded.image
+                    self._image_pool, uploads.thumbnail_jpeg, decoded.image
                 )
             except queries.QueryInputError as exc:
                 raise BadRequest(str(exc), exc.status) from None
             finally:
                 self._release()
             self.uploads.put(
-                queries.UploadedQuery(
+                uploads.UploadedQuery(
                     upload_id=upload_id,
                     sparse=sparse[0],
                     dense=dense[:1],
@@ -1296,11 +956,11 @@ class SearchService:
         Raises:
             BadRequest: On a bad ``offset`` or ``k``.
         """
-        k_ = _positive_int("k", k, 20, self.limits.max_k)
+        k_ = positive_int("k", k, 20, self.limits.max_k)
         with self._use() as served:
             live = served.live_rows  # deleted images are not listed
             n = int(live.size)
-            offset_ = _positive_int("offset", offset, 0, max(n - 1, 0), minimum=0)
+            offset_ = positive_int("offset", offset, 0, max(n - 1, 0), minimum=0)
             rows = live[offset_ : offset_ + k_].tolist()
             ids, names = served.searcher.image_ids, served.searcher.filenames
             return {
@@ -1319,7 +979,7 @@ class SearchService:
         Raises:
             BadRequest: On an unknown image id (404) or a bad ``k``.
         """
-        k_ = _positive_int("k", k, 20, self.limits.max_terms_k)
+        k_ = positive_int("k", k, 20, self.limits.max_terms_k)
         with self._use() as served:
             row = self.image_row(image_id)
             terms, weights = await self._on_engine(self.doc_vector, row)
