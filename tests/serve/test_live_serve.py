@@ -52,7 +52,7 @@ def test_the_service_switches_generations_between_requests(index):
     svc = SearchService(index, text_encoder=HashEncoder(), reload_interval=0)
     try:
         assert svc.generation == 0 and svc.info()["generation"] == 0
-        with svc._use() as held:  # a request in flight on generation 0
+        with svc.generations.hold() as held:  # a request in flight on generation 0
             _, ids = add_found_by(svc, index, ["zebra unicorn parade"], gc_grace_s=0)
             assert svc.check_generation() is True
             assert svc.generation == 1 and held.number == 0
@@ -86,7 +86,7 @@ def test_a_generation_that_fails_to_open_is_logged_once_and_the_old_kept(index, 
         add_found_by(svc, index, ["red kite"], gc_grace_s=0)
         segment = index / read_current(index).segments[-1].path
         (segment / "postings.mmsi").write_bytes(b"broken")  # a damaged new segment
-        with caplog.at_level(logging.WARNING, logger="mmsparse.serve.service"):
+        with caplog.at_level(logging.WARNING, logger="mmsparse.serve.generations"):
             assert svc.check_generation() is False
             assert svc.check_generation() is False  # the same files: not tried again
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -107,7 +107,7 @@ def test_files_rewritten_in_place_are_not_read_again_until_they_hold_still(index
         data = postings.read_bytes()
         with open(postings, "r+b") as fh:  # the same inode, cut short (SIGBUS with a map)
             fh.truncate(4096)
-        with caplog.at_level(logging.INFO, logger="mmsparse.serve.service"):
+        with caplog.at_level(logging.INFO, logger="mmsparse.serve.generations"):
             assert svc.check_generation() is False  # changed: wait for it to hold still
             again = asyncio_run(svc.search("a dog on the beach", k=5))
             assert again["hits"] == before["hits"]  # answered from the copy in memory

@@ -5,7 +5,7 @@ The library behind ``mmsparse index add``, ``index remove``, ``index optimize`` 
 (:mod:`mmsparse.index.generations`): new images go into a new immutable **segment** (a
 complete engine directory over them), removed images into a new **deletion file**, and
 ``CURRENT`` is switched atomically, so a running ``mmsparse serve`` changes from one
-complete generation to the next between two requests (:mod:`mmsparse.serve.service`).
+complete generation to the next between two requests (:mod:`mmsparse.serve.generations`).
 
 * :func:`add_vectors` adds already encoded image vectors (``add_images``, in
   :mod:`mmsparse.index.folder`, encodes a folder of photos first). An id already in the

@@ -57,8 +57,8 @@ def create_app(
         text_encoder: Replaces the run's text encoder (an object with ``encode(texts)``).
         image_encoder: Replaces the run's backbone image encoder for uploaded images (an
             object with ``encode_images(list[PIL.Image]) -> (N, d_img)``).
-        encoder: ``batch`` or ``threads`` (see :mod:`mmsparse.serve.service`).
-        limits: :class:`~mmsparse.serve.service.ServeLimits` (caps and queue bound).
+        encoder: ``batch`` or ``threads`` (see :mod:`mmsparse.serve.workers`).
+        limits: :class:`~mmsparse.serve.limits.ServeLimits` (caps and queue bound).
         service: An already opened service (then the index arguments are ignored).
         cors_origins: Origins other sites' pages may call the API from (``*``: any);
             none by default.
@@ -67,7 +67,7 @@ def create_app(
         warm_up: Run the warm-up searches when the application starts (``/readyz`` is
             503 until they have run).
         reload_interval: Seconds between two looks for a new generation of the index
-            (0: never; see :mod:`mmsparse.serve.service`).
+            (0: never; see :mod:`mmsparse.serve.generations`).
 
     Returns:
         A FastAPI application; ``app.state.service`` is its

@@ -1,10 +1,19 @@
-"""The caps of ``mmsparse serve``: what one request may ask for, and the requests in flight."""
+"""The caps of ``mmsparse serve``: what one request may ask for, and the requests in flight.
+
+:class:`ServeLimits` are the caps; :class:`Admission` keeps the searches in flight (encoding,
+queued or searching) under ``max_pending`` and answers the rest at once with
+:class:`~mmsparse.serve.params.Overloaded` (503 with ``Retry-After``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 from mmsparse.errors import MMSparseError
+from mmsparse.serve.params import Overloaded
 
 
 @dataclass(frozen=True)
@@ -45,3 +54,46 @@ class ServeLimits:
                 raise MMSparseError(
                     f"serve limit {f.name} must be an integer of at least 1, got {value!r}"
                 )
+
+
+class Admission:
+    """A bound on the searches in flight: beyond ``max_pending``, :class:`Overloaded` (503).
+
+    Attributes:
+        served: Searches admitted and finished.
+        refused: Searches refused for the bound.
+    """
+
+    def __init__(self, max_pending: int) -> None:
+        self.max_pending = max_pending
+        self._pending = 0
+        self._lock = threading.Lock()
+        self.served = 0
+        self.refused = 0
+
+    @property
+    def pending(self) -> int:
+        """Searches in flight now."""
+        return self._pending
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the places for the block.
+
+        Raises:
+            Overloaded: At once, when every place is taken.
+        """
+        with self._lock:
+            if self._pending >= self.max_pending:
+                self.refused += 1
+                raise Overloaded(
+                    f"the server is busy ({self._pending} searches in flight, limit "
+                    f"{self.max_pending}); retry shortly"
+                )
+            self._pending += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pending -= 1
+                self.served += 1

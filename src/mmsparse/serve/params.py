@@ -13,6 +13,7 @@ import urllib.parse
 from typing import Any
 
 from mmsparse.errors import MMSparseError
+from mmsparse.index.engines import SEARCH_MODES
 
 
 class BadRequest(MMSparseError):
@@ -144,3 +145,66 @@ def cut_chars(text: str, max_chars: int) -> tuple[str, bool]:
     head = text[: max_chars + 1]
     cut = head.rsplit(None, 1)[0] if " " in head.strip() else text[:max_chars]
     return cut[:max_chars].rstrip(), True
+
+
+def check_mode(mode: str | None, engine: Any) -> str:
+    """A valid search mode for an index's engine (``sparse`` when absent).
+
+    Raises:
+        BadRequest: On an unknown mode, or dense/hybrid on a sparse-only engine.
+    """
+    mode = "sparse" if mode in (None, "") else str(mode)
+    if mode not in SEARCH_MODES:
+        raise BadRequest(f"unknown mode {mode[:40]!r} (sparse, dense or hybrid)")
+    try:
+        return engine.check_mode(mode)
+    except MMSparseError as exc:
+        raise BadRequest(str(exc).replace(f"--mode {mode}", f"mode={mode}")) from None
+
+
+def parse_weights(
+    w1: str | float | None, w2: str | float | None, defaults: tuple[float, float]
+) -> tuple[float, float] | None:
+    """The hybrid weights ``(w1, w2)`` asked for, one absent taken from ``defaults``.
+
+    Returns:
+        ``None`` when neither is given (the index's own weights apply).
+
+    Raises:
+        BadRequest: On a weight that is not a finite number ``>= 0``, or both 0.
+    """
+    a, b = parse_weight("w1", w1), parse_weight("w2", w2)
+    if a is None and b is None:
+        return None
+    pair = (defaults[0] if a is None else a, defaults[1] if b is None else b)
+    if pair[0] == 0 and pair[1] == 0:
+        raise BadRequest("w1 and w2 cannot both be 0")
+    return (float(pair[0]), float(pair[1]))
+
+
+def check_text_query(q: str, max_chars: int) -> tuple[str, list[str]]:
+    """A text query's words (whitespace collapsed), cut to ``max_chars`` at a word boundary.
+
+    Returns:
+        ``(text, notes)``: a note says where the text was cut.
+
+    Raises:
+        BadRequest: On a NUL character, text that is not UTF-8, or no words.
+    """
+    if "\x00" in q:
+        raise BadRequest("the query contains a NUL character")
+    if not q.isascii():
+        try:
+            q.encode("utf-8")  # HTTP gives UTF-8; a library caller may not
+        except UnicodeEncodeError:
+            raise BadRequest("the query is not valid UTF-8 text (lone surrogates)") from None
+    text = " ".join(q.split())
+    if not text:
+        raise BadRequest("empty query: give some words to search for")
+    text, was_cut = cut_chars(text, max_chars)
+    notes = []
+    if was_cut:
+        notes.append(
+            f"query cut to its first {len(text)} characters (the server's limit is {max_chars})"
+        )
+    return text, notes

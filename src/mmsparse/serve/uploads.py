@@ -12,7 +12,10 @@ answers 409.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import concurrent.futures as cf
+import functools
 import hashlib
 import io
 import threading
@@ -280,3 +283,141 @@ class UploadCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class ImageQueries:
+    """The service's path of uploaded query images: checked, decoded, encoded, kept.
+
+    Args:
+        run: The loaded run (its image heads).
+        topk: Terms kept per image (the index's ``image_topk``).
+        threshold: Weights at or below it are dropped (the index's ``threshold``).
+        limits: The service's :class:`~mmsparse.serve.limits.ServeLimits` (upload size,
+            pixels, uploads kept).
+        image_encoder: Replaces the run's backbone (see :class:`ImageQueryEncoder`).
+
+    Attributes:
+        encoder: The :class:`ImageQueryEncoder`.
+        cache: The :class:`UploadCache` of recent uploads.
+    """
+
+    def __init__(
+        self,
+        run: Any,
+        *,
+        topk: int | None,
+        threshold: float,
+        limits: Any,
+        image_encoder: Any = None,
+    ) -> None:
+        self.limits = limits
+        self.encoder = ImageQueryEncoder(
+            run, topk=topk, threshold=threshold, image_encoder=image_encoder
+        )
+        self.cache = UploadCache(limits.uploads_kept)
+        self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="mmsparse-images")
+
+    @property
+    def available(self) -> bool:
+        """Whether uploaded images can be searched."""
+        return self.encoder.available
+
+    @property
+    def error(self) -> str | None:
+        """Why they cannot (``None``: they can)."""
+        return self.encoder.error
+
+    async def upload(self, data: bytes, admission: Any) -> dict[str, Any]:
+        """Check, decode and encode an uploaded file, and keep its query vectors.
+
+        A file already kept (the same sha256) is not encoded again. The encoding takes one
+        of ``admission``'s places (:class:`~mmsparse.serve.limits.Admission`).
+
+        Returns:
+            The answer's ``upload``: ``id`` (the first 16 hex digits of the sha256),
+            ``kind``, ``width``, ``height``, ``bytes``, ``thumbnail_url``.
+
+        Raises:
+            QueryInputError: 400 undecodable, 413 too large, 415 not an image, 409 when
+                the run cannot encode images.
+            Overloaded: If too many searches are in flight.
+        """
+        if not self.available:
+            raise QueryInputError(f"search by uploaded image is not available: {self.error}", 409)
+        loop = asyncio.get_running_loop()
+        decoded = await loop.run_in_executor(
+            self._pool,
+            functools.partial(
+                decode_upload,
+                data,
+                max_bytes=self.limits.max_upload_mb * 1_000_000,
+                max_pixels=self.limits.max_upload_pixels,
+            ),
+        )
+        upload_id = decoded.sha256[:16]
+        if self.cache.get(upload_id) is None:
+            with admission.slot():
+                dense, sparse = await loop.run_in_executor(
+                    self._pool, self.encoder.encode, [decoded.image]
+                )
+                thumb = await loop.run_in_executor(self._pool, thumbnail_jpeg, decoded.image)
+            self.cache.put(
+                UploadedQuery(
+                    upload_id=upload_id,
+                    sparse=sparse[0],
+                    dense=dense[:1],
+                    thumbnail=thumb,
+                    meta={
+                        "kind": decoded.kind,
+                        "width": decoded.width,
+                        "height": decoded.height,
+                        "bytes": decoded.nbytes,
+                    },
+                )
+            )
+        item = self.cache.get(upload_id)
+        assert item is not None
+        return {
+            "id": upload_id,
+            **item.meta,
+            "thumbnail_url": f"/api/uploads/{upload_id}/thumbnail",
+        }
+
+    def query(self, upload_id: str) -> UploadedQuery:
+        """The kept query vectors of an upload.
+
+        Raises:
+            QueryInputError: 404 when the server no longer holds it.
+        """
+        item = self.cache.get(str(upload_id))
+        if item is None:
+            raise QueryInputError(
+                f"no uploaded image {str(upload_id)[:40]!r} (the server keeps the last "
+                f"{self.limits.uploads_kept} uploads); upload it again",
+                404,
+            )
+        return item
+
+    def thumbnail(self, upload_id: str) -> bytes:
+        """The small JPEG of an uploaded query image.
+
+        Raises:
+            QueryInputError: 404 when the server no longer holds it.
+        """
+        item = self.cache.get(str(upload_id))
+        if item is None:
+            raise QueryInputError(f"no uploaded image {str(upload_id)[:40]!r}", 404)
+        return item.thumbnail
+
+    def warm_up(self) -> None:
+        """Load the backbone and encode one grey image (when images can be encoded)."""
+        if not self.available:
+            return
+        from PIL import Image
+
+        self.encoder.load()
+        self.encoder.encode([Image.new("RGB", (64, 64), (128, 128, 128))])
+
+    def close(self) -> None:
+        """Stop the image thread (work not yet started is cancelled)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,6 +1,8 @@
-"""The worker threads of ``mmsparse serve``: the text encoder, off the event loop.
+"""The worker threads of ``mmsparse serve``: the text encoder and the engine, off the event loop.
 
-The text encoder runs in worker threads, either
+The engine is searched from one thread at a time (:class:`EngineThread`: the inverted index
+keeps work arrays; Milvus clients are not shared across threads), and the text encoder runs
+in worker threads (:func:`text_encoder`), either
 
 - ``batch`` (default): one encoder thread takes every query waiting at that moment (up to
   ``max_batch``) and encodes them in one forward pass, so concurrent queries share the
@@ -12,13 +14,18 @@ The text encoder runs in worker threads, either
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
+import contextvars
+import functools
 import queue
 import threading
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+
+from mmsparse.errors import MMSparseError
 
 ENCODER_MODES = ("batch", "threads")
 
@@ -102,4 +109,51 @@ class ThreadEncoder:
 
     def close(self) -> None:
         """Stop the workers (queries not yet started are cancelled)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def text_encoder(mode: str, encode: Any, *, max_batch: int, threads: int) -> Any:
+    """The text encoder's workers of an encoder mode.
+
+    Args:
+        mode: ``batch`` (:class:`BatchEncoder`) or ``threads`` (:class:`ThreadEncoder`).
+        encode: ``encode(list[str]) -> (dense (N, d), sparse (N, V) CSR)``.
+        max_batch: Largest batch of the ``batch`` encoder.
+        threads: Workers of the ``threads`` encoder.
+
+    Raises:
+        MMSparseError: On an unknown mode.
+    """
+    if mode == "batch":
+        return BatchEncoder(encode, max_batch)
+    if mode == "threads":
+        return ThreadEncoder(encode, threads)
+    raise MMSparseError(f"unknown encoder mode {mode!r} (batch or threads)")
+
+
+class EngineThread:
+    """One thread that runs every engine call, one at a time.
+
+    Calls from a request run in a copy of its context, so the engine thread uses the
+    generation the request holds (:mod:`mmsparse.serve.generations`).
+    """
+
+    def __init__(self) -> None:
+        self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="mmsparse-engine")
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on the engine thread, awaited."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self.call, fn, *args, **kwargs)
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._pool, context.run, call)
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` in this thread, while no engine call runs (the warm-up)."""
+        with self._lock:
+            return fn(*args, **kwargs)
+
+    def close(self) -> None:
+        """Stop the thread (calls not yet started are cancelled)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
