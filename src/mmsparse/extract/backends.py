@@ -161,6 +161,17 @@ class Backend:
         """The JSON description of this backend (stored in the bundle)."""
         raise NotImplementedError
 
+    def identity(self) -> dict[str, Any]:
+        """The fields every :meth:`extraction` starts with: format, backend, sizes, tags."""
+        return {
+            "format": EXTRACTION_FORMAT,
+            "backend": self.name,
+            "d_img": self.d_img,
+            "d_txt": self.d_txt,
+            "image_tag": self.image_tag,
+            "text_tag": self.text_tag,
+        }
+
     def preprocess(self, image: Any) -> np.ndarray:
         """One RGB ``PIL.Image`` to a ``(3, H, W)`` float32 model input."""
         raise NotImplementedError
@@ -242,12 +253,7 @@ class EffnetMiniLM(Backend):
     def extraction(self) -> dict[str, Any]:
         """Everything needed to recompute the features (see ``docs/extract.md``)."""
         return {
-            "format": EXTRACTION_FORMAT,
-            "backend": self.name,
-            "d_img": self.d_img,
-            "d_txt": self.d_txt,
-            "image_tag": self.image_tag,
-            "text_tag": self.text_tag,
+            **self.identity(),
             "image": {
                 "model": "efficientnet-lite0 (ImageNet)",
                 "packages": {
@@ -474,12 +480,7 @@ class _HFBackend(Backend):
             )
         }
         return {
-            "format": EXTRACTION_FORMAT,
-            "backend": self.name,
-            "d_img": self.d_img,
-            "d_txt": self.d_txt,
-            "image_tag": self.image_tag,
-            "text_tag": self.text_tag,
+            **self.identity(),
             "model": {
                 "path": str(self.model_path.resolve()),  # type: ignore[union-attr]
                 "class": self.model_class,

@@ -60,6 +60,13 @@ def http_error(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]
     return status, {"error": one_line(message), "status": status}, headers
 
 
+def _convert(name: str, value: Any, kind: type, what: str) -> Any:
+    try:
+        return kind(str(value).strip())
+    except ValueError:
+        raise BadRequest(f"{name} must be {what}, got {str(value)[:40]!r}") from None
+
+
 def positive_int(
     name: str, value: str | int | None, default: int, cap: int, minimum: int = 1
 ) -> int:
@@ -71,10 +78,7 @@ def positive_int(
     what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
     if value is None or value == "":
         return default
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise BadRequest(f"{name} must be {what}, got {str(value)[:40]!r}") from None
+    number = _convert(name, value, int, what)
     if number < minimum:
         raise BadRequest(f"{name} must be {what}, got {number}")
     if number > cap:
@@ -90,10 +94,7 @@ def parse_weight(name: str, value: str | float | None) -> float | None:
     """
     if value is None or value == "":
         return None
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise BadRequest(f"{name} must be a number, got {str(value)[:40]!r}") from None
+    number = _convert(name, value, float, "a number")
     if not math.isfinite(number) or number < 0:
         raise BadRequest(f"{name} must be a finite number >= 0, got {str(value)[:40]!r}")
     return number

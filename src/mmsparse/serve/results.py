@@ -39,21 +39,6 @@ def finite(x: float | None) -> float | None:
     return float(x) if math.isfinite(x) else 0.0
 
 
-def known_ids(searcher: Searcher) -> set[int]:
-    """Ids of the run's known words (the calibration's, else the head's whole words)."""
-    if searcher.calibration is not None:
-        return searcher.calibration.known_set
-    known = getattr(searcher, "_known", None)
-    if known is None and searcher.vocab is not None:
-        from mmsparse.index.verdict import vocabulary_word_ids
-
-        term_ids = getattr(searcher.run.model, "term_ids", None)
-        ids = None if term_ids is None else term_ids.cpu().numpy()
-        known = set(vocabulary_word_ids(searcher.vocab, ids).tolist())
-        searcher._known = known
-    return known or set()
-
-
 def assess(searcher: Searcher, text: str, result: SearchResult, words_only: bool = False) -> Any:
     """The verdict on a text query.
 
@@ -65,7 +50,7 @@ def assess(searcher: Searcher, text: str, result: SearchResult, words_only: bool
     from mmsparse.index.verdict import assess as assess_words
 
     top = result.hits[0].score if result.hits else None
-    return assess_words(text, top, result.mode, searcher.vocab, None, known_ids(searcher))
+    return assess_words(text, top, result.mode, searcher.vocab, None, searcher.known_ids())
 
 
 def breakdown(
@@ -94,7 +79,7 @@ def query_terms_json(
     typed: set[int] = set()
     if text and vocab is not None and getattr(vocab, "named", False):
         typed = set(vocab.encode(text))
-    known = known_ids(searcher) if vocab is not None else set()
+    known = searcher.known_ids() if vocab is not None else set()
     order = np.lexsort((orig.indices, -orig.data))
     out = []
     for j in order.tolist():

@@ -11,7 +11,6 @@ request holds (:mod:`mmsparse.serve.generations`).
 from __future__ import annotations
 
 import contextvars
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.index.search import Searcher, SearchResult
+from mmsparse.index.segments import Holders
 from mmsparse.serve import queries
 from mmsparse.serve.params import BadRequest
 
@@ -51,9 +51,7 @@ class Served:
         }
         self._doc_vectors: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._term_rows: dict[int, np.ndarray] = {}
-        self._users = 0
-        self._retired = False
-        self._lock = threading.Lock()
+        self._holders = Holders(searcher.close)
 
     @property
     def manifest(self) -> Any:
@@ -62,24 +60,15 @@ class Served:
 
     def acquire(self) -> None:
         """A request starts using this generation."""
-        with self._lock:
-            self._users += 1
+        self._holders.acquire()
 
     def release(self) -> None:
         """A request is done with it; a retired generation is closed with the last one."""
-        with self._lock:
-            self._users -= 1
-            close = self._retired and self._users <= 0
-        if close:
-            self.searcher.close()
+        self._holders.release()
 
     def retire(self) -> None:
         """No new request gets it; it is closed when the last one in flight ends."""
-        with self._lock:
-            self._retired = True
-            close = self._users <= 0
-        if close:
-            self.searcher.close()
+        self._holders.retire()
 
     # -- images of this generation ---------------------------------------------------------
 
