@@ -149,6 +149,31 @@ class Load:
         for t in self._threads:
             t.join(120)
 
+    def __enter__(self) -> Load:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def answers(self) -> int:
+        """Requests answered so far (failed ones too)."""
+        with self._lock:
+            return len(self.records)
+
+    @property
+    def failures(self) -> list[str]:
+        """What went wrong with each failed request so far."""
+        with self._lock:
+            return [err for _, _, ok, _, err in self.records if not ok]
+
+    @property
+    def generations(self) -> set[int]:
+        """The generations that answered so far."""
+        with self._lock:
+            return {g for _, _, ok, g, _ in self.records if ok and g is not None}
+
 
 def _phase(records: list[tuple[float, float, bool, int | None, str]], t0: float, t1: float):
     picked = [r for r in records if t0 <= r[0] < t1]

@@ -345,13 +345,7 @@ class EffnetMiniLM(Backend):
         tokenizer, model = self._load_text()
 
         def run() -> np.ndarray:
-            enc = tokenizer(
-                list(texts),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
+            enc = tokenize_texts(tokenizer, texts, self.max_length, self.device)
             hidden = model(**enc).last_hidden_state  # (B, T, 384)
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             summed = (hidden * mask).sum(dim=1)
@@ -515,13 +509,7 @@ class _HFBackend(Backend):
 
     def _tokenize(self, texts: list[str]) -> Any:
         _, tokenizer, _ = self._load()
-        return tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        ).to(self.device)
+        return tokenize_texts(tokenizer, texts, self.max_length, self.device)
 
     def _vocab_and_embeddings(self, emb: Any) -> tuple[Vocabulary, np.ndarray]:
         _, tokenizer, _ = self._load()
@@ -650,6 +638,16 @@ class Clip(_HFBackend):
             projections=projections,
             extraction=self.extraction(),
         )
+
+
+def tokenize_texts(tokenizer: Any, texts: list[str], max_length: int, device: Any) -> Any:
+    """A batch of texts tokenised as every backend records it.
+
+    Padded to the longest text, cut at ``max_length`` tokens, as tensors on ``device``.
+    """
+    return tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    ).to(device)
 
 
 def json_safe(value: Any) -> Any:
