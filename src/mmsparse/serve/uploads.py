@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import MMSparseError
+from mmsparse.serve.limits import Admission, ServeLimits
 from mmsparse.serve.queries import QueryInputError
 
 #: Magic bytes of the accepted upload types: ``(offset, bytes)`` that must all match.
@@ -307,7 +308,7 @@ class ImageQueries:
         *,
         topk: int | None,
         threshold: float,
-        limits: Any,
+        limits: ServeLimits,
         image_encoder: Any = None,
     ) -> None:
         self.limits = limits
@@ -327,7 +328,7 @@ class ImageQueries:
         """Why they cannot (``None``: they can)."""
         return self.encoder.error
 
-    async def upload(self, data: bytes, admission: Any) -> dict[str, Any]:
+    async def upload(self, data: bytes, admission: Admission) -> dict[str, Any]:
         """Check, decode and encode an uploaded file, and keep its query vectors.
 
         A file already kept (the same sha256) is not encoded again. The encoding takes one
