@@ -49,6 +49,17 @@ WHAT_TRAINS = [
 ]
 
 
+#: The train block of the tiny configs written as files: one quick epoch, nothing drawn.
+TINY_TRAIN = {
+    "epochs": 1,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "patience": 0,
+    "progress": False,
+    "plot": False,
+}
+
+
 def flickr8k_or_skip() -> Path:
     """The shared Flickr8k directory, or skip the test with the reason."""
     if not (FLICKR8K / "dataset_meta.json").is_file():
@@ -95,15 +106,7 @@ def write_train_config(
         "data": {"path": str(data), "bundle": str(bundle)},
         "model": {"dense_dim": 16},
         "objective": {"q_reg": 1e-3, "d_reg": 1e-3},
-        "train": {
-            "epochs": 1,
-            "batch_size": 32,
-            "lr": 3e-3,
-            "patience": 0,
-            "progress": False,
-            "plot": False,
-            **train,
-        },
+        "train": {**TINY_TRAIN, **train},
     }
     path.write_text(json.dumps(cfg))
     return path
@@ -118,14 +121,7 @@ def write_bench_config(path: Path, objective: dict[str, Any], **sections: Any) -
     cfg = {
         "model": {"dense_dim": 16},
         "data": {"train_splits": ["train"]},
-        "train": {
-            "epochs": 1,
-            "batch_size": 32,
-            "lr": 3e-3,
-            "patience": 0,
-            "progress": False,
-            "plot": False,
-        },
+        "train": dict(TINY_TRAIN),
         "objective": objective,
         **sections,
     }

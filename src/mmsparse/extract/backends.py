@@ -161,6 +161,18 @@ class Backend:
         """The JSON description of this backend (stored in the bundle)."""
         raise NotImplementedError
 
+    def _bundle(
+        self, vocab: Vocabulary, word_embeddings: np.ndarray, projections: dict[str, np.ndarray]
+    ) -> BackboneBundle:
+        """The :class:`BackboneBundle` of these parts (named, with its :meth:`extraction`)."""
+        return BackboneBundle(
+            name=self.name,
+            vocab=vocab,
+            word_embeddings=word_embeddings,
+            projections=projections,
+            extraction=self.extraction(),
+        )
+
     def identity(self) -> dict[str, Any]:
         """The fields every :meth:`extraction` starts with: format, backend, sizes, tags."""
         return {
@@ -365,13 +377,7 @@ class EffnetMiniLM(Backend):
                 f"{self.minilm_dir()}: the word-embedding matrix has {emb.shape[0]} rows but "
                 f"vocab.txt has {len(vocab)} terms"
             )
-        return BackboneBundle(
-            name=self.name,
-            vocab=vocab,
-            word_embeddings=np.ascontiguousarray(emb, dtype=np.float32),
-            projections={},
-            extraction=self.extraction(),
-        )
+        return self._bundle(vocab, np.ascontiguousarray(emb, dtype=np.float32), {})
 
 
 class _HFBackend(Backend):
@@ -570,13 +576,7 @@ class Blip(_HFBackend):
             for name in ("text_proj", "vision_proj")
             for part in ("weight", "bias")
         }
-        return BackboneBundle(
-            name=self.name,
-            vocab=vocab,
-            word_embeddings=emb,
-            projections=projections,
-            extraction=self.extraction(),
-        )
+        return self._bundle(vocab, emb, projections)
 
 
 class Clip(_HFBackend):
@@ -631,13 +631,7 @@ class Clip(_HFBackend):
             )
             projections[f"{ours}.weight"] = weight
             projections[f"{ours}.bias"] = bias
-        return BackboneBundle(
-            name=self.name,
-            vocab=vocab,
-            word_embeddings=emb,
-            projections=projections,
-            extraction=self.extraction(),
-        )
+        return self._bundle(vocab, emb, projections)
 
 
 def tokenize_texts(tokenizer: Any, texts: list[str], max_length: int, device: Any) -> Any:
