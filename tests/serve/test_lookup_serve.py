@@ -53,7 +53,7 @@ def test_batch_encoder_survives_a_failure_after_encoding():
     import numpy as np
     import scipy.sparse as sp
 
-    from mmsparse.serve.service import _BatchEncoder
+    from mmsparse.serve.workers import BatchEncoder
 
     calls = {"n": 0}
 
@@ -63,7 +63,7 @@ def test_batch_encoder_survives_a_failure_after_encoding():
             return None, object()  # a broken encoder output: not subscriptable
         return None, sp.csr_matrix(np.ones((len(texts), 3), dtype=np.float32))
 
-    enc = _BatchEncoder(encode, max_batch=8)
+    enc = BatchEncoder(encode, max_batch=8)
     try:
         with pytest.raises(TypeError):
             enc.submit("a").result(timeout=10)
