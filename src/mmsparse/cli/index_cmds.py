@@ -185,7 +185,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--engines",
         default="inverted,inverted-blockmax,bmp,seismic,kannolo,faiss-flat,faiss-hnsw",
-        help="comma-separated subset to run (also: milvus)",
+        help="comma-separated subset to run (also: milvus, inverted-uint8, inverted-uint16)",
     )
     p.add_argument(
         "--latency-queries", type=int, default=1000, help="queries timed one by one on one thread"

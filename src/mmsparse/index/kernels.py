@@ -5,6 +5,14 @@ query terms in increasing term order, and return the ``k`` documents with the hi
 positive score, equal scores ordered by lower document row first. Their results are
 identical (same arithmetic, same order, same tie rule).
 
+The numba kernel of a query with long posting lists (more postings than a quarter of the
+documents) accumulates block by block of documents so that the block's scores stay in cache,
+and reads the longest lists from **dense columns** (one weight per document, 0 where the term
+is absent; :func:`dense_columns`): adding such a column is a vector loop over contiguous
+memory instead of one scattered write per posting, and adding 0 leaves a float32 sum
+unchanged, so the scores are bit-identical. docs/benchmarks.md ("The exact engine") has the
+measurements behind these choices.
+
 numba is imported lazily, on the first search, never at import time.
 """
 
@@ -18,6 +26,13 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _NUMBA: dict[str, Any] = {}
+
+# Terms whose posting list holds at least this fraction of the documents are read from a
+# dense column by the numba kernel (see dense_columns).
+DENSE_MIN_FRACTION = 0.25
+# Documents per accumulator block of the long-query path: 65,536 float32 scores (256 KiB)
+# stay in the L2 cache while every query term adds its postings of the block.
+BLOCK_DOCS = 65536
 
 
 def numba_available() -> bool:
@@ -97,12 +112,64 @@ def _search_numpy(
 def _build_numba() -> Any:
     import numba
 
-    from mmsparse.index._numba_kernels import batch, single
+    from mmsparse.index._numba_kernels import batch, fill_dense, single
 
     _NUMBA["batch"] = batch
     _NUMBA["single"] = single
+    _NUMBA["fill_dense"] = fill_dense
     _NUMBA["numba"] = numba
     return batch
+
+
+def dense_terms(indptr: np.ndarray, n_docs: int, min_fraction: float) -> np.ndarray:
+    """Terms whose posting list holds at least ``min_fraction`` of ``n_docs`` (increasing)."""
+    lengths = np.diff(np.asarray(indptr))
+    if n_docs == 0 or min_fraction > 1:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(lengths >= max(min_fraction * n_docs, 1)).astype(np.int64)
+
+
+def dense_columns(
+    indptr: np.ndarray,
+    doc_ids: np.ndarray,
+    weights: np.ndarray,
+    n_docs: int,
+    min_fraction: float = DENSE_MIN_FRACTION,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dense columns of the longest posting lists, for the numba kernel.
+
+    Args:
+        indptr: ``(V + 1,)`` term offsets.
+        doc_ids: ``(nnz,)`` document rows.
+        weights: ``(nnz,)`` weights (the column keeps their dtype).
+        n_docs: Number of documents.
+        min_fraction: Terms in at least this fraction of the documents get a column
+            (``> 1``: none).
+
+    Returns:
+        ``(slot (V,) int64: the column of each term or -1, columns (n_dense, n_docs))``;
+        ``n_dense · n_docs · weights.itemsize`` bytes of memory.
+    """
+    terms = dense_terms(indptr, n_docs, min_fraction)
+    slot = np.full(np.asarray(indptr).size - 1, -1, dtype=np.int64)
+    slot[terms] = np.arange(terms.size)
+    cols = np.zeros((terms.size, n_docs), dtype=weights.dtype)
+    if terms.size:
+        if numba_available():
+            if "fill_dense" not in _NUMBA:
+                _build_numba()
+            _NUMBA["fill_dense"](
+                np.asarray(indptr), np.asarray(doc_ids), np.asarray(weights), terms, cols
+            )
+        else:
+            for i, t in enumerate(terms):
+                s, e = int(indptr[t]), int(indptr[t + 1])
+                cols[i, doc_ids[s:e]] = weights[s:e]
+    return slot, cols
+
+
+def _no_dense(indptr: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.full(indptr.size - 1, -1, dtype=np.int64), np.zeros((0, 0), dtype=weights.dtype)
 
 
 def search_csr(
@@ -117,6 +184,8 @@ def search_csr(
     k: int,
     threads: int | None = None,
     buffers: dict[str, np.ndarray] | None = None,
+    dense: tuple[np.ndarray, np.ndarray] | None = None,
+    block: int = BLOCK_DOCS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` rows and scores of a CSR batch of queries against CSC postings.
 
@@ -133,6 +202,9 @@ def search_csr(
         threads: numba threads (``None``: numba's default).
         buffers: Reusable work arrays for single queries on the numba backend (a dict the
             caller keeps; filled on first use). Not thread-safe.
+        dense: ``(slot, columns)`` of :func:`dense_columns` for the numba kernel (``None``:
+            every term from its postings; same results, slower on long lists).
+        block: Documents per accumulator block of the numba kernel's long-query path.
 
     Returns:
         ``(rows (B, k) int64 with -1 padding, scores (B, k) float32)``.
@@ -144,6 +216,7 @@ def search_csr(
         )
     elif q_indptr.size == 2 and buffers is not None:
         _NUMBA.get("single") or _build_numba()
+        slot, cols = dense if dense is not None else _no_dense(indptr, weights)
         if buffers.get("scores") is None or buffers["scores"].size != n_docs:
             buffers["scores"] = np.zeros(n_docs, dtype=np.float32)
             buffers["touched"] = np.empty(n_docs, dtype=np.int64)
@@ -154,9 +227,12 @@ def search_csr(
             np.asarray(indptr),
             np.asarray(doc_ids),
             np.asarray(weights),
+            slot,
+            cols,
             q_terms,
             q_weights,
             k,
+            int(block),
             buffers["scores"],
             buffers["touched"],
             buffers["hs"],
@@ -166,6 +242,7 @@ def search_csr(
     else:
         batch = _NUMBA.get("batch") or _build_numba()
         numba = _NUMBA["numba"]
+        slot, cols = dense if dense is not None else _no_dense(indptr, weights)
         n_threads = numba.config.NUMBA_NUM_THREADS if threads is None else max(1, int(threads))
         n_q = q_indptr.size - 1
         previous = numba.get_num_threads()
@@ -175,11 +252,14 @@ def search_csr(
                 np.asarray(indptr),
                 np.asarray(doc_ids),
                 np.asarray(weights),
+                slot,
+                cols,
                 int(n_docs),
                 q_indptr,
                 q_terms,
                 q_weights,
                 k,
+                int(block),
                 int(min(n_q, n_threads)),
             )
         finally:
