@@ -47,6 +47,38 @@ def test_type_errors_name_the_key():
         config_from_dict({"train": {"tau_lr_scale": -0.5}})
 
 
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "Infinity", "-Infinity", "NaN", "1e400"])
+@pytest.mark.parametrize(
+    "key", ["objective.w1", "train.lr", "eval.threshold", "objective.lexical_weight"]
+)
+def test_every_float_key_refuses_non_finite_values(key, text):
+    """One rule: an override, a JSON file (NaN, Infinity) and YAML (.inf) alike."""
+    with pytest.raises(ConfigError, match=rf"^override: '{key}' must be a finite number, got "):
+        apply_overrides(RunConfig(), [f"{key}={text}"])
+
+
+def test_non_finite_values_in_files_and_lists_name_the_key(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"objective": {"w2": Infinity}}')
+    with pytest.raises(ConfigError, match=r"c\.json: 'objective\.w2' must be a finite number"):
+        load_config(path)
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  weight_decay: .inf\n")
+    with pytest.raises(ConfigError, match=r"'train\.weight_decay' must be a finite number"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"'train\.betas' must be a finite number, got nan"):
+        config_from_dict({"train": {"betas": [0.9, float("nan")]}})
+    with pytest.raises(ConfigError, match=r"'objective\.w1' must be a finite number"):
+        config_from_dict({"objective": {"w1": 10**400}})
+
+
+def test_integer_keys_must_fit_in_64_bits():
+    # train.seed=2**64 used to pass validation and crash in torch.Generator.manual_seed.
+    with pytest.raises(ConfigError, match=r"'train\.seed' must be an integer within \+-2\^63"):
+        apply_overrides(RunConfig(), ["train.seed=18446744073709551616"])
+    assert apply_overrides(RunConfig(), [f"train.seed={2**63 - 1}"]).train.seed == 2**63 - 1
+
+
 def test_overrides_parse_values():
     cfg = apply_overrides(
         RunConfig(),
@@ -150,3 +182,27 @@ def test_bench_help_points_at_an_existing_benchmarks_doc(capsys):
     doc = (REPO / "docs" / "benchmarks.md").read_text()
     for name in ("bench flickr8k", "bench train", "bench retrieval", "bench serve", "--threads"):
         assert name in doc
+
+
+def test_fuzz_findings_are_one_line_config_errors(tmp_path):
+    """What tests/test_fuzz.py found: each was a traceback or a multi-line message."""
+    with pytest.raises(ConfigError, match=r"unknown config key 'train\.\\n'") as exc:
+        config_from_dict({"train": {"\n": 1}})
+    assert "\n" not in str(exc.value)
+    path = tmp_path / "c.yaml"
+    path.write_text("\x1f")
+    with pytest.raises(ConfigError, match="cannot parse config file: unacceptable") as exc:
+        load_config(path)
+    assert "\n" not in str(exc.value)
+    path = tmp_path / "c.json"
+    for text, override in [("1", "train.lr=1"), ('{"train": 5}', "train.lr=1"), ("[1]", "=")]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="mapping at the top level|'train' is not a group"):
+            load_config(path, [override])
+    path = tmp_path / "d.yaml"
+    path.write_text("train:\n  device: 2024-01-01\n")  # a date: no JSON round trip
+    with pytest.raises(ConfigError, match=r"'train\.device' must be a string"):
+        load_config(path, ["train.lr=1e-3"])
+    path.write_text('name: "\\uD800"\n')  # a lone surrogate: cannot be saved as UTF-8
+    with pytest.raises(ConfigError, match="'name' is not valid Unicode text"):
+        load_config(path)

@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -363,25 +365,45 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+        # One rule for every integer key: what torch and numpy take (seeds, sizes, counts).
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(f"{where}: '{key}' must be an integer within +-2^63, got {value}")
+        return value
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+        number = None
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
-                pass
-        raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+                number = None
+            except OverflowError:  # an integer beyond float range
+                number = math.inf
+        if number is None:
+            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        # One rule for every float key: NaN and +-inf (JSON NaN/Infinity, YAML .nan/.inf,
+        # an override 'inf', or 1e400) would pass or slip through range checks.
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: '{key}' must be a finite number, got {value!r}")
+        return number
     if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+        try:
+            value.encode("utf-8")  # lone surrogates (YAML "\ud800") cannot be saved
+        except UnicodeEncodeError:
+            raise ConfigError(f"{where}: '{key}' is not valid Unicode text: {value!r}") from None
+        return value
     raise ConfigError(f"{where}: unsupported type for '{key}'")  # pragma: no cover
+
+
+def _quote(prefix: str, key: Any) -> str:
+    """``'train.lr'``; a key with a line break or other control character as its repr."""
+    name = f"{prefix}{key}"
+    return f"'{name}'" if name.isprintable() else repr(name)
 
 
 def _from_mapping(cls: type, data: Mapping[str, Any], where: str, prefix: str = "") -> Any:
@@ -391,7 +413,7 @@ def _from_mapping(cls: type, data: Mapping[str, Any], where: str, prefix: str = 
     for key, value in data.items():
         if key not in names:
             known = ", ".join(sorted(names))
-            raise ConfigError(f"{where}: unknown config key '{prefix}{key}' (known: {known})")
+            raise ConfigError(f"{where}: unknown config key {_quote(prefix, key)} (known: {known})")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", where)
     try:
         obj = cls(**kwargs)
@@ -523,7 +545,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
         else:
             data = json.loads(text)
     except Exception as exc:
-        raise ConfigError(f"{path}: cannot parse config file: {exc}") from exc
+        # YAML's messages span lines (the offending line and a caret): one line here.
+        reason = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: cannot parse config file: {reason}") from exc
     data = _apply_override_strings(data or {}, overrides, str(path))
     return config_from_dict(data, where=str(path))
 
@@ -538,7 +562,9 @@ def _parse_value(text: str) -> Any:
 def _apply_override_strings(
     data: Mapping[str, Any], overrides: Iterable[str], where: str
 ) -> dict[str, Any]:
-    data = json.loads(json.dumps(data))  # deep copy of plain data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: a config must be a mapping at the top level")
+    data = copy.deepcopy(dict(data))  # YAML may hold dates and such: no JSON round trip
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
@@ -548,7 +574,7 @@ def _apply_override_strings(
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: '{part}' is not a group")
+                raise ConfigError(f"override {item!r}: {_quote('', part)} is not a group")
         node[parts[-1]] = _parse_value(value.strip())
     return data
 

@@ -27,6 +27,10 @@ class IndexFormatError(MMSparseError, ValueError):
     """An index file is corrupt, foreign or built with incompatible options."""
 
 
+class QueryError(MMSparseError, ValueError):
+    """A search request is invalid: ``k``, mode, query weights or an engine parameter."""
+
+
 class MissingExtraError(MMSparseError, ImportError):
     """An optional dependency is not installed; the message gives the install command."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mmsparse.errors import CheckpointError
+from mmsparse.errors import CheckpointError, MMSparseError
 
 FILE_MODE = 0o666  # files: rw-rw-rw- minus the umask (0644 under the usual umask 022)
 DIR_MODE = 0o777  # directories: rwxrwxrwx minus the umask (0755)
@@ -79,9 +80,54 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _nonfinite(obj: Any, where: str = "") -> tuple[str, float] | None:
+    """The first non-finite float in ``obj`` (dicts, lists, tuples): ``(key path, value)``."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (where or "the value", obj)
+    if isinstance(obj, dict):
+        items: Any = ((f"{where}.{k}" if where else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, list | tuple):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        return None
+    for key, value in items:
+        found = _nonfinite(value, key)
+        if found:
+            return found
+    return None
+
+
+def json_text(obj: Any, *, indent: int | None = 2, default: Any = None, what: str = "JSON") -> str:
+    """``obj`` as strict JSON: a NaN or infinity is an error, never invalid JSON.
+
+    Args:
+        obj: Plain data (dicts, lists, strings, numbers, booleans, ``None``).
+        indent: Indentation (``None``: one line).
+        default: ``json.dumps``' fallback for other objects.
+        what: What is written (a file, "stdout"), for the error message.
+
+    Raises:
+        MMSparseError: Naming the key of a non-finite number.
+    """
+    try:
+        return json.dumps(obj, indent=indent, default=default, allow_nan=False)
+    except ValueError as exc:
+        found = _nonfinite(obj)
+        if found is None:
+            raise
+        raise MMSparseError(
+            f"{what}: {found[0]} is {found[1]}, which JSON cannot hold (a finite number is "
+            "needed); nothing was written"
+        ) from exc
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Write ``obj`` as indented, strict JSON to ``path`` atomically.
+
+    Raises:
+        MMSparseError: If ``obj`` holds a NaN or an infinity (the file is left as it was).
+    """
+    atomic_write_text(path, json_text(obj, what=str(path)) + "\n")
 
 
 def save_tensors(

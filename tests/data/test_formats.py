@@ -114,3 +114,102 @@ def test_safetensors_ids_as_tensor_or_metadata(tmp_path):
     (tmp_path / "d.safetensors").write_bytes(b"\x00\x01garbage")
     with pytest.raises(DataError, match="unreadable or truncated safetensors"):
         read_feature_file(tmp_path / "d.safetensors")
+
+
+def _flip_bits(path, old: float, mask: int) -> None:
+    """Flip ``mask`` in the bits of the one float32 ``old`` stored in an uncompressed file."""
+    data = bytearray(path.read_bytes())
+    needle = np.float32(old).tobytes()
+    assert data.count(needle) == 1
+    at = data.index(needle)
+    word = np.frombuffer(needle, dtype=np.uint32)[0] ^ np.uint32(mask)
+    data[at : at + 4] = np.array([word], dtype=np.uint32).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def _plain_parquet(path, emb, **kwargs) -> None:
+    """A release-like parquet file whose float32 values are stored as raw bytes."""
+    col = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+    ids = [f"r{i}" for i in range(emb.shape[0])]
+    table = pa.table({"id": ids, "emb": col})
+    pq.write_table(table, path, compression="NONE", use_dictionary=False, **kwargs)
+
+
+def _distinct(n=20, d=8):
+    """Values in [-0.99, 0.99], all different, none equal to the flipped probes."""
+    return (np.linspace(-0.99, 0.99, n * d, dtype=np.float32) + 1e-4).reshape(n, d)
+
+
+def test_bit_flipped_value_outside_the_files_statistics_is_named(tmp_path):
+    emb = _distinct()
+    emb[7, 3] = 0.8125  # 0x3F500000; flipping the exponent's lowest bit gives 1.625
+    path = tmp_path / "f.parquet"
+    _plain_parquet(path, emb)
+    assert read_feature_file(path).emb[7, 3] == np.float32(0.8125)
+    _flip_bits(path, 0.8125, 1 << 23)
+    assert float(pq.read_table(path)["emb"][7][3].as_py()) == 1.625  # readable, wrong
+    with pytest.raises(
+        DataError,
+        match=r"f\.parquet: corrupt feature at row 7, id r7: value 1\.625 in column 3 lies "
+        r"outside \[-0\.9899, 0\.9901\], the range the file's own statistics record for rows "
+        r"0-19 \(1 bad row in all\); re-extract or re-download the file$",
+    ):
+        read_feature_file(path)
+
+
+def test_a_flipped_sign_is_caught_by_its_row_groups_statistics(tmp_path):
+    emb = np.abs(_distinct())
+    emb[10:] *= -1  # row group 0 holds values >= 0, row group 1 values <= 0
+    emb[12, 5] = -0.8125
+    path = tmp_path / "f.parquet"
+    _plain_parquet(path, emb, row_group_size=10)
+    read_feature_file(path)
+    _flip_bits(path, -0.8125, 1 << 31)  # +0.8125: inside the file's range, not the group's
+    with pytest.raises(DataError, match=r"at row 12, id r12: value 0\.8125 .* rows 10-19"):
+        read_feature_file(path)
+
+
+def test_absurd_magnitude_is_refused_without_statistics(tmp_path):
+    # Like the bit-flipped file of issue 19: 3.4 became ~2.4e24.
+    emb = _distinct()
+    emb[4, 2] = 2.4e24
+    path = tmp_path / "f.parquet"
+    _plain_parquet(path, emb, write_statistics=False)
+    with pytest.raises(DataError, match=r"row 4, id r4: value 2\.4e\+24 in column 2 .*sane"):
+        read_feature_file(path)
+    np.save(tmp_path / "g.npy", emb)  # formats without statistics: the bound alone
+    with pytest.raises(DataError, match=r"g\.npy: corrupt feature at row 4: value 2\.4e\+24"):
+        read_feature_file(tmp_path / "g.npy")
+    assert read_feature_file(tmp_path / "g.npy", max_abs=1e25).emb[4, 2] == np.float32(2.4e24)
+
+
+def test_released_float64_lists_and_many_row_groups_load(tmp_path):
+    # list<double> statistics are float64; values are read as float32 (same rounding).
+    emb = np.random.default_rng(1).standard_normal((30, 5)) * 3
+    table = pa.table({"id": [str(i) for i in range(30)], "emb": [list(r) for r in emb]})
+    pq.write_table(table, tmp_path / "f.parquet", row_group_size=7)
+    ff = read_feature_file(tmp_path / "f.parquet")
+    np.testing.assert_array_equal(ff.emb, emb.astype(np.float32))
+
+
+def test_damaged_files_are_one_line_data_errors(tmp_path):
+    """Found by tests/test_fuzz.py: a traceback or a multi-line message each."""
+    pq.write_table(pa.table({"key": ["a"], "emb": [[1.0]]}), tmp_path / "f.parquet")
+    with pytest.raises(DataError) as exc:
+        read_feature_file(tmp_path / "f.parquet")
+    assert str(exc.value).endswith(
+        "f.parquet: parquet file needs columns 'id' and 'emb', it lacks 'id' (columns: key, emb)"
+    )
+    pq.write_table(pa.table({"id": ["a"], "emb": [[1.0]]}), tmp_path / "g.parquet")
+    data = (tmp_path / "g.parquet").read_bytes()
+    at = data.index(b"emb", data.index(b"id"))  # its name in the footer: not UTF-8 any more
+    (tmp_path / "g.parquet").write_bytes(data[:at] + b"\xf3mb" + data[at + 3 :])
+    with pytest.raises(DataError, match=r"g\.parquet: unreadable or truncated parquet") as exc:
+        read_feature_file(tmp_path / "g.parquet")
+    np.save(tmp_path / "h.npy", _emb())
+    data = bytearray((tmp_path / "h.npy").read_bytes())
+    data[data.index(b"(")] = ord("[")  # a header Python's tokenizer cannot end
+    (tmp_path / "h.npy").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"h\.npy: unreadable or truncated \.npy file") as exc:
+        read_feature_file(tmp_path / "h.npy")
+    assert "\n" not in str(exc.value)

@@ -122,3 +122,27 @@ def test_flickr8k_shared_features():
     assert (train.n_images, train.n_captions) == (6000, 30000)
     assert (val.n_images, val.n_captions) == (1000, 5000)
     assert np.isfinite(store.image_feats).all()
+
+
+@pytest.mark.parametrize(
+    ("image", "sentence", "match"),
+    [
+        ({"sentences": None}, None, r"image 3: 'sentences' must be a list, got None"),
+        ({"sentences": 5}, None, r"image 3: 'sentences' must be a list, got 5"),
+        ({"split": ["val"]}, None, r"image 3: 'split' must be a string, got \['val'\]"),
+        ({"imgid": [3]}, None, r"image entry 3: 'imgid' must be a string or an integer"),
+        ({"filename": 7}, None, r"image 3: 'filename' must be a string, got 7"),
+        (None, {"sentid": {"a": 1}}, r"'sentid' must be a string or an integer, got \{'a': 1\}"),
+        (None, {"tokens": 5}, r"caption 9 of image 3: 'tokens' must be a list of strings"),
+        (None, {"raw": ["a"]}, r"image 3: 'raw' must be a string, got \['a'\]"),
+    ],
+)
+def test_metadata_fields_of_the_wrong_type_are_named(tiny_release, image, sentence, match):
+    """Found by tests/test_fuzz.py: these were TypeErrors or ids like "[3]"."""
+    path = tiny_release / "dataset_meta.json"
+    meta = json.loads(path.read_text())
+    meta["images"][3]["sentences"][0].update(sentence or {})
+    meta["images"][3].update(image or {})
+    path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=match):
+        load_feature_store(tiny_release)

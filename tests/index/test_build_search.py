@@ -112,6 +112,10 @@ def test_bad_queries(tiny_run, inverted_index):
     assert res.k == 40 and any("larger than the index" in n for n in res.notes)
     with pytest.raises(MMSparseError, match="empty query"):
         searcher.search("   ")
+    # `mmsparse search IDX $'\xff'`: an undecodable argv byte arrives as a lone surrogate,
+    # on which the real tokenizer raised a TypeError (found by tests/test_fuzz.py).
+    with pytest.raises(MMSparseError, match="the query is not valid UTF-8 text"):
+        searcher.search("dog \udcff")
     with pytest.raises(MMSparseError, match="either"):
         searcher.search("dog", caption_id=cid)
     with pytest.raises(DataError, match="unknown caption id nope"):

@@ -179,3 +179,29 @@ def test_exports_never_contain_special_tokens(tiny_run, tmp_path):
         export_run(tiny_run, out, split="val", fmt=fmt)
         text = "".join(p.read_text() for p in out.rglob("*") if p.is_file())
         assert not [t for t in specials if t in text], fmt
+
+
+def test_export_refuses_a_non_empty_out_unless_overwrite(tiny_run, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "queries.tsv").write_text("my own queries\n")
+    (out / "export.json").write_text("{}")
+    args = ["export", str(tiny_run), "--split", "test", "--format", "anserini", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mmsparse: error: {out}: directory exists and is not empty")
+    assert "--overwrite" in err and "\n" not in err
+    assert (out / "queries.tsv").read_text() == "my own queries\n"  # untouched
+    assert (out / "export.json").read_text() == "{}"
+    assert not (out / "collection").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MMSparseError, match="exists and is not a directory"):
+        export_run(tiny_run, tmp_path / "file", split="test", overwrite=True)
+    (out / "notes.txt").write_text("kept")
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "queries.tsv").read_text() != "my own queries\n"
+    assert json.loads((out / "export.json").read_text())["format"] == "anserini"
+    assert (out / "notes.txt").read_text() == "kept"
+    # An empty folder needs no --overwrite.
+    (tmp_path / "empty").mkdir()
+    export_run(tiny_run, tmp_path / "empty", split="test", fmt="opensearch")

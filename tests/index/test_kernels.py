@@ -74,7 +74,7 @@ def test_blocked_path_bit_identical_to_numpy(mixed, dtype, min_fraction, block):
     for k in (1, 10, 600):  # 600 > every query's matching documents
         want = kernels.search_csr("numpy", indptr, doc_ids, weights, n, qi, qt, qw, k)
         got = kernels.search_csr(
-            "numba", indptr, doc_ids, weights, n, qi, qt, qw, k, 2, None, dense, block
+            "numba", indptr, doc_ids, weights, n, qi, qt, qw, k, 2, dense=dense, block=block
         )
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
@@ -93,8 +93,8 @@ def test_blocked_path_bit_identical_to_numpy(mixed, dtype, min_fraction, block):
                 k,
                 1,
                 buffers,
-                dense,
-                block,
+                dense=dense,
+                block=block,
             )
             np.testing.assert_array_equal(one[0][0], want[0][i])
             np.testing.assert_array_equal(one[1][0], want[1][i])
@@ -112,7 +112,7 @@ def test_blocked_path_exact_with_ties_against_brute_force(mixed, block):
     ref = brute_force(docs, queries)  # small integers: exact in float32 too
     dense = kernels.dense_columns(indptr, doc_ids, weights, n, 0.25)
     rows, scores = kernels.search_csr(
-        "numba", indptr, doc_ids, weights, n, qi, qt, qw, 20, 1, None, dense, block
+        "numba", indptr, doc_ids, weights, n, qi, qt, qw, 20, 1, dense=dense, block=block
     )
     n_ties = 0
     for i in range(queries.shape[0]):
@@ -161,3 +161,34 @@ def test_index_prepares_dense_columns_once(tmp_path, mixed):
     np.testing.assert_array_equal(hits.scores, same.scores)
     numpy_index = InvertedIndex(tmp_path / POSTINGS_NAME, backend="numpy").prepare()
     assert numpy_index.dense_bytes == 0
+
+
+@needs_numba
+@pytest.mark.parametrize("block", [5, 64, 100_000])
+def test_blocked_path_live_mask(mixed, block):
+    docs, queries = mixed
+    indptr, doc_ids, weights = csc_arrays(docs)
+    qi, qt, qw = query_arrays(queries)
+    n = docs.shape[0]
+    live = np.random.default_rng(3).random(n) < 0.6
+    dense = kernels.dense_columns(indptr, doc_ids, weights, n, 0.25)
+    for k in (3, 600):
+        want = kernels.search_csr("numpy", indptr, doc_ids, weights, n, qi, qt, qw, k, live=live)
+        got = kernels.search_csr(
+            "numba",
+            indptr,
+            doc_ids,
+            weights,
+            n,
+            qi,
+            qt,
+            qw,
+            k,
+            2,
+            live=live,
+            dense=dense,
+            block=block,
+        )
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        assert live[got[0][got[0] >= 0]].all()

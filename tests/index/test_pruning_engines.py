@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from mmsparse.errors import MMSparseError
+from mmsparse.index.engines import get_engine
 from mmsparse.index.quantize import quantize
 from tests.index.conftest import flickr8k_or_skip
 
@@ -18,13 +19,19 @@ needs_kannolo = pytest.mark.skipif(
 )
 
 
+def built(name, directory, docs, params=None):
+    """Build an engine's files through the registry and open them."""
+    cls = get_engine(name)
+    return cls.open(directory, cls.build(directory, docs, params=params))
+
+
 def _random(n, v, density, seed):
     return sp.random(n, v, density=density, random_state=seed, format="csr", dtype=np.float32)
 
 
 def _bmp_truth(engine, impacts, queries, k):
     """Brute-force integer scores of bmp's own query quantisation: the sorted top-k scores."""
-    from mmsparse.index.bmp_engine import quantize_query
+    from mmsparse.index.engines.bmp import quantize_query
 
     out = []
     for i in range(queries.shape[0]):
@@ -55,12 +62,10 @@ def _check_bmp_exact(engine, docs, queries, k):
     ("n", "bsize"), [(1, 32), (7, 32), (31, 32), (32, 32), (33, 32), (400, 8), (3000, 32)]
 )
 def test_bmp_equals_brute_force_at_its_quantisation(tmp_path, n, bsize):
-    from mmsparse.index.bmp_engine import BmpEngine, build_bmp
-
     docs = _random(n, 300, 0.05, seed=n)
     queries = _random(40, 300, 0.06, seed=n + 1)
-    build_bmp(tmp_path, docs, {"bsize": bsize})
-    engine = BmpEngine(tmp_path, n)
+    engine = built("bmp", tmp_path, docs, {"bsize": bsize})
+    assert engine.n_docs == n
     for k in (1, 10, 25, 1000):
         _check_bmp_exact(engine, docs, queries, k)
 
@@ -68,24 +73,21 @@ def test_bmp_equals_brute_force_at_its_quantisation(tmp_path, n, bsize):
 @needs_bmp
 def test_bmp_recall_against_float_scores_is_high(tmp_path):
     from mmsparse.bench.retrieval import exact_sparse_topk, recall_at_k
-    from mmsparse.index.bmp_engine import BmpEngine, build_bmp
 
     docs = _random(5000, 400, 0.04, seed=5)
     queries = _random(100, 400, 0.05, seed=6)
-    build_bmp(tmp_path, docs)
-    hits = BmpEngine(tmp_path).search_batch(queries, 10)
+    hits = built("bmp", tmp_path, docs).search_batch(queries, 10)
     assert recall_at_k(hits.rows, exact_sparse_topk(docs, queries, 10)) > 0.9
 
 
 @needs_bmp
 def test_bmp_bad_input_is_a_clear_error_never_a_panic(tmp_path):
-    from mmsparse.index.bmp_engine import BmpEngine, build_bmp, write_bmp
+    from mmsparse.index.engines.bmp import write_bmp
 
     docs = _random(50, 40, 0.2, seed=1)
     docs = sp.hstack([docs[:, :38], sp.csr_matrix((50, 2), dtype=np.float32)]).tocsr()
     unknown = sp.csr_matrix(([1.0, 2.0], ([0, 0], [38, 39])), shape=(1, 40), dtype=np.float32)
-    build_bmp(tmp_path, docs)
-    engine = BmpEngine(tmp_path)
+    engine = built("bmp", tmp_path, docs)
     assert engine.search_batch(unknown, 10).query(0)[0].size == 0
     assert engine.search_batch(sp.csr_matrix((1, 40), dtype=np.float32), 10).rows[0, 0] == -1
     big = engine.search_batch(_random(3, 40, 0.3, seed=2), 100)  # k > index size
@@ -99,12 +101,12 @@ def test_bmp_bad_input_is_a_clear_error_never_a_panic(tmp_path):
     with pytest.raises(MMSparseError, match="integer impacts"):
         write_bmp(tmp_path, sp.csr_matrix(np.array([[2.5, 3.0]], np.float32)), 1.0)
     with pytest.raises(MMSparseError, match="unknown bmp parameter"):
-        build_bmp(tmp_path, docs, {"block": 8})
+        get_engine("bmp").build(tmp_path, docs, params={"block": 8})
 
 
 @needs_bmp
 def test_bmp_query_quantisation_never_overflows_16_bits():
-    from mmsparse.index.bmp_engine import SCORE_LIMIT, quantize_query
+    from mmsparse.index.engines.bmp import SCORE_LIMIT, quantize_query
 
     max_impact = np.full(1000, 255, dtype=np.int64)
     terms = np.arange(600, dtype=np.int64)
@@ -119,12 +121,10 @@ def test_bmp_query_quantisation_never_overflows_16_bits():
 @needs_kannolo
 def test_kannolo_against_brute_force(tmp_path):
     from mmsparse.bench.retrieval import exact_sparse_topk, recall_at_k
-    from mmsparse.index.kannolo_engine import KannoloEngine, build_kannolo
 
     docs = _random(3000, 300, 0.05, seed=3)
     queries = _random(60, 300, 0.05, seed=4)
-    params = build_kannolo(tmp_path, docs, {"m": 16, "ef_construction": 100})
-    engine = KannoloEngine(tmp_path, params)
+    engine = built("kannolo", tmp_path, docs, {"m": 16, "ef_construction": 100})
     truth = exact_sparse_topk(docs, queries, 10)
     hits = engine.search_batch(queries, 10, ef_search=300)
     assert recall_at_k(hits.rows, truth) >= 0.95
@@ -141,12 +141,9 @@ def test_kannolo_against_brute_force(tmp_path):
 
 @needs_kannolo
 def test_kannolo_bad_input(tmp_path):
-    from mmsparse.index.kannolo_engine import KannoloEngine, build_kannolo
-
     docs = _random(30, 50, 0.1, seed=7)
     docs = sp.hstack([docs[:, :45], sp.csr_matrix((30, 5), dtype=np.float32)]).tocsr()
-    params = build_kannolo(tmp_path, docs)
-    engine = KannoloEngine(tmp_path, params)
+    engine = built("kannolo", tmp_path, docs)
     # Terms no image has (kannolo would abort the process on the ones beyond its dimension).
     unknown = sp.csr_matrix(([1.0, 1.0], ([0, 0], [47, 49])), shape=(1, 50), dtype=np.float32)
     assert engine.search_batch(unknown, 5).query(0)[0].size == 0
@@ -155,10 +152,11 @@ def test_kannolo_bad_input(tmp_path):
     big = engine.search_batch(docs[:2], 500)  # k > index size
     rows, scores = big.query(0)
     assert rows.size <= 30 and (scores > 0).all()
+    kannolo = get_engine("kannolo")
     with pytest.raises(MMSparseError):
-        build_kannolo(tmp_path, sp.csr_matrix((3, 50), dtype=np.float32))
+        kannolo.build(tmp_path, sp.csr_matrix((3, 50), dtype=np.float32))
     with pytest.raises(MMSparseError, match="unknown kannolo"):
-        build_kannolo(tmp_path, docs, {"M": 3})
+        kannolo.build(tmp_path, docs, params={"M": 3})
 
 
 @needs_bmp
@@ -166,9 +164,7 @@ def test_kannolo_bad_input(tmp_path):
 def test_pruning_engines_on_flickr8k_vectors(tmp_path):
     from mmsparse.bench.retrieval import exact_sparse_topk, recall_at_k
     from mmsparse.data import load_feature_store
-    from mmsparse.index.bmp_engine import BmpEngine, build_bmp
     from mmsparse.index.encode import encode_vectors
-    from mmsparse.index.kannolo_engine import KannoloEngine, build_kannolo
     from mmsparse.model.model import SparseDenseModel
 
     root = flickr8k_or_skip()
@@ -180,9 +176,7 @@ def test_pruning_engines_on_flickr8k_vectors(tmp_path):
     model.init_weights(0)
     _, docs = encode_vectors(model, store.image_feats[val.image_rows], "image", topk=120)
     _, queries = encode_vectors(model, store.caption_feats[val.caption_rows[:100]], "text", topk=25)
-    (tmp_path / "bmp").mkdir()
-    build_bmp(tmp_path / "bmp", docs)
-    _check_bmp_exact(BmpEngine(tmp_path / "bmp"), docs, queries, 10)
+    _check_bmp_exact(built("bmp", tmp_path / "bmp", docs), docs, queries, 10)
     if importlib.util.find_spec("numba") is not None:
         from mmsparse.index.blockmax import BlockMaxIndex
         from mmsparse.index.inverted import InvertedIndex, write_postings
@@ -192,9 +186,7 @@ def test_pruning_engines_on_flickr8k_vectors(tmp_path):
         got = BlockMaxIndex(docs, bsize=16).search_batch(queries, 10)
         np.testing.assert_array_equal(got.rows, want.rows)
         np.testing.assert_array_equal(got.scores, want.scores)
-    (tmp_path / "k").mkdir()
-    params = build_kannolo(tmp_path / "k", docs)
-    hits = KannoloEngine(tmp_path / "k", params).search_batch(queries, 10, ef_search=200)
+    hits = built("kannolo", tmp_path / "k", docs).search_batch(queries, 10, ef_search=200)
     assert recall_at_k(hits.rows, exact_sparse_topk(docs, queries, 10)) >= 0.95
 
 

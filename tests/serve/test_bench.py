@@ -28,6 +28,8 @@ def test_percentiles_in_milliseconds():
     [
         ({"clients": 0}, "at least 1"),
         ({"rounds": 0}, "at least 1"),
+        ({"k": 0}, "--k must be at least 1, got 0"),
+        ({"threads": 0}, "--threads must be at least 1, got 0"),
         ({"encoders": ["fast"]}, "unknown encoder mode 'fast'"),
     ],
 )

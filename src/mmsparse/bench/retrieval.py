@@ -36,7 +36,7 @@ The measurements (per engine)
     engine on 8- or 16-bit integer impacts: exact on the quantised vectors, recall against
     the float ranking), ``inverted-blockmax`` (our block-max pruning,
     :mod:`mmsparse.index.blockmax`) and
-    ``bmp`` (Block-Max Pruning at 8-bit impacts, :mod:`mmsparse.index.bmp_engine`). The
+    ``bmp`` (Block-Max Pruning at 8-bit impacts, :mod:`mmsparse.index.engines.bmp`). The
     last two search one query at a time and stop after ``serial_budget`` seconds (at least
     20 queries): their recall and throughput are over the queries they answered.
 
@@ -541,6 +541,34 @@ def _log(progress: bool, msg: str, *args: Any) -> None:
         log.info(msg, *args)
 
 
+def _build_engine(
+    skipped: dict[str, Any],
+    name: str,
+    directory: Path,
+    sparse: sp.csr_matrix,
+    params: dict[str, Any],
+    *,
+    dense: np.ndarray | None = None,
+    label: str | None = None,
+) -> tuple[Any, float] | None:
+    """Build and open a registry engine on the corpus: ``(engine, build seconds)``.
+
+    A missing optional package is recorded under ``skipped[label or name]``; ``None``.
+    """
+    from mmsparse.index.engines import get_engine
+
+    cls = get_engine(name)
+    try:
+        t0 = time.perf_counter()
+        built = cls.build(directory, sparse, dense, params=params)
+        seconds = time.perf_counter() - t0
+    except MissingExtraError as exc:
+        skipped[label or name] = {"skipped": str(exc)}
+        return None
+    engine = cls.open(directory, built, n_docs=sparse.shape[0], vocab_size=sparse.shape[1])
+    return engine, seconds
+
+
 def _bench_inverted(
     report: dict[str, Any],
     work: Path,
@@ -706,20 +734,13 @@ def _bench_bmp(
     budgets: dict[str, Any],
     bsize: int,
 ) -> None:
-    try:
-        from mmsparse.index.bmp_engine import BmpEngine, build_bmp
-
-        n = sparse.shape[0]
-        log.info("bmp: building %d images (block size %d)", n, bsize)
-        d = work / "bmp"
-        d.mkdir(exist_ok=True)
-        t0 = time.perf_counter()
-        build_bmp(d, sparse, {"bsize": bsize})
-        build = time.perf_counter() - t0
-    except MissingExtraError as exc:
-        report["engines"]["bmp"] = {"skipped": str(exc)}
+    n = sparse.shape[0]
+    log.info("bmp: building %d images (block size %d)", n, bsize)
+    d = work / "bmp"
+    built = _build_engine(report["engines"], "bmp", d, sparse, {"bsize": bsize})
+    if built is None:
         return
-    engine = BmpEngine(d, n)
+    engine, build = built
     rows, times = _serial(
         lambda i: engine.search_batch(q_sparse[i], K).rows[0],
         q_sparse.shape[0],
@@ -741,8 +762,8 @@ def _bench_bmp(
         "bruteforce_fallbacks": int(engine.fallbacks),
         "queries": int(m),
     }
-    for p in d.iterdir():
-        p.unlink()
+    engine.close()
+    engine.remove_files(d)
 
 
 def _bench_faiss(
@@ -891,18 +912,13 @@ def _bench_seismic(
     settings: Sequence[tuple[int, float]],
     progress: bool,
 ) -> None:
-    from mmsparse.index.engines import SeismicEngine, build_seismic
-
     n = sparse.shape[0]
     _log(progress, "seismic: building %d images %s", n, build_params)
-    try:
-        t0 = time.perf_counter()
-        params = build_seismic(work, sparse, dict(build_params))
-        build = time.perf_counter() - t0
-    except MissingExtraError as exc:
-        report["engines"]["seismic"] = {"skipped": str(exc)}
+    d = work / "seismic"
+    built = _build_engine(report["engines"], "seismic", d, sparse, build_params)
+    if built is None:
         return
-    engine = SeismicEngine(work, n, params)
+    engine, build = built
     engine.search_batch(q_sparse[:2], K)  # warm-up
     points = _sweep_sparse_engine(
         "seismic",
@@ -916,7 +932,7 @@ def _bench_seismic(
     report["sweeps"]["seismic"] = {
         "kind": "sparse, approximate (Seismic)",
         "recall_against": "exact sparse (inverted)",
-        "build": dict(params["build"]),
+        "build": dict(engine.params["build"]),
         "n_images": n,
         "build_seconds": _sig(build),
         "bytes_per_image": round(engine.nbytes / n, 1),
@@ -924,7 +940,8 @@ def _bench_seismic(
         "points": points,
         "at_recall": at_recall(points, "recall@10_vs_exact_sparse"),
     }
-    (work / "seismic.index.seismic").unlink(missing_ok=True)
+    engine.close()
+    engine.remove_files(d)
 
 
 def _bench_kannolo(
@@ -941,19 +958,12 @@ def _bench_kannolo(
     n = sparse.shape[0]
     if truth is None:  # a subset of the corpus: its own exact ranking
         truth = exact_sparse_topk(sparse, q_sparse[: budgets["n_sweep"]])
-    try:
-        from mmsparse.index.kannolo_engine import KannoloEngine, build_kannolo
-
-        _log(progress, "kannolo: building %d images %s", n, build_params)
-        d = work / "kannolo"
-        d.mkdir(exist_ok=True)
-        t0 = time.perf_counter()
-        params = build_kannolo(d, sparse, dict(build_params))
-        build = time.perf_counter() - t0
-    except MissingExtraError as exc:
-        report["engines"]["kannolo"] = {"skipped": str(exc)}
+    _log(progress, "kannolo: building %d images %s", n, build_params)
+    d = work / "kannolo"
+    built = _build_engine(report["engines"], "kannolo", d, sparse, build_params)
+    if built is None:
         return
-    engine = KannoloEngine(d, params)
+    engine, build = built
     settings = [{"ef_search": int(ef)} for ef in efs]
     points = _sweep_sparse_engine("kannolo", engine, settings, q_sparse, truth, budgets, progress)
     report["sweeps"]["kannolo"] = {
@@ -967,8 +977,8 @@ def _bench_kannolo(
         "points": points,
         "at_recall": at_recall(points, "recall@10_vs_exact_sparse"),
     }
-    for p in d.iterdir():
-        p.unlink()
+    engine.close()
+    engine.remove_files(d)
 
 
 def _bench_milvus(
@@ -981,24 +991,16 @@ def _bench_milvus(
     n_lat: int,
     progress: bool,
 ) -> None:
-    from mmsparse.errors import MissingExtraError
-    from mmsparse.index.engines import MilvusEngine, build_milvus
-
     sub_sparse, sub_dense = sparse[:m], dense[:m]
     truth = exact_sparse_topk(sub_sparse, q_sparse)
     _log(progress, "milvus-lite: building %d images", m)
     mdir = work / "milvus"
-    mdir.mkdir(exist_ok=True)
-    try:
-        t0 = time.perf_counter()
-        params = build_milvus(
-            mdir, sub_sparse, sub_dense, [str(i) for i in range(m)], progress=progress
-        )
-        build = time.perf_counter() - t0
-    except MissingExtraError as exc:
-        report["engines"]["milvus-lite"] = {"skipped": str(exc)}
+    built = _build_engine(
+        report["engines"], "milvus", mdir, sub_sparse, {}, dense=sub_dense, label="milvus-lite"
+    )
+    if built is None:
         return
-    engine = MilvusEngine(mdir, m, params, 0.0, 1.0)
+    engine, build = built
     try:
         n_q = min(q_sparse.shape[0], MILVUS_MAX_QUERIES)
         n_lat = min(n_lat, MILVUS_MAX_LATENCY)

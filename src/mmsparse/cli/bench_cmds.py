@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -107,7 +106,9 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         write_report(report, args.out)
         print(f"report added to {args.out}", file=sys.stderr)
     if args.json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        from mmsparse.io_utils import json_text
+
+        sys.stdout.write(json_text(report, what="stdout") + "\n")
     else:
         print(format_report(report))
     return 0

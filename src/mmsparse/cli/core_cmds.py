@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from typing import Any
 
@@ -70,7 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    from mmsparse.io_utils import json_text
+
+    sys.stdout.write(json_text(obj, default=str, what="stdout") + "\n")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -92,7 +91,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    from mmsparse.io_utils import json_text
+
+    sys.stdout.write(json_text(obj, default=str, what="stdout") + "\n")
 
 
 def _split_files(items: list[str]) -> dict[str, str]:

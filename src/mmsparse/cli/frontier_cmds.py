@@ -63,8 +63,6 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
 
 def cmd_bench_frontier(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench frontier``."""
-    import json
-
     from mmsparse.bench.frontier import FrontierBench, frontier_tables, run_frontier_bench
     from mmsparse.errors import ConfigError
 
@@ -92,7 +90,9 @@ def cmd_bench_frontier(args: argparse.Namespace) -> int:
         spec, results_path=args.results, doc_path=args.doc, plot_path=args.plot
     )
     if args.json:
-        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+        from mmsparse.io_utils import json_text
+
+        sys.stdout.write(json_text(results, what="stdout") + "\n")
     else:
         print(frontier_tables(results))
         print(f"results: {args.results}; report: {args.doc}; curve: {args.plot}")
@@ -135,8 +135,6 @@ def register_steps(bench: argparse._SubParsersAction) -> None:
 
 def cmd_bench_steps(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench steps``."""
-    import json
-
     from mmsparse.bench.step_compare import compare_steps, format_steps, parse_variant
     from mmsparse.io_utils import atomic_write_json
 
@@ -155,7 +153,9 @@ def cmd_bench_steps(args: argparse.Namespace) -> int:
     if args.out:
         atomic_write_json(args.out, report)
     if args.json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        from mmsparse.io_utils import json_text
+
+        sys.stdout.write(json_text(report, what="stdout") + "\n")
     else:
         print(format_steps(report))
         print(f"load average {report['load_average']}, {report['threads']} threads")

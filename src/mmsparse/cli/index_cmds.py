@@ -1,4 +1,8 @@
-"""``mmsparse index build``, ``search``, ``export`` and ``bench retrieval``."""
+"""``mmsparse index build``, ``index engines``, ``search``, ``export``, ``bench retrieval``.
+
+The engines, their ``--param`` keys and the search modes come from the engine registry
+(:mod:`mmsparse.index.engines`): an engine added there appears here.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from mmsparse.errors import MMSparseError
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    from mmsparse.io_utils import json_text
+
+    sys.stdout.write(json_text(obj, default=str, what="stdout") + "\n")
 
 
 def _params(items: list[str]) -> dict[str, Any]:
@@ -42,6 +48,22 @@ def _settings(text: str) -> list[tuple[int, float]]:
     return out
 
 
+def _engine_help(stage: str) -> str:
+    """Every engine's parameters of one stage, for ``--param``'s help."""
+    from mmsparse.index.engines import all_engines
+
+    parts, without = [], []
+    for cls in all_engines():
+        params = cls.build_params + cls.search_params if stage == "build" else cls.search_params
+        if params:
+            parts.append(f"{cls.name}: " + ", ".join(p.describe() for p in params))
+        else:
+            without.append(cls.name)
+    if without:
+        parts.append(f"{' and '.join(without)}: none")
+    return "; ".join(parts)
+
+
 def add_index_args(p: argparse.ArgumentParser, data_help: str) -> None:
     """The arguments of every command that opens an index: ``INDEX``, ``--run``, ``--data``.
 
@@ -63,19 +85,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Index images with a trained run's vectors (see docs/serving.md).",
     )
     isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    from mmsparse.index.engines import DEFAULT_ENGINE, SEARCH_MODES, all_engines, engine_names
+
     b = isub.add_parser(
         "build",
         help="index the images of a split",
-        description="Encode a split's images with the run and index them with one engine: "
-        "inverted (exact, ours), seismic (approximate, pyseismic-lsr) or milvus (dense + "
-        "sparse in one collection; embedded milvus-lite file or a server --uri).",
+        description="Encode a split's images with the run and index them with one engine ("
+        f"{', '.join(engine_names())}); 'mmsparse index engines' describes each one, what it "
+        "can do and its parameters.",
     )
     b.add_argument("run_dir", help="run directory written by 'mmsparse train'")
     b.add_argument("--split", default="val", help="split whose images are indexed")
     b.add_argument(
         "--engine",
-        choices=("inverted", "seismic", "milvus", "bmp", "kannolo"),
-        default="inverted",
+        choices=engine_names(),
+        default=DEFAULT_ENGINE,
+        help=f"index engine (default {DEFAULT_ENGINE})",
     )
     b.add_argument("--out", required=True, help="index directory to write")
     b.add_argument("--data", help="another feature directory of the same backbone")
@@ -95,17 +120,36 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="engine parameter, e.g. --param n_postings=4000 (seismic), "
-        "--param dense_index=HNSW (milvus); repeatable",
+        help="engine parameter (repeatable; search parameters given here are stored as the "
+        f"index's defaults): {_engine_help('build')}",
     )
     b.add_argument(
         "--dense",
         action="store_true",
-        help="inverted: also store the dense vectors, for --mode dense/hybrid search",
+        help="also store the dense vectors, for --mode dense/hybrid search (engines that "
+        "can hold them: "
+        + ", ".join(c.name for c in all_engines() if "dense" in c.capabilities)
+        + ")",
+    )
+    b.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip the confidence calibration (confidence.json: the no-match / "
+        "low-confidence verdicts of docs/honest_answers.md; ~10 s with a text encoder)",
     )
     b.add_argument("--device", default="cpu", help="device to encode on")
     b.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     b.set_defaults(func=cmd_index_build)
+
+    e = isub.add_parser(
+        "engines",
+        help="list the index engines, their capabilities and parameters",
+        description="The engines 'index build --engine' takes: what each can do, its build "
+        "and search parameters (--param KEY=VALUE) with types and defaults, and whether its "
+        "optional package is installed.",
+    )
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    e.set_defaults(func=cmd_index_engines)
 
     p = sub.add_parser(
         "search",
@@ -127,9 +171,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=10, help="number of images (default 10)")
     p.add_argument(
         "--mode",
-        choices=("sparse", "dense", "hybrid"),
+        choices=SEARCH_MODES,
         default="sparse",
-        help="score (dense/hybrid need a milvus index or an inverted one built with --dense)",
+        help="score (dense/hybrid need an index that holds dense vectors: 'index build "
+        "--dense', or --engine milvus)",
     )
     p.add_argument("--explain", action="store_true", help="show matching terms")
     p.add_argument(
@@ -137,7 +182,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="engine search knob, e.g. --param query_cut=10 --param heap_factor=0.8",
+        help="engine search parameter (repeatable), e.g. --param query_cut=10 on a seismic "
+        f"index: {_engine_help('search')}",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_search)
@@ -151,7 +197,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="run directory written by 'mmsparse train'")
     p.add_argument("--split", default="val", help="split whose images are exported")
     p.add_argument("--format", required=True, choices=("anserini", "opensearch", "elasticsearch"))
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--out", required=True, help="output directory (new or empty, unless --overwrite)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out: the export's files there are replaced, "
+        "other files are kept",
+    )
     p.add_argument("--data", help="another feature directory of the same backbone")
     p.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
     p.add_argument("--image-topk", type=int, help="keep the top-k terms of each image")
@@ -247,14 +301,18 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
 def cmd_index_build(args: argparse.Namespace) -> int:
     """Run ``mmsparse index build``."""
     from mmsparse.index.build import build_index
+    from mmsparse.index.engines import all_engines
 
     params = _params(args.param)
-    if args.uri:
-        params["uri"] = args.uri
-    if args.collection:
-        params["collection"] = args.collection
-    if (args.uri or args.collection) and args.engine != "milvus":
-        raise MMSparseError("--uri and --collection apply to --engine milvus only")
+    for option in ("uri", "collection"):  # shorthands of --param uri=... / collection=...
+        value = getattr(args, option)
+        if value:
+            takers = [c.name for c in all_engines() if option in {p.name for p in c.build_params}]
+            if args.engine not in takers:
+                raise MMSparseError(
+                    f"--{option} applies to --engine {' or '.join(takers)} only, not {args.engine}"
+                )
+            params[option] = value
     manifest = build_index(
         args.run_dir,
         args.out,
@@ -269,6 +327,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         store_dense=args.dense,
         device=args.device,
         progress=not args.json,
+        calibrate=not args.no_calibrate,
     )
     if args.json:
         _print_json(manifest.to_dict())
@@ -279,6 +338,30 @@ def cmd_index_build(args: argparse.Namespace) -> int:
             f"written to {args.out}: {s['mean_terms_per_image']:.1f} terms per image, "
             f"{s['bytes_per_image']:.0f} bytes per image, built in {s['build_seconds']:.3g} s"
         )
+    return 0
+
+
+def cmd_index_engines(args: argparse.Namespace) -> int:
+    """Run ``mmsparse index engines``."""
+    from mmsparse.index.engines import describe_engines
+
+    engines = describe_engines()
+    if args.json:
+        _print_json({"engines": engines})
+        return 0
+    for i, info in enumerate(engines):
+        if i:
+            print()
+        state = "installed" if info["available"] else f"not installed: {info['install']}"
+        print(f"{info['name']}: {info['summary']}")
+        print(f"  capabilities: {', '.join(info['capabilities']) or 'none'} ({state})")
+        for stage in ("build", "search"):
+            for param in info[f"{stage}_params"]:
+                default = "none" if param["default"] is None else repr(param["default"])
+                print(
+                    f"  {stage} --param {param['name']}=  {param['rule']}, default {default}: "
+                    f"{param['help']}"
+                )
     return 0
 
 
@@ -380,6 +463,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         index_name=args.index_name,
         bundle=args.bundle,
+        overwrite=args.overwrite,
     )
     if args.json:
         _print_json(info)

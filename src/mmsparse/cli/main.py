@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "mmsparse.cli.flickr8k_cmds",
     "mmsparse.cli.frontier_cmds",
     "mmsparse.cli.bench_cmds",
+    "mmsparse.cli.honest_cmds",
 )
 
 

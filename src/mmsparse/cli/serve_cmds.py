@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -100,12 +99,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn = require_extra("uvicorn", "serve", "mmsparse serve")
     require_extra("fastapi", "serve", "mmsparse serve")
     from mmsparse.serve.app import ENV_CONFIG, create_app
-    from mmsparse.serve.service import SearchService, ServeLimits
+    from mmsparse.serve.service import SearchService, ServeLimits, check_port_free
 
-    if args.workers < 1:
-        raise MMSparseError(f"--workers must be at least 1, got {args.workers}")
+    # Every count is at least 1: with --max-k 0 or --max-pending 0 the server started and
+    # then refused every request.
+    for option in ("--workers", "--threads", "--max-pending", "--max-k"):
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value < 1:
+            raise MMSparseError(f"{option} must be at least 1, got {value}")
     if not 0 < args.port < 65536:
         raise MMSparseError(f"--port must be between 1 and 65535, got {args.port}")
+    # Before the index is opened and before 'serving at ...' is printed: a busy port was
+    # uvicorn's error after that line, and exit status 3.
+    check_port_free(args.host, args.port)
     cfg = _config(args)
     limits = ServeLimits(**cfg.pop("limits"))
     # Open the index here, in the parent: a missing or corrupt index stops the command with
@@ -120,21 +126,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if service.text_error:
         print(f"warning: text search unavailable: {service.text_error}", file=sys.stderr)
-    if args.workers == 1:
-        app = create_app(service=service)
-        uvicorn.run(app, host=host, port=args.port, log_level="warning", access_log=False)
-        return 0
-    service.close()
-    os.environ[ENV_CONFIG] = json.dumps({**_config(args)})
-    uvicorn.run(
-        "mmsparse.serve.app:app_from_env",
-        factory=True,
-        host=host,
-        port=args.port,
-        workers=args.workers,
-        log_level="warning",
-        access_log=False,
-    )
+    try:
+        if args.workers == 1:
+            app = create_app(service=service)
+            uvicorn.run(app, host=host, port=args.port, log_level="warning", access_log=False)
+            return 0
+        service.close()
+        from mmsparse.io_utils import json_text
+
+        os.environ[ENV_CONFIG] = json_text({**_config(args)}, indent=None, what="--config")
+        uvicorn.run(
+            "mmsparse.serve.app:app_from_env",
+            factory=True,
+            host=host,
+            port=args.port,
+            workers=args.workers,
+            log_level="warning",
+            access_log=False,
+        )
+    except SystemExit as exc:
+        # uvicorn exits (status 1 or 3) when it cannot start, e.g. when another process
+        # took the port after the check above; its own message is printed already.
+        if exc.code not in (0, None):
+            raise MMSparseError(
+                f"the server could not start at {where} (uvicorn's message above)"
+            ) from None
+        raise
     return 0
 
 
@@ -156,7 +173,9 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     if args.json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        from mmsparse.io_utils import json_text
+
+        sys.stdout.write(json_text(report, what="stdout") + "\n")
     else:
         for r in report["runs"]:
             print(

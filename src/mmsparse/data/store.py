@@ -257,12 +257,22 @@ def _assemble(
     seen_img: dict[str, int] = {}
     seen_cap: dict[str, int] = {}
     for row, entry in enumerate(meta["images"]):
+        if not isinstance(entry, dict):
+            raise DataError(f"{meta_path}: image entry {row} is not an object: {entry!r:.60}")
         try:
-            img_id = str(entry["imgid"])
-            split = str(entry["split"])
+            img_id = _meta_id(entry["imgid"], meta_path, f"image entry {row}", "imgid")
+            split = entry["split"]
             sentences = entry["sentences"]
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
             raise DataError(f"{meta_path}: image entry {row} lacks field {exc}") from exc
+        if not isinstance(split, str):
+            raise DataError(
+                f"{meta_path}: image {img_id}: 'split' must be a string, got {split!r:.60}"
+            )
+        if not isinstance(sentences, list):
+            raise DataError(
+                f"{meta_path}: image {img_id}: 'sentences' must be a list, got {sentences!r:.60}"
+            )
         if img_id in seen_img:
             raise DataError(
                 f"{meta_path}: duplicate image id {img_id} (entries {seen_img[img_id]} and {row})"
@@ -270,14 +280,11 @@ def _assemble(
         seen_img[img_id] = row
         image_ids.append(img_id)
         image_split.append(split)
-        filenames.append(str(entry.get("filename", "")))
+        filenames.append(_meta_text(entry.get("filename", ""), meta_path, img_id, "filename"))
         for sent in sentences:
-            try:
-                sid = str(sent["sentid"])
-            except (KeyError, TypeError) as exc:
-                raise DataError(
-                    f"{meta_path}: a sentence of image {img_id} lacks field 'sentid'"
-                ) from exc
+            if not isinstance(sent, dict) or "sentid" not in sent:
+                raise DataError(f"{meta_path}: a sentence of image {img_id} lacks field 'sentid'")
+            sid = _meta_id(sent["sentid"], meta_path, f"a sentence of image {img_id}", "sentid")
             if sid in seen_cap:
                 raise DataError(
                     f"{meta_path}: duplicate caption id {sid} (images "
@@ -286,8 +293,14 @@ def _assemble(
             seen_cap[sid] = len(caption_ids)
             caption_ids.append(sid)
             caption_image.append(row)
-            texts.append(str(sent.get("raw", "")))
-            tokens.append([str(t) for t in sent.get("tokens", [])])
+            texts.append(_meta_text(sent.get("raw", ""), meta_path, img_id, "raw"))
+            toks = sent.get("tokens", [])
+            if not isinstance(toks, list) or not all(isinstance(t, str) for t in toks):
+                raise DataError(
+                    f"{meta_path}: caption {sid} of image {img_id}: 'tokens' must be a list of "
+                    f"strings, got {toks!r:.60}"
+                )
+            tokens.append(toks)
     img_emb = _align(img, image_ids, "image", meta_path)
     txt_emb = _align(txt, caption_ids, "caption", meta_path)
     return {
@@ -301,6 +314,26 @@ def _assemble(
         "caption_texts": texts,
         "caption_tokens": tokens,
     }
+
+
+def _meta_id(value: Any, meta_path: Path, where: str, field: str) -> str:
+    """An ``imgid`` / ``sentid`` as a string: a JSON string or integer, nothing else."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise DataError(
+            f"{meta_path}: {where}: '{field}' must be a string or an integer, got {value!r:.60}"
+        )
+    return str(value)
+
+
+def _meta_text(value: Any, meta_path: Path, img_id: str, field: str) -> str:
+    """An optional text field (``filename``, ``raw``): a string, or null for empty."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(
+            f"{meta_path}: image {img_id}: '{field}' must be a string, got {value!r:.60}"
+        )
+    return value
 
 
 def _align(ff: FeatureFile, ids: list[str], what: str, meta_path: Path) -> np.ndarray:

@@ -77,7 +77,7 @@ def pop_all(hs, hd, n, out_r, out_s):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def blocked(
-    indptr, doc_ids, weights, slot, dense, qt, qw, k, block, scores, hs, hd
+    indptr, doc_ids, weights, slot, dense, qt, qw, k, block, scores, hs, hd, live
 ):  # pragma: no cover - compiled
     """Long posting lists: accumulate block by block of documents, then scan the block.
 
@@ -86,9 +86,11 @@ def blocked(
     first ``block`` scores, in increasing term order, so each score is the same float32 sum
     as the term-at-a-time pass over whole lists. Blocks are visited in increasing row order,
     so a later document with a score equal to the heap's worst ranks below it: only a score
-    above the running threshold can enter the heap.
+    above the running threshold can enter the heap. Rows where a non-empty ``live`` is false
+    are left out.
     """
     n_docs = scores.size
+    masked = live.size > 0
     nq = qt.size
     cur = np.empty(nq, dtype=np.int64)
     for j in range(nq):
@@ -115,7 +117,7 @@ def blocked(
                 cur[j] = e
         for i in range(m):
             s = scores[i]
-            if s > thr:
+            if s > thr and (not masked or live[base + i]):
                 n = push(hs, hd, n, k, s, base + i)
                 if n == k:
                     thr = hs[0]
@@ -125,9 +127,10 @@ def blocked(
 
 @njit(cache=True)
 def touched_only(
-    indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd
+    indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd, live
 ):  # pragma: no cover - compiled
     """Short posting lists: remember the touched documents, visit only those."""
+    masked = live.size > 0
     n_touched = 0
     for j in range(qt.size):
         t = qt[j]
@@ -145,7 +148,7 @@ def touched_only(
         s = scores[d]
         scores[d] = 0.0
         # touched rows are not in row order: an equal score may still enter (lower row)
-        if s >= thr and s > 0.0:
+        if s >= thr and s > 0.0 and (not masked or live[d]):
             n = push(hs, hd, n, k, s, d)
             if n == k:
                 thr = hs[0]
@@ -154,23 +157,51 @@ def touched_only(
 
 @njit(cache=True)
 def one_query(
-    indptr, doc_ids, weights, slot, dense, qt, qw, k, block, scores, touched, hs, hd, out_r, out_s
+    indptr,
+    doc_ids,
+    weights,
+    slot,
+    dense,
+    qt,
+    qw,
+    k,
+    block,
+    scores,
+    touched,
+    hs,
+    hd,
+    out_r,
+    out_s,
+    live,
 ):  # pragma: no cover - compiled
+    # live: bool per document, rows that may be returned; empty = every row.
     n_docs = scores.size
     total = 0
     for j in range(qt.size):
         total += indptr[qt[j] + 1] - indptr[qt[j]]
     if total * 4 > n_docs:
-        n = blocked(indptr, doc_ids, weights, slot, dense, qt, qw, k, block, scores, hs, hd)
+        n = blocked(indptr, doc_ids, weights, slot, dense, qt, qw, k, block, scores, hs, hd, live)
     else:
-        n = touched_only(indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd)
+        n = touched_only(indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd, live)
     pop_all(hs, hd, n, out_r, out_s)
     return n
 
 
 @njit(cache=True, parallel=True)
 def batch(
-    indptr, doc_ids, weights, slot, dense, n_docs, q_indptr, q_terms, q_weights, k, block, n_chunks
+    indptr,
+    doc_ids,
+    weights,
+    slot,
+    dense,
+    n_docs,
+    q_indptr,
+    q_terms,
+    q_weights,
+    k,
+    block,
+    n_chunks,
+    live,
 ):  # pragma: no cover - compiled
     n_q = q_indptr.size - 1
     out_r = np.full((n_q, k), -1, dtype=np.int64)
@@ -199,13 +230,14 @@ def batch(
                 hd,
                 out_r[i],
                 out_s[i],
+                live,
             )
     return out_r, out_s
 
 
 @njit(cache=True)
 def single(
-    indptr, doc_ids, weights, slot, dense, qt, qw, k, block, scores, touched, hs, hd
+    indptr, doc_ids, weights, slot, dense, qt, qw, k, block, scores, touched, hs, hd, live
 ):  # pragma: no cover - compiled
     out_r = np.full(k, -1, dtype=np.int64)
     out_s = np.zeros(k, dtype=np.float32)
@@ -225,6 +257,7 @@ def single(
         hd,
         out_r,
         out_s,
+        live,
     )
     return out_r, out_s
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from mmsparse.index.inverted import SearchHits
+from mmsparse.index.hits import SearchHits, check_k, check_queries
 
 
 class BlockMaxIndex:
@@ -91,15 +91,8 @@ class BlockMaxIndex:
         """
         from mmsparse.index._numba_blockmax import blockmax_query
 
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        q = sp.csr_matrix(queries, dtype=np.float32)
-        if q.shape[1] != self.vocab_size:
-            raise ValueError(f"queries have {q.shape[1]} dimensions, the index {self.vocab_size}")
-        if q.nnz and (not np.isfinite(q.data).all() or q.data.min() < 0):
-            raise ValueError("query weights must be finite and non-negative")
-        q.sum_duplicates()
-        q.sort_indices()
+        k = check_k(k)
+        q = check_queries(queries, self.vocab_size, "the block-max index")
         k = max(1, min(int(k), self.n_docs))  # as the inverted engine: at most the index size
         n_q = q.shape[0]
         rows = np.full((n_q, k), -1, dtype=np.int64)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import shutil
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -13,29 +13,19 @@ import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError, MMSparseError
 from mmsparse.index.encode import encode_vectors
-from mmsparse.index.engines import build_inverted, build_milvus, build_seismic
-from mmsparse.index.inverted import read_header
+from mmsparse.index.engines import DEFAULT_ENGINE, Engine, all_engines, get_engine
 from mmsparse.index.manifest import (
     DOCS_NAME,
-    ENGINES,
     MANIFEST_NAME,
     IndexManifest,
     IndexOptions,
-    file_sha256,
+    run_fingerprint,
     vocab_sha256,
     write_docs,
 )
-from mmsparse.index.quantize import QUANTIZE_MODES, dequantize, quantize
+from mmsparse.index.quantize import QUANTIZE_MODES, quantize
 
 log = logging.getLogger(__name__)
-
-
-def run_fingerprint(run_dir: str | Path) -> str:
-    """sha256 of the run's selected checkpoint weights (``best/model.safetensors``)."""
-    from mmsparse.model.model import WEIGHTS_NAME
-    from mmsparse.runs import checkpoint_dir
-
-    return file_sha256(checkpoint_dir(run_dir) / WEIGHTS_NAME)
 
 
 def _prepare_out(out: Path) -> None:
@@ -47,6 +37,47 @@ def _prepare_out(out: Path) -> None:
             "choose another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
+
+
+def check_build_request(
+    engine: str,
+    engine_params: dict[str, Any] | None = None,
+    *,
+    store_dense: bool = False,
+    image_topk: int | None = None,
+    threshold: float | None = None,
+    quantize: str = "none",
+) -> type[Engine]:
+    """Check an index build's options before any work.
+
+    The engine and its parameters, ``--dense``, the pruning and the quantisation.
+
+    Returns:
+        The engine class.
+
+    Raises:
+        MMSparseError: On an unknown engine, parameter or option, naming it.
+    """
+    cls = get_engine(engine)
+    cls.check_params(engine_params, "build")
+    if store_dense and "dense" not in cls.capabilities:
+        optional = [
+            e.name for e in all_engines() if "dense" in e.capabilities and not e.always_dense
+        ]
+        always = [e.name for e in all_engines() if e.always_dense]
+        note = f" ({', '.join(always)} always holds dense vectors)" if always else ""
+        raise MMSparseError(
+            f"--dense applies to --engine {' or '.join(optional)}, not {engine}{note}"
+        )
+    if image_topk is not None and (isinstance(image_topk, bool) or image_topk < 1):
+        raise MMSparseError(f"--image-topk must be >= 1, got {image_topk}")
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise MMSparseError(f"--threshold must be a finite number >= 0, got {threshold}")
+    if quantize not in QUANTIZE_MODES:
+        raise MMSparseError(
+            f"unknown quantisation {quantize!r} (one of {', '.join(QUANTIZE_MODES)})"
+        )
+    return cls
 
 
 def index_vectors(
@@ -65,13 +96,14 @@ def index_vectors(
 ) -> IndexManifest:
     """Index already encoded (and pruned) image vectors with one engine.
 
-    Quantisation (``options.quantize``) is applied here: the ``inverted`` engine stores the
+    Quantisation (``options.quantize``) is applied by the engine's build
+    (:meth:`mmsparse.index.engines.Engine.build`): the ``inverted`` engine stores the
     integer impacts, the other engines the dequantised weights, so every engine serves
     exactly the same vectors.
 
     Args:
         out: Index directory (created; an existing index there is replaced).
-        engine: ``inverted``, ``seismic`` or ``milvus``.
+        engine: A registered engine (:func:`mmsparse.index.engines.engine_names`).
         sparse: ``(n, V)`` image sparse vectors, already pruned.
         dense: ``(n, dense_dim)`` image dense vectors.
         image_ids: Image id of every row.
@@ -79,73 +111,49 @@ def index_vectors(
         manifest_fields: ``run_dir``, ``checkpoint_sha256``, ``vocab_sha256``, ``split``,
             ``data_dir``, ``w1``, ``w2`` for the manifest.
         options: Pruning/quantisation options to record (``scale`` is filled in here).
-        engine_params: Engine parameters (Seismic knobs; Milvus ``uri``, ``collection``...).
-        store_dense: ``inverted``: also store the dense vectors (``dense.npy``), so the
-            index serves dense and hybrid search (milvus always holds them).
+        engine_params: Engine parameters (see ``mmsparse index engines``).
+        store_dense: Also store the dense vectors where the engine may (``inverted``:
+            ``dense.npy``), so the index serves dense and hybrid search (engines that
+            always hold them, milvus, do regardless).
         progress: Show progress bars.
 
     Returns:
         The saved :class:`IndexManifest`.
 
     Raises:
-        MMSparseError: On an unknown engine or option, or a non-index output directory.
+        MMSparseError: On an unknown engine, parameter or option, or a non-index output
+            directory.
     """
-    if engine not in ENGINES:
-        raise MMSparseError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
     options = options or IndexOptions()
-    if options.quantize not in QUANTIZE_MODES:
-        raise MMSparseError(
-            f"unknown quantisation {options.quantize!r} (one of {', '.join(QUANTIZE_MODES)})"
-        )
-    if store_dense and engine not in ("inverted", "milvus"):
-        raise MMSparseError(
-            f"--dense applies to --engine inverted, not {engine} (milvus always holds dense "
-            "vectors)"
-        )
+    cls = check_build_request(
+        engine,
+        engine_params,
+        store_dense=store_dense,
+        image_topk=options.image_topk,
+        threshold=options.threshold,
+        quantize=options.quantize,
+    )
     n = sparse.shape[0]
     if dense.shape[0] != n or len(image_ids) != n or len(filenames) != n:
         raise MMSparseError("sparse vectors, dense vectors and image ids differ in length")
     out = Path(out)
     _prepare_out(out)
     t0 = time.perf_counter()
-    for stale in (
-        "postings.mmsi",
-        "seismic.index.seismic",
-        "dense.npy",
-        "index.bmp",
-        "bmp_meta.npz",
-        "kannolo.hnsw",
-        "kannolo_meta.npz",
-    ):
-        if (out / stale).exists():
-            (out / stale).unlink()
-    if engine == "inverted":
-        params = build_inverted(out, sparse, options.quantize, dense if store_dense else None)
-        header = read_header(out / "postings.mmsi")[0]
-        scale, nnz = float(header["scale"]), int(header["nnz"])
-    else:
-        qsparse, scale = quantize(sparse, options.quantize)
-        served = dequantize(qsparse, scale) if options.quantize != "none" else qsparse
-        del qsparse
-        nnz = int(served.nnz)
-        if engine == "seismic":
-            params = build_seismic(out, served, engine_params)
-        elif engine == "bmp":  # stores 8-bit impacts of the served weights
-            from mmsparse.index.bmp_engine import build_bmp
-
-            params = build_bmp(out, served, engine_params)
-        elif engine == "kannolo":
-            from mmsparse.index.kannolo_engine import build_kannolo
-
-            params = build_kannolo(out, served, engine_params)
-        else:
-            stale_db = out / "milvus.db"  # a previous milvus-lite database of this index
-            if stale_db.is_dir():
-                shutil.rmtree(stale_db)
-            elif stale_db.exists():
-                stale_db.unlink()
-            params = build_milvus(out, served, dense, image_ids, engine_params, progress=progress)
-        del served
+    for other in all_engines():  # a previous index here may be of another engine
+        other.remove_files(out)
+    impacts, scale = quantize(sparse, options.quantize)
+    impacts.eliminate_zeros()
+    nnz = int(impacts.nnz)
+    del impacts
+    params = cls.build(
+        out,
+        sparse,
+        dense if (store_dense or cls.always_dense) else None,
+        params=engine_params,
+        quantize=options.quantize,
+        image_ids=list(image_ids),
+        progress=progress,
+    )
     options = IndexOptions(
         image_topk=options.image_topk,
         threshold=options.threshold,
@@ -184,7 +192,7 @@ def build_index(
     out: str | Path,
     *,
     split: str = "val",
-    engine: str = "inverted",
+    engine: str = DEFAULT_ENGINE,
     data: str | Path | None = None,
     image_topk: int | None = None,
     threshold: float | None = None,
@@ -194,6 +202,7 @@ def build_index(
     store_dense: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    calibrate: bool = True,
 ) -> IndexManifest:
     """Index the images of a split with a trained run's sparse (and dense) vectors.
 
@@ -201,18 +210,21 @@ def build_index(
         run_dir: A run directory written by ``mmsparse train``.
         out: Index directory to write (an existing index there is replaced).
         split: Split whose images are indexed (``val``, ``test``, ``train``...).
-        engine: ``inverted`` (exact, ours), ``seismic`` (approximate) or ``milvus``.
+        engine: A registered engine: ``inverted`` (exact, ours), ``seismic``, ``milvus``,
+            ``bmp``, ``kannolo`` (``mmsparse index engines`` lists them).
         data: Another feature directory of the same backbone (default: the run's data).
         image_topk: Terms kept per image (default: the run's ``eval.image_topk``).
         threshold: Weights at or below it are dropped (default: the run's
             ``eval.threshold``).
         quantize: ``none``, ``uint8`` or ``uint16`` integer impacts.
-        engine_params: Engine parameters (see :mod:`mmsparse.index.engines`).
+        engine_params: Engine parameters (``mmsparse index engines`` lists them).
         store_dense: ``inverted``: also store the images' dense vectors, for dense and
             hybrid search (see :mod:`mmsparse.index.dense`).
         device: Device to encode on.
         progress: Show progress bars.
         bundle: The backbone bundle directory to use instead of the run's (a moved run).
+        calibrate: Also write the confidence calibration (``confidence.json``, see
+            :mod:`mmsparse.index.confidence`); a failure there is a warning, the index stays.
 
     Returns:
         The :class:`IndexManifest` written to ``out/index.json``.
@@ -224,10 +236,14 @@ def build_index(
     """
     from mmsparse.runs import hybrid_weights, load_run, load_run_data, resolve_device
 
-    if image_topk is not None and image_topk < 1:
-        raise MMSparseError(f"--image-topk must be >= 1, got {image_topk}")
-    if threshold is not None and threshold < 0:
-        raise MMSparseError(f"--threshold must be >= 0, got {threshold}")
+    check_build_request(
+        engine,
+        engine_params,
+        store_dense=store_dense,
+        image_topk=image_topk,
+        threshold=threshold,
+        quantize=quantize,
+    )
     dev = resolve_device(device)
     run = load_run(run_dir, device=dev)
     store = load_run_data(run, data, bundle)
@@ -250,7 +266,7 @@ def build_index(
             f"{run_dir}: every image vector of split '{split}' is empty after pruning "
             f"(threshold {thr}); nothing to index"
         )
-    return index_vectors(
+    manifest = index_vectors(
         out,
         engine,
         sparse,
@@ -271,3 +287,11 @@ def build_index(
         store_dense=store_dense,
         progress=progress,
     )
+    if calibrate:
+        from mmsparse.index.confidence import calibrate_index
+
+        try:
+            calibrate_index(out, data=data, bundle=bundle, progress=progress)
+        except MMSparseError as exc:
+            log.warning("%s: no confidence calibration (%s)", out, exc)
+    return manifest

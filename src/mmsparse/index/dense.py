@@ -10,7 +10,8 @@ engine parameters and checked on open). The inverted engine then answers
   accumulated from the postings of the query's terms (the same formula as the milvus
   engine's weighted hybrid, without score normalisation).
 
-Ties are broken by row (earlier first), as in sparse search.
+Ties are broken by row (earlier first), as in sparse search. A ``live`` mask leaves rows
+(deleted documents) out of the ranking.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError
-from mmsparse.index.inverted import SearchHits
+from mmsparse.index.hits import SearchHits
 from mmsparse.index.manifest import file_sha256
 
 DENSE_NAME = "dense.npy"
@@ -111,6 +112,7 @@ def search_dense(
     sparse: sp.csr_matrix | None = None,
     w1: float = 1.0,
     w2: float = 1.0,
+    live: np.ndarray | None = None,
 ) -> SearchHits:
     """Exact dense (or hybrid) top-``k`` of a batch of queries over all images.
 
@@ -123,21 +125,25 @@ def search_dense(
         sparse: ``(B, V)`` query sparse vectors (hybrid).
         w1: Dense weight of the hybrid score.
         w2: Sparse weight of the hybrid score.
+        live: ``(n_images,)`` bool, the rows that may be returned (``None``: all).
 
     Returns:
         :class:`SearchHits` of shape ``(B, k)``.
     """
     dense = np.asarray(dense, dtype=np.float32).reshape(-1, vectors.shape[1])
     n_q = dense.shape[0]
-    k_eff = min(k, vectors.shape[0])
+    k_eff = min(k, vectors.shape[0] if live is None else int(live.sum()))
     rows = np.full((n_q, k), -1, dtype=np.int64)
     scores = np.zeros((n_q, k), dtype=np.float32)
     all_dense = np.asarray(vectors) @ dense.T  # (n_images, B)
-    for i in range(n_q):
+    for i in range(n_q if k_eff > 0 else 0):
         s = all_dense[:, i]
         if mode == "hybrid":
             assert index is not None and sparse is not None
             s = np.float32(w1) * s + np.float32(w2) * sparse_scores(index, sparse, i)
-        r, v = _topk(np.asarray(s, dtype=np.float32), k_eff)
+        s = np.asarray(s, dtype=np.float32)
+        if live is not None:
+            s = np.where(live, s, np.float32(-np.inf))
+        r, v = _topk(s, k_eff)
         rows[i, : r.size], scores[i, : r.size] = r, v
     return SearchHits(rows=rows, scores=scores)

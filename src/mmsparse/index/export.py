@@ -33,6 +33,7 @@ escaping (:func:`feature_name`).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def write_anserini(
             "contents": filenames[i],
             "vector": _vector_dict(qdocs, i, terms, integer=True, escape=False),
         }
-        lines.append(json.dumps(doc, ensure_ascii=False))
+        lines.append(json.dumps(doc, ensure_ascii=False, allow_nan=False))
     atomic_write_text(out / "collection" / "part-00000.jsonl", "\n".join(lines) + "\n")
     qlines = []
     for i, qid in enumerate(query_ids):
@@ -199,14 +200,16 @@ def write_bulk(
     """Write ``mapping.json``, ``bulk.ndjson`` and ``example_query.json``."""
     lines = []
     for i, image_id in enumerate(image_ids):
-        lines.append(json.dumps({"index": {"_index": index_name, "_id": image_id}}))
+        lines.append(
+            json.dumps({"index": {"_index": index_name, "_id": image_id}}, allow_nan=False)
+        )
         doc = {
             "image_id": image_id,
             "filename": filenames[i],
             "sparse": _vector_dict(sparse, i, terms, integer=False, escape=True),
             "dense": [round(float(x), 6) for x in dense[i]],
         }
-        lines.append(json.dumps(doc, ensure_ascii=False))
+        lines.append(json.dumps(doc, ensure_ascii=False, allow_nan=False))
     atomic_write_json(out / "mapping.json", index_body(fmt, dense.shape[1]))
     atomic_write_text(out / "bulk.ndjson", "\n".join(lines) + "\n")
     files = ["mapping.json", "bulk.ndjson"]
@@ -228,6 +231,26 @@ def write_bulk(
     }
 
 
+def check_export_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse an export folder that would overwrite a user's files.
+
+    Raises:
+        MMSparseError: If ``out`` is a file, or a non-empty directory and not ``overwrite``.
+    """
+    if out.exists() and not out.is_dir():
+        raise MMSparseError(f"{out}: exists and is not a directory; choose another --out")
+    if out.is_dir() and not overwrite:
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            shown = ", ".join(entries[:3]) + (
+                f" and {len(entries) - 3} more" if entries[3:] else ""
+            )
+            raise MMSparseError(
+                f"{out}: directory exists and is not empty ({shown}); choose another --out, "
+                "or pass --overwrite to replace the export's files there"
+            )
+
+
 def export_run(
     run_dir: str | Path,
     out: str | Path,
@@ -241,12 +264,14 @@ def export_run(
     quantize: str = "uint8",
     index_name: str = "mmsparse-images",
     bundle: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export a split's image vectors (and its captions as queries) for another engine.
 
     Args:
         run_dir: A run directory written by ``mmsparse train``.
-        out: Output directory (created).
+        out: Output directory (created): it must not exist or be empty, unless
+            ``overwrite``.
         split: Split to export.
         fmt: ``anserini``, ``opensearch`` or ``elasticsearch``.
         data: Another feature directory of the same backbone.
@@ -256,12 +281,15 @@ def export_run(
         quantize: Anserini impacts: ``uint8`` or ``uint16``.
         index_name: OpenSearch/Elasticsearch index name.
         bundle: The backbone bundle directory to use instead of the run's (a moved run).
+        overwrite: Write into a non-empty ``out``: the export's own files there are
+            replaced, every other file is left as it is.
 
     Returns:
         What was written (``export.json``): format, counts, files, scales, commands.
 
     Raises:
-        MMSparseError: On an unknown format or option.
+        MMSparseError: On an unknown format or option, or an ``out`` that is a file or a
+            non-empty directory (without ``overwrite``); checked before anything is read.
     """
     from mmsparse.index.encode import encode_vectors
     from mmsparse.runs import load_run, load_run_data
@@ -270,6 +298,14 @@ def export_run(
         raise MMSparseError(f"unknown export format {fmt!r} (one of {', '.join(EXPORT_FORMATS)})")
     if quantize not in ("uint8", "uint16"):
         raise MMSparseError(f"anserini impacts are uint8 or uint16, not {quantize!r}")
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise MMSparseError(f"--threshold must be a finite number >= 0, got {threshold}")
+    if image_topk is not None and image_topk < 1:
+        raise MMSparseError(f"--image-topk must be >= 1, got {image_topk}")
+    if text_topk is not None and text_topk < 1:
+        raise MMSparseError(f"--text-topk must be >= 1, got {text_topk}")
+    out = Path(out)
+    check_export_out(out, overwrite)
     run = load_run(run_dir)
     store = load_run_data(run, data, bundle)
     sp_ = store.split(split)
@@ -289,7 +325,6 @@ def export_run(
     image_ids = [store.image_ids[i] for i in sp_.image_rows]
     filenames = [store.image_filenames[i] for i in sp_.image_rows]
     query_ids = [store.caption_ids[i] for i in sp_.caption_rows]
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     terms = run.vocab.tokens
     if fmt == "anserini":

@@ -24,7 +24,8 @@ Search is term-at-a-time score accumulation: for every query term ``t`` with wei
 accumulated in float32 in increasing term order. The top ``k`` documents are those with
 the highest score, **equal scores ordered by document row (lower row first)**; only
 documents with a positive score (sharing at least one term with the query) are returned,
-so a query may get fewer than ``k`` results. A numba kernel is used when numba is
+so a query may get fewer than ``k`` results. A ``live`` mask leaves rows out of the top-``k``
+pass (deleted documents of a live index) at no extra cost. A numba kernel is used when numba is
 installed (``mmsparse[index]``), otherwise a pure numpy path gives the same results.
 
 The numba kernel reads the longest posting lists (terms in at least a quarter of the
@@ -40,7 +41,6 @@ import hashlib
 import json
 import logging
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError
 from mmsparse.index import kernels
+from mmsparse.index.hits import SearchHits, check_k, check_live, check_queries
 from mmsparse.index.quantize import QUANT_DTYPES, quantize
 from mmsparse.io_utils import atomic_path
 
@@ -120,7 +121,7 @@ def write_postings(
         "payload_bytes": payload_bytes,
         "payload_sha256": digest.hexdigest(),
     }
-    header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
+    header_bytes = json.dumps(header, sort_keys=True, allow_nan=False).encode("utf-8")
     prefix = _PREFIX.pack(
         MAGIC, FORMAT_VERSION, len(header_bytes), hashlib.sha256(header_bytes).digest()
     )
@@ -190,25 +191,6 @@ def _verify_payload(path: Path, start: int, header: dict[str, Any]) -> None:
             f"{path}: corrupt index (payload checksum mismatch); rebuild it with "
             "'mmsparse index build'"
         )
-
-
-@dataclass
-class SearchHits:
-    """Ranked results of a batch of queries.
-
-    Attributes:
-        rows: ``(B, k)`` int64 document rows, best first, ``-1`` where a query has fewer
-            than ``k`` matching documents.
-        scores: ``(B, k)`` float32 scores (0 where ``rows`` is ``-1``).
-    """
-
-    rows: np.ndarray
-    scores: np.ndarray
-
-    def query(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and scores of query ``i`` without the padding."""
-        keep = self.rows[i] >= 0
-        return self.rows[i][keep], self.scores[i][keep]
 
 
 class InvertedIndex:
@@ -323,21 +305,12 @@ class InvertedIndex:
         """``(V,)`` number of documents in every posting list."""
         return np.diff(self.indptr)
 
-    def _check_query(self, queries: sp.csr_matrix) -> sp.csr_matrix:
-        queries = sp.csr_matrix(queries, dtype=np.float32)
-        if queries.shape[1] != self.vocab_size:
-            raise IndexFormatError(
-                f"query vectors have {queries.shape[1]} dimensions but the index {self.path} "
-                f"has a vocabulary of {self.vocab_size} terms (a different vocabulary?)"
-            )
-        if queries.nnz and (not np.isfinite(queries.data).all() or queries.data.min() < 0):
-            raise ValueError("query weights must be finite and non-negative")
-        queries.sum_duplicates()
-        queries.sort_indices()
-        return queries
-
     def search_batch(
-        self, queries: sp.spmatrix | np.ndarray, k: int, threads: int | None = None
+        self,
+        queries: sp.spmatrix | np.ndarray,
+        k: int,
+        threads: int | None = None,
+        live: np.ndarray | None = None,
     ) -> SearchHits:
         """Exact top-``k`` documents of every query (see the module doc for the tie rule).
 
@@ -348,17 +321,20 @@ class InvertedIndex:
                 the numpy backend is single-threaded. A single query runs on one thread
                 with work arrays kept by the index (so one index must not be searched
                 from several Python threads at once).
+            live: ``(n_docs,)`` bool: only rows where it is true are returned (``None``:
+                every row).
 
         Returns:
             :class:`SearchHits` of shape ``(B, k)``.
 
         Raises:
             IndexFormatError: If the queries' dimension is not the index vocabulary size.
-            ValueError: If ``k < 1`` or a query weight is negative or not finite.
+            QueryError: If ``k < 1``, a query weight is negative or not finite, or ``live``
+                is not one bool per document (a ``ValueError``).
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        q = self._check_query(queries)
+        k = check_k(k)
+        q = check_queries(queries, self.vocab_size, f"the index {self.path}")
+        live = check_live(live, self.n_docs)
         qw = q.data.astype(np.float32) * np.float32(self.scale)
         self.prepare()
         rows, scores = kernels.search_csr(
@@ -373,6 +349,7 @@ class InvertedIndex:
             int(k),
             threads,
             self._buffers,
+            live,
             self._dense,
         )
         return SearchHits(rows=rows, scores=scores)

@@ -2,8 +2,9 @@
 
 Both backends compute, for each query, ``score[d] = sum_t q_t · w[t, d]`` in float32 over the
 query terms in increasing term order, and return the ``k`` documents with the highest
-positive score, equal scores ordered by lower document row first. Their results are
-identical (same arithmetic, same order, same tie rule).
+positive score, equal scores ordered by lower document row first, leaving out the rows a
+``live`` mask marks as deleted. Their results are identical (same arithmetic, same order,
+same tie rule).
 
 The numba kernel of a query with long posting lists (more postings than a quarter of the
 documents) accumulates block by block of documents so that the block's scores stay in cache,
@@ -26,6 +27,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _NUMBA: dict[str, Any] = {}
+_NO_MASK = np.zeros(0, dtype=np.bool_)
 
 # Terms whose posting list holds at least this fraction of the documents are read from a
 # dense column by the numba kernel (see dense_columns).
@@ -64,8 +66,12 @@ def resolve_backend(backend: str) -> str:
 # -- numpy backend ------------------------------------------------------------------------
 
 
-def _topk_numpy(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _topk_numpy(
+    scores: np.ndarray, k: int, live: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     rows = np.flatnonzero(scores > 0)
+    if live is not None:
+        rows = rows[live[rows]]
     vals = scores[rows]
     if rows.size > k:
         part = np.argpartition(-vals, k - 1)[:k]
@@ -87,6 +93,7 @@ def _search_numpy(
     q_terms: np.ndarray,
     q_weights: np.ndarray,
     k: int,
+    live: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     n_q = q_indptr.size - 1
     out_rows = np.full((n_q, k), -1, dtype=np.int64)
@@ -100,7 +107,7 @@ def _search_numpy(
             if e > s:
                 # Doc ids are unique within a posting list, so fancy += is exact.
                 scores[doc_ids[s:e]] += q_weights[j] * weights[s:e].astype(np.float32)
-        rows, vals = _topk_numpy(scores, k)
+        rows, vals = _topk_numpy(scores, k, live)
         out_rows[i, : rows.size] = rows
         out_scores[i, : rows.size] = vals
     return out_rows, out_scores
@@ -184,6 +191,7 @@ def search_csr(
     k: int,
     threads: int | None = None,
     buffers: dict[str, np.ndarray] | None = None,
+    live: np.ndarray | None = None,
     dense: tuple[np.ndarray, np.ndarray] | None = None,
     block: int = BLOCK_DOCS,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -202,6 +210,7 @@ def search_csr(
         threads: numba threads (``None``: numba's default).
         buffers: Reusable work arrays for single queries on the numba backend (a dict the
             caller keeps; filled on first use). Not thread-safe.
+        live: ``(n_docs,)`` bool, rows that may be returned (``None``: all).
         dense: ``(slot, columns)`` of :func:`dense_columns` for the numba kernel (``None``:
             every term from its postings; same results, slower on long lists).
         block: Documents per accumulator block of the numba kernel's long-query path.
@@ -210,9 +219,11 @@ def search_csr(
         ``(rows (B, k) int64 with -1 padding, scores (B, k) float32)``.
     """
     k = int(min(k, max(n_docs, 1)))
+    # The compiled kernels take one signature: an empty mask stands for "every row".
+    mask = _NO_MASK if live is None else np.ascontiguousarray(live, dtype=np.bool_)
     if backend == "numpy" or q_indptr.size <= 1:
         rows, scores = _search_numpy(
-            indptr, doc_ids, weights, n_docs, q_indptr, q_terms, q_weights, k
+            indptr, doc_ids, weights, n_docs, q_indptr, q_terms, q_weights, k, live
         )
     elif q_indptr.size == 2 and buffers is not None:
         _NUMBA.get("single") or _build_numba()
@@ -237,6 +248,7 @@ def search_csr(
             buffers["touched"],
             buffers["hs"],
             buffers["hd"],
+            mask,
         )
         rows, scores = r[None, :], sc[None, :]
     else:
@@ -261,6 +273,7 @@ def search_csr(
                 k,
                 int(block),
                 int(min(n_q, n_threads)),
+                mask,
             )
         finally:
             numba.set_num_threads(previous)

@@ -6,7 +6,8 @@ Every index directory written by :func:`mmsparse.index.build_index` has::
                          checkpoint it was built from (sha256), the vocabulary (size, sha256),
                          the split, the pruning/quantisation options, engine parameters, sizes
     INDEX/docs.json      image ids and file names, one per indexed row
-    INDEX/...            the engine's files (postings.mmsi, seismic.index.seismic, milvus.db)
+    INDEX/...            the engine's files (postings.mmsi, seismic.index.seismic, milvus.db,
+                         index.bmp, kannolo.hnsw...: each engine's ``files``)
 
 The manifest is what makes an index safe to reuse: a search refuses an index whose
 checkpoint or vocabulary no longer match the run, and reports options that differ from
@@ -28,7 +29,6 @@ INDEX_FORMAT = "mmsparse-index"
 INDEX_VERSION = 1
 MANIFEST_NAME = "index.json"
 DOCS_NAME = "docs.json"
-ENGINES = ("inverted", "seismic", "milvus", "bmp", "kannolo")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ class IndexManifest:
     """Description of an index directory (``index.json``).
 
     Attributes:
-        engine: ``inverted``, ``seismic`` or ``milvus``.
+        engine: The engine's registry name (``inverted``, ``seismic``, ``milvus``, ``bmp``,
+            ``kannolo``, or any other registered; checked when the index is opened).
         run_dir: Absolute run directory the vectors came from.
         checkpoint_sha256: sha256 of the run's ``best/model.safetensors``.
         vocab_size: Number of sparse dimensions.
@@ -133,8 +134,6 @@ class IndexManifest:
             manifest = cls(options=options, **raw)
         except (KeyError, TypeError) as exc:
             raise IndexFormatError(f"{path}: incomplete index manifest ({exc})") from exc
-        if manifest.engine not in ENGINES:
-            raise IndexFormatError(f"{path}: unknown engine {manifest.engine!r}")
         return manifest
 
 
@@ -145,6 +144,18 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def run_fingerprint(run_dir: str | Path) -> str:
+    """sha256 of the run's selected checkpoint weights (``best/model.safetensors``).
+
+    What ``checkpoint_sha256`` records, so that a search refuses an index whose run was
+    retrained.
+    """
+    from mmsparse.model.model import WEIGHTS_NAME
+    from mmsparse.runs import checkpoint_dir
+
+    return file_sha256(checkpoint_dir(run_dir) / WEIGHTS_NAME)
 
 
 def vocab_sha256(tokens: list[str]) -> str:

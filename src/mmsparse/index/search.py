@@ -1,5 +1,9 @@
 """Searching an index with text, a caption id or query vectors (``mmsparse search``).
 
+The module is :mod:`mmsparse.index.search` (``mmsparse.index.search.Searcher`` works);
+calling it like a function, ``mmsparse.index.search(...)``, still runs
+:func:`search_index` with a :class:`DeprecationWarning` (it was a function of that name).
+
 A :class:`Searcher` opens an index directory and the run it was built from, checks that they
 still belong together (same checkpoint, same vocabulary: otherwise
 :class:`~mmsparse.errors.IndexFormatError`), encodes queries the way the run does (its text
@@ -7,7 +11,8 @@ pruning options), and returns ranked images with their ids, file names and score
 
 Documented behaviour on unusual input:
 
-- an empty query (``""`` or only spaces) is an error;
+- an empty query (``""`` or only spaces) is an error, and so is one that is not valid UTF-8
+  (lone surrogates, as undecodable bytes of a command line arrive);
 - a query longer than the text encoder's limit (:data:`MAX_QUERY_PIECES` word pieces) is cut
   at a word boundary and a note says so;
 - a query whose sparse vector shares no term with the index returns no image, with a note;
@@ -20,7 +25,10 @@ Documented behaviour on unusual input:
 from __future__ import annotations
 
 import logging
+import sys
 import time
+import types
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +37,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import DataError, IndexFormatError, MMSparseError
-from mmsparse.index.engines import SEARCH_MODES, open_engine
-from mmsparse.index.manifest import IndexManifest, read_docs, vocab_sha256
+from mmsparse.index.engines import open_engine
+from mmsparse.index.hits import check_k
+from mmsparse.index.manifest import IndexManifest, read_docs, run_fingerprint, vocab_sha256
+from mmsparse.index.verdict import Verdict, assess, load_calibration
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +86,9 @@ class SearchResult:
         query_terms: The query's heaviest sparse terms ``(term, weight)``.
         notes: What was adjusted (cut query, lowered k, no shared term, option mismatch).
         seconds: Search time (engine only, without encoding).
+        confidence: Text and caption queries: the
+            :class:`~mmsparse.index.verdict.Verdict` (``confident``, ``low_confidence``
+            or ``no_match``, with reasons, known and unknown words, calibrated percentile).
     """
 
     query: str | None
@@ -87,6 +100,7 @@ class SearchResult:
     query_terms: list[tuple[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    confidence: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -142,6 +156,20 @@ class Searcher:
         verify: Verify the index checksums on open.
         load_run: Load the run (needed for text and caption queries; not for vectors).
         bundle: Backbone bundle directory for ``caption_id`` queries (default: the run's).
+        text_encoder: An object with ``encode(list[str]) -> (N, d_txt)`` features to use
+            instead of the run's extraction backend (servers, tests, custom encoders).
+
+    Attributes:
+        index_dir: The index directory.
+        manifest: Its :class:`~mmsparse.index.IndexManifest`.
+        engine: The opened :class:`~mmsparse.index.engines.Engine`.
+        image_ids: Image id of every indexed row.
+        filenames: Image file name of every indexed row.
+        run: The loaded run (``None`` with ``load_run=False``).
+        vocab: The run's vocabulary (``None`` without the run).
+        notes: Notes every result carries (options that differ from the run's).
+        data: The feature directory given (``None``: the index's, see :attr:`data_dir`).
+        bundle: The bundle directory given (``None``: the run's).
 
     Raises:
         IndexFormatError: If the index is corrupt, or no longer matches the run.
@@ -155,6 +183,7 @@ class Searcher:
         verify: bool = True,
         load_run: bool = True,
         bundle: str | Path | None = None,
+        text_encoder: Any = None,
     ) -> None:
         self.index_dir = Path(index_dir)
         self.manifest = IndexManifest.load(self.index_dir)
@@ -162,16 +191,20 @@ class Searcher:
         self.engine = open_engine(self.index_dir, self.manifest, verify=verify)
         self.notes: list[str] = []
         self.run: Any = None
-        self._data = data
-        self._bundle = bundle
+        self.data = data
+        self.bundle = bundle
         self._store: Any = None
-        self._text_encoder: Any = None
+        self._text_encoder: Any = text_encoder
         self.vocab: Any = None
+        self.calibration: Any = None
+        self._known: set[int] | None = None  # known words without a calibration
         if load_run:
             self._open_run(run_dir or self.manifest.run_dir)
+            self.calibration, note = load_calibration(self.index_dir, self.manifest)
+            if note:
+                self.notes.append(note)
 
     def _open_run(self, run_dir: str | Path) -> None:
-        from mmsparse.index.build import run_fingerprint
         from mmsparse.runs import load_run
 
         m = self.manifest
@@ -259,15 +292,38 @@ class Searcher:
             from mmsparse.runs import load_run_data
 
             run = self._require_run()
-            data = self._data or self.manifest.data_dir or None
-            if not self._data and data and not Path(data).is_dir():
+            data = self.data_dir
+            if not self.data and data and not Path(data).is_dir():
                 raise DataError(
                     f"{data}: the index's data directory (data_dir in "
                     f"{self.index_dir / 'index.json'}) is not there; give the features' "
                     "directory with --data DIR"
                 )
-            self._store = load_run_data(run, data, self._bundle)
+            self._store = load_run_data(run, data, self.bundle)
         return self._store
+
+    @property
+    def data_dir(self) -> str | Path | None:
+        """The feature directory of caption queries: the one given, else the index's."""
+        return self.data or self.manifest.data_dir or None
+
+    @property
+    def text_encoder(self) -> Any:
+        """The text encoder given or loaded (``None`` before the first text query)."""
+        return self._text_encoder
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """Search modes this index serves (``dense``/``hybrid`` where it holds dense)."""
+        return self.engine.modes
+
+    def doc_vector(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """The indexed sparse vector of an image row: ``(term ids, weights)``, as searched."""
+        return self.engine.doc_vector(int(row))
+
+    def doc_dense(self, row: int) -> np.ndarray | None:
+        """``(1, dense_dim)`` indexed dense vector of a row (``None``: the index has none)."""
+        return self.engine.doc_dense(int(row))
 
     def encode_captions(self, caption_ids: list[str]) -> tuple[np.ndarray, sp.csr_matrix]:
         """Dense and sparse query vectors of captions of the data, by caption id.
@@ -280,6 +336,17 @@ class Searcher:
         return self._encode_feats(store.caption_feats[rows])
 
     # -- search ---------------------------------------------------------------------------
+
+    def assess(self, text: str, result: SearchResult) -> Verdict:
+        """The verdict on a text query's result (see :mod:`mmsparse.index.confidence`)."""
+        top = result.hits[0].score if result.hits else None
+        if self.calibration is None and self._known is None and self.vocab is not None:
+            from mmsparse.index.verdict import vocabulary_word_ids
+
+            term_ids = getattr(self.run.model, "term_ids", None)  # the head's terms only
+            ids = None if term_ids is None else term_ids.cpu().numpy()
+            self._known = set(vocabulary_word_ids(self.vocab, ids).tolist())
+        return assess(text, top, result.mode, self.vocab, self.calibration, self._known)
 
     def search_vectors(
         self,
@@ -298,44 +365,37 @@ class Searcher:
             sparse: ``(B, V)`` query sparse vectors.
             dense: ``(B, dense_dim)`` query dense vectors (``dense``/``hybrid`` modes).
             k: Results per query (lowered to the index size, with a note).
-            mode: ``sparse``, ``dense`` or ``hybrid`` (the latter two: milvus only).
+            mode: ``sparse``, ``dense`` or ``hybrid`` (the latter two where the index holds
+                dense vectors: :attr:`modes`).
             explain: Add the matching terms and their contributions to every hit.
             explain_terms: Terms shown per hit.
-            **engine_kwargs: Engine search knobs (Seismic ``query_cut``, ``heap_factor``;
-                Milvus ``candidates``).
+            **engine_kwargs: Engine search parameters (``mmsparse index engines`` lists
+                them: Seismic ``query_cut``, ``heap_factor``; kannolo ``ef_search``; Milvus
+                ``candidates``), and ``threads`` or ``live`` (see
+                :meth:`~mmsparse.index.engines.Engine.search_batch`).
 
         Returns:
             One :class:`SearchResult` per query.
 
         Raises:
-            MMSparseError: On ``k <= 0`` or an unknown mode.
+            MMSparseError: On ``k <= 0``, a mode the index does not serve, or a bad
+                engine parameter.
             IndexFormatError: If the query vectors are of another vocabulary.
         """
-        if mode not in SEARCH_MODES:
-            raise MMSparseError(f"unknown search mode {mode!r} (sparse, dense or hybrid)")
-        if k <= 0:
-            raise MMSparseError(f"k must be at least 1, got {k}")
+        k = check_k(k)
         notes = list(self.notes)
         n = self.manifest.n_images
         if k > n:
             notes.append(f"k={k} is larger than the index ({n} images); returning all {n}")
             k = n
-        sparse = sp.csr_matrix(sparse, dtype=np.float32)
-        if sparse.shape[1] != self.manifest.vocab_size:
-            raise IndexFormatError(
-                f"query vectors have {sparse.shape[1]} dimensions but the index "
-                f"{self.index_dir} has a vocabulary of {self.manifest.vocab_size} terms "
-                "(a different vocabulary?)"
-            )
-        if dense is not None:
-            dense = np.asarray(dense, dtype=np.float32).reshape(sparse.shape[0], -1)
-            if dense.shape[1] != self.manifest.dense_dim:
-                raise IndexFormatError(
-                    f"query dense vectors have {dense.shape[1]} dimensions, the index "
-                    f"{self.manifest.dense_dim}"
-                )
+        threads = engine_kwargs.pop("threads", None)
+        live = engine_kwargs.pop("live", None)
+        query = self.engine.check_query(
+            sparse, k, dense=dense, mode=mode, threads=threads, live=live, params=engine_kwargs
+        )
+        sparse = query.sparse
         t0 = time.perf_counter()
-        hits = self.engine.search_batch(sparse, k, dense=dense, mode=mode, **engine_kwargs)
+        hits = self.engine.search(query)
         seconds = (time.perf_counter() - t0) / max(sparse.shape[0], 1)
         vocab = self.vocab
         results = []
@@ -416,8 +476,15 @@ class Searcher:
         if text is not None:
             if not text.strip():
                 raise MMSparseError("empty query: give some words to search for")
-            if k <= 0:
-                raise MMSparseError(f"k must be at least 1, got {k}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                # Bytes of a command line that are not UTF-8 arrive as lone surrogates; the
+                # text encoder's tokenizer raised a TypeError on them.
+                raise MMSparseError(
+                    "the query is not valid UTF-8 text (undecodable bytes or lone surrogates)"
+                ) from None
+            check_k(k)
             self._require_run()
             text, was_cut = cap_query(text.strip(), self.vocab)
             if was_cut:
@@ -440,9 +507,11 @@ class Searcher:
             result.notes.insert(0, cut_note)
         if caption_id is not None:
             store = self.store()
-            result.notes.append(
-                f"caption {caption_id}: {store.caption_texts[store.caption_row(str(caption_id))]!r}"
-            )
+            text = store.caption_texts[store.caption_row(str(caption_id))]
+            result.notes.append(f"caption {caption_id}: {text!r}")
+        result.confidence = self.assess(str(text), result)
+        if result.confidence.flagged:
+            result.notes.append(result.confidence.note())
         return result
 
     def close(self) -> None:
@@ -454,7 +523,7 @@ def _term(vocab: Any, i: int) -> str:
     return vocab.term(i) if vocab is not None else f"#{i}"
 
 
-def search(
+def search_index(
     index_dir: str | Path,
     text: str | None = None,
     *,
@@ -474,7 +543,7 @@ def search(
         text: Query text (encoded through the run's extraction backend).
         caption_id: Or a caption id of the data, used as query.
         k: Number of images.
-        mode: ``sparse`` (default), or ``dense``/``hybrid`` for a milvus index.
+        mode: ``sparse`` (default), or ``dense``/``hybrid`` for an index with dense vectors.
         explain: Show matching terms and contributions.
         run_dir: Encode with this run instead of the manifest's.
         data: Feature directory for caption ids (default: the index's).
@@ -491,3 +560,19 @@ def search(
         )
     finally:
         searcher.close()
+
+
+class _SearchModule(types.ModuleType):
+    """This module, callable like the function it once shadowed (deprecated)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
+        warnings.warn(
+            "calling mmsparse.index.search(...) is deprecated; use "
+            "mmsparse.index.search_index(...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return search_index(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _SearchModule

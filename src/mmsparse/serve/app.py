@@ -159,14 +159,22 @@ def create_app(
         explain: str | None = Query(
             None, description="true (default): per hit the shared terms and contributions"
         ),
+        force: str | None = Query(
+            None, description="true: hits even when the verdict is no_match (false)"
+        ),
     ) -> dict[str, Any]:
         """Ranked hits (image id, file name, URL, score) and the query's terms.
 
         With ``explain`` every hit lists the terms it shares with the query, each with query
         weight x image weight = contribution; the contributions sum to ``sparse_score``,
         which is the hit's ``score`` in sparse mode.
+
+        ``confidence`` (text queries) is the verdict: ``confident``, ``low_confidence`` or
+        ``no_match`` with its reasons, the known and unknown words and the top score's
+        percentile among real queries; a ``no_match`` query answers no hits unless
+        ``force=true``.
         """
-        return await svc.search(q, like=like, k=k, mode=mode, explain=explain)
+        return await svc.search(q, like=like, k=k, mode=mode, explain=explain, force=force)
 
     @app.get("/api/images/{image_id}/terms", tags=["search"], summary="An image's heaviest terms")
     async def image_terms(

@@ -151,7 +151,12 @@ def run_load(
 
 
 def _start_server(
-    stack: contextlib.ExitStack, index_dir: str | Path, enc: str, threads: int, clients: int
+    stack: contextlib.ExitStack,
+    index_dir: str | Path,
+    enc: str,
+    threads: int,
+    clients: int,
+    k: int = 10,
 ) -> tuple[subprocess.Popen, int, Path]:
     """Start ``mmsparse serve`` with one encoder mode; the stack stops it."""
     port = _free_port()
@@ -160,7 +165,7 @@ def _start_server(
     cmd = [
         sys.executable, "-m", "mmsparse", "serve", str(index_dir),
         "--port", str(port), "--encoder", enc, "--threads", str(threads),
-        "--max-pending", str(max(64, 4 * clients)),
+        "--max-pending", str(max(64, 4 * clients)), "--max-k", str(max(100, k)),
     ]  # fmt: skip
     with open(log_path, "wb") as log_fh:
         proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT)
@@ -219,8 +224,17 @@ def bench_serve(
     Raises:
         MMSparseError: On bad arguments, or if the server does not start.
     """
-    if clients < 1 or requests < 1 or rounds < 1:
-        raise MMSparseError("--clients, --requests and --rounds must be at least 1")
+    for option, value in (
+        ("--clients", clients),
+        ("--requests", requests),
+        ("--rounds", rounds),
+        ("--k", k),
+        ("--threads", threads),
+    ):
+        if value < 1:
+            raise MMSparseError(f"{option} must be at least 1, got {value}")
+    if warmup < 0:
+        raise MMSparseError(f"warmup must be non-negative, got {warmup}")
     for enc in encoders:
         if enc not in ("batch", "threads"):
             raise MMSparseError(f"unknown encoder mode {enc!r} (batch or threads)")
@@ -252,7 +266,7 @@ def bench_serve(
     with contextlib.ExitStack() as stack:
         servers = {}
         for enc in encoders:
-            proc, port, log_path = _start_server(stack, index_dir, enc, threads, clients)
+            proc, port, log_path = _start_server(stack, index_dir, enc, threads, clients, k)
             if progress:
                 print(f"starting the server (encoder={enc}) on port {port}", file=sys.stderr)
             _wait_healthy(proc, port, log_path, startup_timeout)

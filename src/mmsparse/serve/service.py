@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import MMSparseError
+from mmsparse.index.engines import SEARCH_MODES
 from mmsparse.index.search import MAX_QUERY_PIECES, Searcher, SearchResult, cap_query
 
 log = logging.getLogger(__name__)
 
 ENCODER_MODES = ("batch", "threads")
-SEARCH_MODES = ("sparse", "dense", "hybrid")
 
 
 class BadRequest(MMSparseError):
@@ -111,6 +111,15 @@ class ServeLimits:
     max_pending: int = 64
     max_batch: int = 32
     threads: int = 2
+
+    def __post_init__(self) -> None:
+        # Each at least 1: a 0 (or negative) limit makes the server refuse every request.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MMSparseError(
+                    f"serve limit {f.name} must be an integer of at least 1, got {value!r}"
+                )
 
 
 class _BatchEncoder:
@@ -241,6 +250,53 @@ def check_utf8_query_string(raw: bytes) -> None:
             ) from None
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Check that a server can listen on ``host:port`` now (bind a socket and close it).
+
+    Every address ``host`` resolves to is tried as the server will bind it (with
+    ``SO_REUSEADDR``, so a port left in ``TIME_WAIT`` by a stopped server is free).
+
+    Raises:
+        MMSparseError: One line naming the address and the option that fixes it: the port
+            is in use, needs privileges, or the host is unknown or not of this machine.
+    """
+    import errno
+    import socket
+
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        raise MMSparseError(f"--host {host}: unknown host ({exc}); give another --host") from None
+    bound = 0
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                bound += 1
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                continue  # as asyncio does: an address family this machine lacks (::1)
+            if exc.errno == errno.EADDRINUSE:
+                raise MMSparseError(
+                    f"port {port} on {host} is already in use (another server?); choose "
+                    "another --port"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise MMSparseError(
+                    f"no permission to listen on {where} (ports below 1024 need root); "
+                    "choose another --port"
+                ) from None
+            raise MMSparseError(f"cannot listen on {where}: {exc.strerror}") from None
+    if not bound:
+        raise MMSparseError(f"--host {host} is not an address of this machine; give another --host")
+
+
 def cut_chars(text: str, max_chars: int) -> tuple[str, bool]:
     """Cut ``text`` to at most ``max_chars`` characters at a word boundary."""
     if len(text) <= max_chars:
@@ -290,15 +346,15 @@ class SearchService:
             raise MMSparseError(f"unknown encoder mode {encoder!r} (batch or threads)")
         self.limits = limits or ServeLimits()
         self.encoder_mode = encoder
-        self.searcher = Searcher(index_dir, run_dir=run_dir, data=data, bundle=bundle)
+        # An injected text encoder replaces the run's (which the Searcher loads on first use).
+        self.searcher = Searcher(
+            index_dir, run_dir=run_dir, data=data, bundle=bundle, text_encoder=text_encoder
+        )
         self.manifest = self.searcher.manifest
         self.index_dir = Path(index_dir)
         self.row_of = {image_id: row for row, image_id in enumerate(self.searcher.image_ids)}
         self.images_dir = self._images_dir(images_dir)
         self.image_files = set(self.searcher.filenames) if self.images_dir else set()
-        if text_encoder is not None:
-            # The Searcher loads the run's encoder on first use; an injected one replaces it.
-            self.searcher._text_encoder = text_encoder
         self.text_error: str | None = None
         self._engine_pool = cf.ThreadPoolExecutor(1, thread_name_prefix="mmsparse-engine")
         self._engine_lock = threading.Lock()
@@ -327,7 +383,7 @@ class SearchService:
             if not path.is_dir():
                 raise MMSparseError(f"{path}: images folder not found")
             return path.resolve()
-        data = self.searcher._data or self.manifest.data_dir
+        data = self.searcher.data_dir
         if data and (Path(data) / "images").is_dir():
             return (Path(data) / "images").resolve()
         return None
@@ -393,43 +449,12 @@ class SearchService:
         cached = self._doc_vectors.get(row)
         if cached is not None:
             return cached
-        engine = self.searcher.engine
-        name = self.manifest.engine
-        if name == "inverted":
-            index = engine.index
-            pos = np.flatnonzero(np.asarray(index.doc_ids) == row)
-            terms = np.searchsorted(np.asarray(index.indptr), pos, side="right") - 1
-            weights = np.asarray(index.weights[pos], dtype=np.float32) * np.float32(index.scale)
-        elif name == "seismic":
-            comps, vals = engine.index.get(int(row))
-            terms = np.asarray(comps, dtype=np.int64)
-            weights = np.asarray(vals, dtype=np.float32)
-        elif name == "milvus":
-            got = engine.client.get(
-                engine.collection, ids=[int(row)], output_fields=["row", "sparse"]
-            )
-            vec = got[0]["sparse"] if got else {}
-            terms = np.fromiter((int(t) for t in vec), dtype=np.int64, count=len(vec))
-            weights = np.fromiter((float(w) for w in vec.values()), np.float32, len(vec))
-        else:  # any other engine (bmp, kannolo): its stored weights over the whole vocabulary
-            every = np.arange(self.manifest.vocab_size, dtype=np.int64)
-            row_w = np.asarray(engine.doc_weights(np.array([row], dtype=np.int64), every))[0]
-            terms = np.flatnonzero(row_w).astype(np.int64)
-            weights = row_w[terms].astype(np.float32)
+        terms, weights = self.searcher.doc_vector(row)
         order = np.argsort(terms, kind="stable")
         out = (terms[order].astype(np.int64), weights[order].astype(np.float32))
         if len(self._doc_vectors) < 4096:
             self._doc_vectors[row] = out
         return out
-
-    def _doc_dense(self, row: int) -> np.ndarray | None:
-        engine = self.searcher.engine
-        if getattr(engine, "dense", None) is not None:  # inverted, built with --dense
-            return np.asarray(engine.dense[row], dtype=np.float32).reshape(1, -1)
-        if self.manifest.engine != "milvus":
-            return None
-        got = engine.client.get(engine.collection, ids=[int(row)], output_fields=["row", "dense"])
-        return np.asarray(got[0]["dense"], dtype=np.float32).reshape(1, -1) if got else None
 
     # -- requests -------------------------------------------------------------------------
 
@@ -442,19 +467,15 @@ class SearchService:
         mode = "sparse" if mode in (None, "") else str(mode)
         if mode not in SEARCH_MODES:
             raise BadRequest(f"unknown mode {mode[:40]!r} (sparse, dense or hybrid)")
-        if mode != "sparse" and "dense" not in self.modes:
-            raise BadRequest(
-                f"mode={mode} needs dense vectors, which this {self.manifest.engine} index does "
-                "not hold; build the index with --engine milvus, or --engine inverted --dense"
-            )
-        return mode
+        try:
+            return self.searcher.engine.check_mode(mode)
+        except MMSparseError as exc:
+            raise BadRequest(str(exc).replace(f"--mode {mode}", f"mode={mode}")) from None
 
     @property
     def modes(self) -> list[str]:
         """Search modes this index supports (dense and hybrid where it holds dense vectors)."""
-        return (
-            list(SEARCH_MODES) if getattr(self.searcher.engine, "has_dense", False) else ["sparse"]
-        )
+        return list(self.searcher.modes)
 
     async def search(
         self,
@@ -464,8 +485,12 @@ class SearchService:
         k: str | int | None = None,
         mode: str | None = None,
         explain: str | bool | None = True,
+        force: str | bool | None = False,
     ) -> dict[str, Any]:
         """Answer ``/api/search``: a text query ``q``, or ``like`` (an image id's vector).
+
+        A text query gets a ``confidence`` verdict (:mod:`mmsparse.index.confidence`); a
+        ``no_match`` one answers no hits unless ``force`` is true.
 
         Returns:
             The JSON-ready result (see docs/serving.md).
@@ -479,6 +504,7 @@ class SearchService:
         k_ = _positive_int("k", k, 10, self.limits.max_k)
         mode_ = self.check_mode(mode)
         explain_ = parse_bool("explain", explain, True)
+        force_ = parse_bool("force", force, False)
         notes: list[str] = []
         if (q is None or q == "") and not like:
             raise BadRequest("missing query: give q=some words (or like=IMAGE_ID)")
@@ -491,6 +517,13 @@ class SearchService:
             assert q is not None
             if "\x00" in q:
                 raise BadRequest("the query contains a NUL character")
+            if not q.isascii():
+                try:
+                    q.encode("utf-8")  # HTTP gives UTF-8; a library caller may not
+                except UnicodeEncodeError:
+                    raise BadRequest(
+                        "the query is not valid UTF-8 text (lone surrogates)"
+                    ) from None
             text = " ".join(q.split())
             if not text:
                 raise BadRequest("empty query: give some words to search for")
@@ -524,6 +557,15 @@ class SearchService:
         finally:
             self._release()
         out = self._result_json(result, explain_)
+        verdict = None if query_text is None else self.searcher.assess(query_text, result)
+        out["confidence"] = None if verdict is None else verdict.to_dict()
+        if verdict is not None and verdict.flagged:
+            hide = verdict.verdict == "no_match" and not force_ and out["hits"]
+            out["notes"].append(
+                verdict.note() + ("; no image shown (force=1 shows the closest)" if hide else "")
+            )
+            if hide:
+                out["hits"] = []
         out["query"] = query_text
         out["like"] = None if row is None else self.searcher.image_ids[row]
         out["notes"] = notes + out["notes"]
@@ -552,7 +594,7 @@ class SearchService:
         sparse = sp.csr_matrix(
             (weights, terms, [0, terms.size]), shape=(1, self.manifest.vocab_size)
         )
-        dense = self._doc_dense(row) if mode != "sparse" else None
+        dense = self.searcher.doc_dense(row) if mode != "sparse" else None
         return self._search_vectors(sparse, dense, k, mode, explain)
 
     def _image_url(self, filename: str) -> str | None:
