@@ -201,8 +201,10 @@ class InvertedIndex:
         verify: Check the payload checksum (reads the whole file once).
         backend: ``auto`` (numba when installed), ``numba`` or ``numpy``.
         dense_min_fraction: Terms in at least this fraction of the documents are read from
-            dense columns by the numba kernel (built by :meth:`prepare`, in memory); above
-            1: none (same results, slower queries with long lists).
+            dense columns by the numba kernel (built by :meth:`prepare`, in memory; ``None``:
+            where a column is no larger than the term's postings, see
+            :func:`mmsparse.index.kernels.default_dense_fraction`; above 1: none, same
+            results, slower queries with long lists).
 
     Raises:
         IndexFormatError: If the file is foreign, of another version or corrupt.
@@ -217,7 +219,7 @@ class InvertedIndex:
         path: str | Path,
         verify: bool = True,
         backend: str = "auto",
-        dense_min_fraction: float = kernels.DENSE_MIN_FRACTION,
+        dense_min_fraction: float | None = None,
     ) -> None:
         self.path = Path(path)
         header, start = read_header(self.path)
@@ -255,7 +257,7 @@ class InvertedIndex:
         ):
             raise IndexFormatError(f"{self.path}: inconsistent postings (bad term offsets)")
         self.backend = kernels.resolve_backend(backend)
-        self.dense_min_fraction = float(dense_min_fraction)
+        self.dense_min_fraction = dense_min_fraction
         self._buffers: dict[str, np.ndarray] = {}
         self._dense: tuple[np.ndarray, np.ndarray] | None = None
 

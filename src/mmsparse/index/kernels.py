@@ -29,9 +29,8 @@ log = logging.getLogger(__name__)
 _NUMBA: dict[str, Any] = {}
 _NO_MASK = np.zeros(0, dtype=np.bool_)
 
-# Terms whose posting list holds at least this fraction of the documents are read from a
-# dense column by the numba kernel (see dense_columns).
-DENSE_MIN_FRACTION = 0.25
+# Bytes of a document id in the postings (int32): a posting costs 4 + itemsize bytes.
+_DOC_ID_BYTES = 4
 # Documents per accumulator block of the long-query path: 65,536 float32 scores (256 KiB)
 # stay in the L2 cache while every query term adds its postings of the block.
 BLOCK_DOCS = 65536
@@ -128,6 +127,18 @@ def _build_numba() -> Any:
     return batch
 
 
+def default_dense_fraction(dtype: np.dtype | type) -> float:
+    """The fraction of documents from which a term's dense column is no larger than its postings.
+
+    A column costs ``itemsize`` bytes per document, the postings ``4 + itemsize`` per
+    posting: 0.5 for float32 weights, 1/3 for uint16, 1/5 for uint8 impacts. At or above it a
+    query reads no more bytes from the column than from the postings, and adds it in a vector
+    loop instead of one scattered write per posting.
+    """
+    size = np.dtype(dtype).itemsize
+    return size / (_DOC_ID_BYTES + size)
+
+
 def dense_terms(indptr: np.ndarray, n_docs: int, min_fraction: float) -> np.ndarray:
     """Terms whose posting list holds at least ``min_fraction`` of ``n_docs`` (increasing)."""
     lengths = np.diff(np.asarray(indptr))
@@ -141,7 +152,7 @@ def dense_columns(
     doc_ids: np.ndarray,
     weights: np.ndarray,
     n_docs: int,
-    min_fraction: float = DENSE_MIN_FRACTION,
+    min_fraction: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dense columns of the longest posting lists, for the numba kernel.
 
@@ -151,12 +162,14 @@ def dense_columns(
         weights: ``(nnz,)`` weights (the column keeps their dtype).
         n_docs: Number of documents.
         min_fraction: Terms in at least this fraction of the documents get a column
-            (``> 1``: none).
+            (``None``: :func:`default_dense_fraction` of the weights' dtype; ``> 1``: none).
 
     Returns:
         ``(slot (V,) int64: the column of each term or -1, columns (n_dense, n_docs))``;
         ``n_dense · n_docs · weights.itemsize`` bytes of memory.
     """
+    if min_fraction is None:
+        min_fraction = default_dense_fraction(weights.dtype)
     terms = dense_terms(indptr, n_docs, min_fraction)
     slot = np.full(np.asarray(indptr).size - 1, -1, dtype=np.int64)
     slot[terms] = np.arange(terms.size)
