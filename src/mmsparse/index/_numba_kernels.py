@@ -105,15 +105,16 @@ def blocked(
             w = qw[j]
             sl = slot[t]
             if sl >= 0:
-                col = dense[sl]
+                col = dense[sl, base:lim]  # a slice, so that i >= 0 is known: a vector loop
                 for i in range(m):
-                    scores[i] += w * np.float32(col[base + i])
+                    scores[i] += w * np.float32(col[i])
             else:
                 p = cur[j]
                 # first posting of the next block (doc ids increase within a list)
                 e = p + np.searchsorted(doc_ids[p : indptr[t + 1]], lim)
                 for q in range(p, e):
-                    scores[doc_ids[q] - base] += w * np.float32(weights[q])
+                    # unsigned: no negative-index wrap-around test (the row is in the block)
+                    scores[np.uint64(doc_ids[q] - base)] += w * np.float32(weights[q])
                 cur[j] = e
         for i in range(m):
             s = scores[i]
