@@ -123,11 +123,11 @@ def test_blocked_path_exact_with_ties_against_brute_force(mixed, block):
     assert n_ties > 20  # ties across block boundaries were exercised
 
 
-def test_default_dense_fraction_is_the_bytes_break_even():
-    # a column (itemsize per document) is no larger than postings of (4 + itemsize) bytes
-    assert kernels.default_dense_fraction(np.float32) == 0.5
-    assert kernels.default_dense_fraction(np.uint16) == pytest.approx(1 / 3)
-    assert kernels.default_dense_fraction(np.uint8) == pytest.approx(1 / 5)
+def test_default_dense_fraction_is_twice_the_bytes_break_even():
+    # a column (itemsize per document) at most twice postings of (4 + itemsize) bytes
+    assert kernels.default_dense_fraction(np.float32) == 0.25
+    assert kernels.default_dense_fraction(np.uint16) == pytest.approx(1 / 6)
+    assert kernels.default_dense_fraction(np.uint8) == pytest.approx(1 / 10)
 
 
 def test_dense_columns(mixed):
@@ -146,7 +146,7 @@ def test_dense_columns(mixed):
     _, u8 = kernels.dense_columns(indptr, doc_ids, weights.astype(np.uint8), n, 0.25)
     assert u8.dtype == np.uint8
     auto_slot, _ = kernels.dense_columns(indptr, doc_ids, weights.astype(np.uint8), n)
-    np.testing.assert_array_equal(np.flatnonzero(auto_slot >= 0), np.flatnonzero(lengths >= n / 5))
+    np.testing.assert_array_equal(np.flatnonzero(auto_slot >= 0), np.flatnonzero(lengths >= n / 10))
     empty = kernels.dense_columns(np.zeros(4, np.int64), np.zeros(0, np.int32), weights[:0], 0)
     assert empty[1].shape == (0, 0) and (empty[0] == -1).all()
 
@@ -158,7 +158,7 @@ def test_index_prepares_dense_columns_once(tmp_path, mixed):
     index = InvertedIndex(tmp_path / POSTINGS_NAME, backend="numba")
     assert index.dense_bytes == 0
     hits = index.search_batch(queries, k=10)
-    n_dense = kernels.dense_terms(index.indptr, index.n_docs, 0.5).size  # float32: 4 / (4 + 4)
+    n_dense = kernels.dense_terms(index.indptr, index.n_docs, 0.25).size  # float32 default
     assert index.dense_bytes == n_dense * index.n_docs * 4 > 0
     cols = index._dense[1]
     index.search_batch(queries, k=10)

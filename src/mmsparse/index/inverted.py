@@ -28,10 +28,10 @@ so a query may get fewer than ``k`` results. A ``live`` mask leaves rows out of 
 pass (deleted documents of a live index) at no extra cost. A numba kernel is used when numba is
 installed (``mmsparse[index]``), otherwise a pure numpy path gives the same results.
 
-The numba kernel reads the longest posting lists (terms in at least a quarter of the
-documents, ``dense_min_fraction``) from dense columns built in memory when the index is
-first searched (:meth:`InvertedIndex.prepare`): ``n_dense · n_docs`` weights, e.g. 88
-columns, 352 MB of float32 at a million images of the shipped recipe. The file format is
+The numba kernel reads the longest posting lists from dense columns built in memory when
+the index is first searched (:meth:`InvertedIndex.prepare`; by default terms whose column
+is at most twice the bytes of their postings, e.g. in a quarter of the documents for float32
+weights: 88 columns, 352 MB at a million images of the shipped recipe). The file format is
 unchanged.
 """
 
@@ -202,9 +202,8 @@ class InvertedIndex:
         backend: ``auto`` (numba when installed), ``numba`` or ``numpy``.
         dense_min_fraction: Terms in at least this fraction of the documents are read from
             dense columns by the numba kernel (built by :meth:`prepare`, in memory; ``None``:
-            where a column is no larger than the term's postings, see
-            :func:`mmsparse.index.kernels.default_dense_fraction`; above 1: none, same
-            results, slower queries with long lists).
+            :func:`mmsparse.index.kernels.default_dense_fraction` of the weights' dtype;
+            above 1: none, same results, slower queries with long lists).
 
     Raises:
         IndexFormatError: If the file is foreign, of another version or corrupt.

@@ -128,15 +128,19 @@ def _build_numba() -> Any:
 
 
 def default_dense_fraction(dtype: np.dtype | type) -> float:
-    """The fraction of documents from which a term's dense column is no larger than its postings.
+    """The fraction of documents from which a term gets a dense column by default.
 
     A column costs ``itemsize`` bytes per document, the postings ``4 + itemsize`` per
-    posting: 0.5 for float32 weights, 1/3 for uint16, 1/5 for uint8 impacts. At or above it a
-    query reads no more bytes from the column than from the postings, and adds it in a vector
-    loop instead of one scattered write per posting.
+    posting; a term gets a column where the column is at most **twice** the bytes of its
+    postings: in at least a quarter of the documents for float32 weights, a sixth for
+    uint16, a tenth for uint8 impacts. Adding a column is a vector loop, so even at twice
+    the bytes it is faster than one scattered write per posting (at a million images:
+    fraction 0.25 was 4.1x faster than the kernel before, 0.5 — no more bytes than the
+    postings — 3.2x, 0.15 4.2x; docs/benchmarks.md, "The exact engine"), and the memory
+    stays below twice the postings of those terms.
     """
     size = np.dtype(dtype).itemsize
-    return size / (_DOC_ID_BYTES + size)
+    return size / (2 * (_DOC_ID_BYTES + size))
 
 
 def dense_terms(indptr: np.ndarray, n_docs: int, min_fraction: float) -> np.ndarray:
