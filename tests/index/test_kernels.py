@@ -201,3 +201,39 @@ def test_blocked_path_live_mask(mixed, block):
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
         assert live[got[0][got[0] >= 0]].all()
+
+
+@needs_numba
+@pytest.mark.parametrize("group", [1, 2, 3, 8, 64])
+@pytest.mark.parametrize("group_block", [5, 64, 100_000])
+def test_grouped_batch_bit_identical_to_numpy(mixed, group, group_block):
+    docs, queries = mixed
+    n = docs.shape[0]
+    # long and short queries interleaved, so that groups and singles mix in one batch
+    queries = sp.vstack([queries, queries[::-1]], format="csr")
+    indptr, doc_ids, weights = csc_arrays(docs)
+    qi, qt, qw = query_arrays(queries)
+    live = np.random.default_rng(5).random(n) < 0.7
+    for dense in (kernels.dense_columns(indptr, doc_ids, weights, n), None):
+        for k, mask in ((1, None), (10, live), (600, None)):
+            want = kernels.search_csr(
+                "numpy", indptr, doc_ids, weights, n, qi, qt, qw, k, live=mask
+            )
+            got = kernels.search_csr(
+                "numba",
+                indptr,
+                doc_ids,
+                weights,
+                n,
+                qi,
+                qt,
+                qw,
+                k,
+                2,
+                live=mask,
+                dense=dense,
+                group=group,
+                group_block=group_block,
+            )
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])

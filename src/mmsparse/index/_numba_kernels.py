@@ -157,6 +157,15 @@ def touched_only(
 
 
 @njit(cache=True)
+def long_lists(indptr, qt, n_docs):  # pragma: no cover - compiled
+    """Whether the query's posting lists hold more postings than a quarter of the documents."""
+    total = 0
+    for j in range(qt.size):
+        total += indptr[qt[j] + 1] - indptr[qt[j]]
+    return total * 4 > n_docs
+
+
+@njit(cache=True)
 def one_query(
     indptr,
     doc_ids,
@@ -176,16 +185,118 @@ def one_query(
     live,
 ):  # pragma: no cover - compiled
     # live: bool per document, rows that may be returned; empty = every row.
-    n_docs = scores.size
-    total = 0
-    for j in range(qt.size):
-        total += indptr[qt[j] + 1] - indptr[qt[j]]
-    if total * 4 > n_docs:
+    if long_lists(indptr, qt, scores.size):
         n = blocked(indptr, doc_ids, weights, slot, dense, qt, qw, k, block, scores, hs, hd, live)
     else:
         n = touched_only(indptr, doc_ids, weights, qt, qw, k, scores, touched, hs, hd, live)
     pop_all(hs, hd, n, out_r, out_s)
     return n
+
+
+@njit(cache=True)
+def group_query(
+    indptr,
+    doc_ids,
+    weights,
+    slot,
+    dense,
+    n_docs,
+    q_indptr,
+    q_terms,
+    q_weights,
+    members,
+    k,
+    block,
+    live,
+    out_r,
+    out_s,
+):  # pragma: no cover - compiled
+    """Long queries ``members`` together: each block's postings and dense columns are read once.
+
+    The queries' terms are merged into one increasing list of distinct terms, each with the
+    queries that have it; per block of documents every such term is read once and added to
+    the score row (``acc[g]``) of each of its queries. Each query's scores thus receive its
+    own terms in increasing term order, the same float32 sums as :func:`blocked`, and the
+    same thresholded top-k pass.
+    """
+    G = members.size
+    masked = live.size > 0
+    cnt = 0
+    for g in range(G):
+        i = members[g]
+        cnt += q_indptr[i + 1] - q_indptr[i]
+    keys = np.empty(cnt, dtype=np.int64)
+    ws = np.empty(cnt, dtype=np.float32)
+    pos = 0
+    for g in range(G):
+        i = members[g]
+        for j in range(q_indptr[i], q_indptr[i + 1]):
+            keys[pos] = q_terms[j] * G + g
+            ws[pos] = q_weights[j]
+            pos += 1
+    order = np.argsort(keys, kind="mergesort")
+    ut = np.empty(cnt, dtype=np.int64)  # distinct terms, increasing
+    u_ptr = np.empty(cnt + 1, dtype=np.int64)  # term u is in queries u_q[u_ptr[u]:u_ptr[u+1]]
+    u_q = np.empty(cnt, dtype=np.int64)
+    u_w = np.empty(cnt, dtype=np.float32)
+    nu = 0
+    for r in range(cnt):
+        key = keys[order[r]]
+        t = key // G
+        if nu == 0 or ut[nu - 1] != t:
+            ut[nu] = t
+            u_ptr[nu] = r
+            nu += 1
+        u_q[r] = key - t * G
+        u_w[r] = ws[order[r]]
+    u_ptr[nu] = cnt
+    cur = np.empty(nu, dtype=np.int64)
+    for u in range(nu):
+        cur[u] = indptr[ut[u]]
+    acc = np.zeros((G, block), dtype=np.float32)
+    hs = np.empty((G, k), dtype=np.float32)
+    hd = np.empty((G, k), dtype=np.int64)
+    nn = np.zeros(G, dtype=np.int64)
+    thr = np.zeros(G, dtype=np.float32)
+    for base in range(0, n_docs, block):
+        m = min(block, n_docs - base)
+        lim = base + m
+        for u in range(nu):
+            t = ut[u]
+            sl = slot[t]
+            if sl >= 0:
+                col = dense[sl, base:lim]
+                for r in range(u_ptr[u], u_ptr[u + 1]):
+                    a = acc[u_q[r]]
+                    w = u_w[r]
+                    for i in range(m):
+                        a[i] += w * np.float32(col[i])
+            else:
+                p = cur[u]
+                e = p + np.searchsorted(doc_ids[p : indptr[t + 1]], lim)
+                for r in range(u_ptr[u], u_ptr[u + 1]):
+                    a = acc[u_q[r]]
+                    w = u_w[r]
+                    for q in range(p, e):
+                        a[np.uint64(doc_ids[q] - base)] += w * np.float32(weights[q])
+                cur[u] = e
+        for g in range(G):
+            a = acc[g]
+            h_s = hs[g]
+            h_d = hd[g]
+            n = nn[g]
+            th = thr[g]
+            for i in range(m):
+                sc = a[i]
+                if sc > th and (not masked or live[base + i]):
+                    n = push(h_s, h_d, n, k, sc, base + i)
+                    if n == k:
+                        th = h_s[0]
+            a[:m] = 0.0
+            nn[g] = n
+            thr[g] = th
+    for g in range(G):
+        pop_all(hs[g], hd[g], nn[g], out_r[members[g]], out_s[members[g]])
 
 
 @njit(cache=True, parallel=True)
@@ -203,17 +314,34 @@ def batch(
     block,
     n_chunks,
     live,
+    group,
+    group_block,
 ):  # pragma: no cover - compiled
+    """Every query of a batch: short ones one by one, long ones in groups of ``group``.
+
+    ``group`` <= 1: every query one by one (:func:`one_query`). Otherwise queries with long
+    lists are answered ``group`` at a time by :func:`group_query` over blocks of
+    ``group_block`` documents. Both are spread over the threads.
+    """
     n_q = q_indptr.size - 1
     out_r = np.full((n_q, k), -1, dtype=np.int64)
     out_s = np.zeros((n_q, k), dtype=np.float32)
-    per = (n_q + n_chunks - 1) // n_chunks
-    for c in prange(n_chunks):
+    is_long = np.zeros(n_q, dtype=np.bool_)
+    if group > 1:
+        for i in range(n_q):
+            is_long[i] = long_lists(indptr, q_terms[q_indptr[i] : q_indptr[i + 1]], n_docs)
+    singles = np.flatnonzero(~is_long)
+    grouped = np.flatnonzero(is_long)
+    n_s = singles.size
+    chunks = max(1, min(n_chunks, n_s))
+    per = (n_s + chunks - 1) // chunks
+    for c in prange(chunks):
         scores = np.zeros(n_docs, dtype=np.float32)
         touched = np.empty(n_docs, dtype=np.int64)
         hs = np.empty(k, dtype=np.float32)
         hd = np.empty(k, dtype=np.int64)
-        for i in range(c * per, min(n_q, (c + 1) * per)):
+        for r in range(c * per, min(n_s, (c + 1) * per)):
+            i = singles[r]
             s, e = q_indptr[i], q_indptr[i + 1]
             one_query(
                 indptr,
@@ -233,6 +361,26 @@ def batch(
                 out_s[i],
                 live,
             )
+    n_groups = (grouped.size + group - 1) // max(group, 1)
+    for gi in prange(n_groups):
+        members = grouped[gi * group : min(grouped.size, (gi + 1) * group)]
+        group_query(
+            indptr,
+            doc_ids,
+            weights,
+            slot,
+            dense,
+            n_docs,
+            q_indptr,
+            q_terms,
+            q_weights,
+            members,
+            k,
+            group_block,
+            live,
+            out_r,
+            out_s,
+        )
     return out_r, out_s
 
 
