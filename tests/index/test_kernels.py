@@ -183,24 +183,47 @@ def test_blocked_path_live_mask(mixed, block):
     dense = kernels.dense_columns(indptr, doc_ids, weights, n, 0.25)
     for k in (3, 600):
         want = kernels.search_csr("numpy", indptr, doc_ids, weights, n, qi, qt, qw, k, live=live)
-        got = kernels.search_csr(
-            "numba",
-            indptr,
-            doc_ids,
-            weights,
-            n,
-            qi,
-            qt,
-            qw,
-            k,
-            2,
-            live=live,
-            dense=dense,
-            block=block,
-        )
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_array_equal(got[1], want[1])
-        assert live[got[0][got[0] >= 0]].all()
+        for group in (1, 4):  # queries one by one, or long ones in groups
+            got = kernels.search_csr(
+                "numba",
+                indptr,
+                doc_ids,
+                weights,
+                n,
+                qi,
+                qt,
+                qw,
+                k,
+                2,
+                live=live,
+                dense=dense,
+                block=block,
+                group=group,
+                group_block=block,
+            )
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+            assert live[got[0][got[0] >= 0]].all()
+        buffers: dict[str, np.ndarray] = {}
+        for i in range(queries.shape[0]):  # the single-query path
+            s, e = qi[i], qi[i + 1]
+            one = kernels.search_csr(
+                "numba",
+                indptr,
+                doc_ids,
+                weights,
+                n,
+                np.array([0, e - s]),
+                qt[s:e],
+                qw[s:e],
+                k,
+                1,
+                buffers,
+                live=live,
+                dense=dense,
+                block=block,
+            )
+            np.testing.assert_array_equal(one[0][0], want[0][i])
 
 
 @needs_numba
@@ -237,3 +260,24 @@ def test_grouped_batch_bit_identical_to_numpy(mixed, group, group_block):
             )
             np.testing.assert_array_equal(got[0], want[0])
             np.testing.assert_array_equal(got[1], want[1])
+
+
+@needs_numba
+def test_touched_path_ties_prefer_lower_row():
+    # Short lists (touched path): row 5 is touched first (term 0), row 2 later (term 1) with
+    # the same score; the tie rule wants row 2 even though the heap already holds row 5.
+    n, v = 100, 4
+    docs = sp.csr_matrix(
+        (np.array([1.0, 1.0, 0.5], np.float32), ([5, 2, 9], [0, 1, 1])), shape=(n, v)
+    )
+    queries = sp.csr_matrix(np.array([[1.0, 1.0, 0.0, 0.0]], np.float32))
+    indptr, doc_ids, weights = csc_arrays(docs)
+    qi, qt, qw = query_arrays(queries)
+    assert not (np.diff(indptr)[qt].sum() * 4 > n)  # the touched path
+    for k, want in ((1, [2]), (2, [2, 5]), (5, [2, 5, 9])):
+        rows, _ = kernels.search_csr("numba", indptr, doc_ids, weights, n, qi, qt, qw, k, 1)
+        np.testing.assert_array_equal(rows[0][: len(want)], want)
+        single = kernels.search_csr(
+            "numba", indptr, doc_ids, weights, n, np.array([0, 2]), qt, qw, k, 1, {}
+        )
+        np.testing.assert_array_equal(single[0][0][: len(want)], want)
