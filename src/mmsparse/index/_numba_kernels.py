@@ -76,6 +76,92 @@ def pop_all(hs, hd, n, out_r, out_s):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
+def add_columns(dense, slot, qt, qw, j, r, base, lim, scores):  # pragma: no cover - compiled
+    """``scores[i] += qw[j'] · column(qt[j'])[base + i]`` for the ``r`` (1 to 4) terms from j.
+
+    The columns are sliced to the block, so that the index is known to be non-negative and
+    the loops vectorise; with several columns the score stays in a register between the
+    additions, which are the same float32 operations in the same order as one at a time.
+    """
+    m = lim - base
+    c0 = dense[slot[qt[j]], base:lim]
+    w0 = qw[j]
+    if r == 1:
+        for i in range(m):
+            scores[i] += w0 * np.float32(c0[i])
+        return
+    c1 = dense[slot[qt[j + 1]], base:lim]
+    w1 = qw[j + 1]
+    if r == 2:
+        for i in range(m):
+            scores[i] = (scores[i] + w0 * np.float32(c0[i])) + w1 * np.float32(c1[i])
+        return
+    c2 = dense[slot[qt[j + 2]], base:lim]
+    w2 = qw[j + 2]
+    if r == 3:
+        for i in range(m):
+            s = (scores[i] + w0 * np.float32(c0[i])) + w1 * np.float32(c1[i])
+            scores[i] = s + w2 * np.float32(c2[i])
+        return
+    c3 = dense[slot[qt[j + 3]], base:lim]
+    w3 = qw[j + 3]
+    for i in range(m):
+        s = (scores[i] + w0 * np.float32(c0[i])) + w1 * np.float32(c1[i])
+        scores[i] = (s + w2 * np.float32(c2[i])) + w3 * np.float32(c3[i])
+
+
+@njit(cache=True)
+def add_block(
+    indptr, doc_ids, weights, slot, dense, qt, qw, cur, base, lim, scores
+):  # pragma: no cover - compiled
+    """Add every query term's weights of documents ``[base, lim)`` to ``scores[:lim - base]``.
+
+    Terms in the given order: a dense column (``slot[t] >= 0``; up to 4 consecutive ones in
+    one pass) or the term's postings from ``cur[j]`` (advanced past the block).
+    """
+    nq = qt.size
+    j = 0
+    while j < nq:
+        t = qt[j]
+        if slot[t] >= 0:
+            # up to 4 consecutive dense terms in one pass: each score is read and written
+            # once instead of once per column (same additions, same order)
+            r = 1
+            while r < 4 and j + r < nq and slot[qt[j + r]] >= 0:
+                r += 1
+            add_columns(dense, slot, qt, qw, j, r, base, lim, scores)
+            j += r
+        else:
+            w = qw[j]
+            p = cur[j]
+            # first posting of the next block (doc ids increase within a list)
+            e = p + np.searchsorted(doc_ids[p : indptr[t + 1]], lim)
+            for q in range(p, e):
+                # unsigned: no negative-index wrap-around test (the row is in the block)
+                scores[np.uint64(doc_ids[q] - base)] += w * np.float32(weights[q])
+            cur[j] = e
+            j += 1
+
+
+@njit(cache=True)
+def scan_block(scores, base, m, k, hs, hd, n, thr, live):  # pragma: no cover - compiled
+    """Offer ``scores[:m]`` (rows ``base + i``) to the heap, zero them; ``(n, threshold)``.
+
+    Blocks come in increasing row order, so a later row with a score equal to the heap's
+    worst ranks below it: only a score above the threshold can enter.
+    """
+    masked = live.size > 0
+    for i in range(m):
+        s = scores[i]
+        if s > thr and (not masked or live[base + i]):
+            n = push(hs, hd, n, k, s, base + i)
+            if n == k:
+                thr = hs[0]
+    scores[:m] = 0.0
+    return n, thr
+
+
+@njit(cache=True)
 def blocked(
     indptr, doc_ids, weights, slot, dense, qt, qw, k, block, scores, hs, hd, live
 ):  # pragma: no cover - compiled
@@ -84,13 +170,10 @@ def blocked(
     Every query term adds its postings of the block (``slot[t] < 0``) or its dense column
     (``dense[slot[t]]``, one weight per document, 0 where absent: a vector loop) to the
     first ``block`` scores, in increasing term order, so each score is the same float32 sum
-    as the term-at-a-time pass over whole lists. Blocks are visited in increasing row order,
-    so a later document with a score equal to the heap's worst ranks below it: only a score
-    above the running threshold can enter the heap. Rows where a non-empty ``live`` is false
-    are left out.
+    as the term-at-a-time pass over whole lists. Only a score above the running threshold
+    is offered to the heap. Rows where a non-empty ``live`` is false are left out.
     """
     n_docs = scores.size
-    masked = live.size > 0
     nq = qt.size
     cur = np.empty(nq, dtype=np.int64)
     for j in range(nq):
@@ -98,31 +181,9 @@ def blocked(
     n = 0
     thr = np.float32(0.0)
     for base in range(0, n_docs, block):
-        m = min(block, n_docs - base)
-        lim = base + m
-        for j in range(nq):
-            t = qt[j]
-            w = qw[j]
-            sl = slot[t]
-            if sl >= 0:
-                col = dense[sl, base:lim]  # a slice, so that i >= 0 is known: a vector loop
-                for i in range(m):
-                    scores[i] += w * np.float32(col[i])
-            else:
-                p = cur[j]
-                # first posting of the next block (doc ids increase within a list)
-                e = p + np.searchsorted(doc_ids[p : indptr[t + 1]], lim)
-                for q in range(p, e):
-                    # unsigned: no negative-index wrap-around test (the row is in the block)
-                    scores[np.uint64(doc_ids[q] - base)] += w * np.float32(weights[q])
-                cur[j] = e
-        for i in range(m):
-            s = scores[i]
-            if s > thr and (not masked or live[base + i]):
-                n = push(hs, hd, n, k, s, base + i)
-                if n == k:
-                    thr = hs[0]
-        scores[:m] = 0.0
+        lim = min(base + block, n_docs)
+        add_block(indptr, doc_ids, weights, slot, dense, qt, qw, cur, base, lim, scores)
+        n, thr = scan_block(scores, base, lim - base, k, hs, hd, n, thr, live)
     return n
 
 
@@ -193,112 +254,6 @@ def one_query(
     return n
 
 
-@njit(cache=True)
-def group_query(
-    indptr,
-    doc_ids,
-    weights,
-    slot,
-    dense,
-    n_docs,
-    q_indptr,
-    q_terms,
-    q_weights,
-    members,
-    k,
-    block,
-    live,
-    out_r,
-    out_s,
-):  # pragma: no cover - compiled
-    """Long queries ``members`` together: each block's postings and dense columns are read once.
-
-    The queries' terms are merged into one increasing list of distinct terms, each with the
-    queries that have it; per block of documents every such term is read once and added to
-    the score row (``acc[g]``) of each of its queries. Each query's scores thus receive its
-    own terms in increasing term order, the same float32 sums as :func:`blocked`, and the
-    same thresholded top-k pass.
-    """
-    G = members.size
-    masked = live.size > 0
-    cnt = 0
-    for g in range(G):
-        i = members[g]
-        cnt += q_indptr[i + 1] - q_indptr[i]
-    keys = np.empty(cnt, dtype=np.int64)
-    ws = np.empty(cnt, dtype=np.float32)
-    pos = 0
-    for g in range(G):
-        i = members[g]
-        for j in range(q_indptr[i], q_indptr[i + 1]):
-            keys[pos] = q_terms[j] * G + g
-            ws[pos] = q_weights[j]
-            pos += 1
-    order = np.argsort(keys, kind="mergesort")
-    ut = np.empty(cnt, dtype=np.int64)  # distinct terms, increasing
-    u_ptr = np.empty(cnt + 1, dtype=np.int64)  # term u is in queries u_q[u_ptr[u]:u_ptr[u+1]]
-    u_q = np.empty(cnt, dtype=np.int64)
-    u_w = np.empty(cnt, dtype=np.float32)
-    nu = 0
-    for r in range(cnt):
-        key = keys[order[r]]
-        t = key // G
-        if nu == 0 or ut[nu - 1] != t:
-            ut[nu] = t
-            u_ptr[nu] = r
-            nu += 1
-        u_q[r] = key - t * G
-        u_w[r] = ws[order[r]]
-    u_ptr[nu] = cnt
-    cur = np.empty(nu, dtype=np.int64)
-    for u in range(nu):
-        cur[u] = indptr[ut[u]]
-    acc = np.zeros((G, block), dtype=np.float32)
-    hs = np.empty((G, k), dtype=np.float32)
-    hd = np.empty((G, k), dtype=np.int64)
-    nn = np.zeros(G, dtype=np.int64)
-    thr = np.zeros(G, dtype=np.float32)
-    for base in range(0, n_docs, block):
-        m = min(block, n_docs - base)
-        lim = base + m
-        for u in range(nu):
-            t = ut[u]
-            sl = slot[t]
-            if sl >= 0:
-                col = dense[sl, base:lim]
-                for r in range(u_ptr[u], u_ptr[u + 1]):
-                    a = acc[u_q[r]]
-                    w = u_w[r]
-                    for i in range(m):
-                        a[i] += w * np.float32(col[i])
-            else:
-                p = cur[u]
-                e = p + np.searchsorted(doc_ids[p : indptr[t + 1]], lim)
-                for r in range(u_ptr[u], u_ptr[u + 1]):
-                    a = acc[u_q[r]]
-                    w = u_w[r]
-                    for q in range(p, e):
-                        a[np.uint64(doc_ids[q] - base)] += w * np.float32(weights[q])
-                cur[u] = e
-        for g in range(G):
-            a = acc[g]
-            h_s = hs[g]
-            h_d = hd[g]
-            n = nn[g]
-            th = thr[g]
-            for i in range(m):
-                sc = a[i]
-                if sc > th and (not masked or live[base + i]):
-                    n = push(h_s, h_d, n, k, sc, base + i)
-                    if n == k:
-                        th = h_s[0]
-            a[:m] = 0.0
-            nn[g] = n
-            thr[g] = th
-    for g in range(G):
-        pop_all(hs[g], hd[g], nn[g], out_r[members[g]], out_s[members[g]])
-
-
 @njit(cache=True, parallel=True)
 def batch(
     indptr,
@@ -314,34 +269,17 @@ def batch(
     block,
     n_chunks,
     live,
-    group,
-    group_block,
 ):  # pragma: no cover - compiled
-    """Every query of a batch: short ones one by one, long ones in groups of ``group``.
-
-    ``group`` <= 1: every query one by one (:func:`one_query`). Otherwise queries with long
-    lists are answered ``group`` at a time by :func:`group_query` over blocks of
-    ``group_block`` documents. Both are spread over the threads.
-    """
     n_q = q_indptr.size - 1
     out_r = np.full((n_q, k), -1, dtype=np.int64)
     out_s = np.zeros((n_q, k), dtype=np.float32)
-    is_long = np.zeros(n_q, dtype=np.bool_)
-    if group > 1:
-        for i in range(n_q):
-            is_long[i] = long_lists(indptr, q_terms[q_indptr[i] : q_indptr[i + 1]], n_docs)
-    singles = np.flatnonzero(~is_long)
-    grouped = np.flatnonzero(is_long)
-    n_s = singles.size
-    chunks = max(1, min(n_chunks, n_s))
-    per = (n_s + chunks - 1) // chunks
-    for c in prange(chunks):
+    per = (n_q + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
         scores = np.zeros(n_docs, dtype=np.float32)
         touched = np.empty(n_docs, dtype=np.int64)
         hs = np.empty(k, dtype=np.float32)
         hd = np.empty(k, dtype=np.int64)
-        for r in range(c * per, min(n_s, (c + 1) * per)):
-            i = singles[r]
+        for i in range(c * per, min(n_q, (c + 1) * per)):
             s, e = q_indptr[i], q_indptr[i + 1]
             one_query(
                 indptr,
@@ -361,26 +299,6 @@ def batch(
                 out_s[i],
                 live,
             )
-    n_groups = (grouped.size + group - 1) // max(group, 1)
-    for gi in prange(n_groups):
-        members = grouped[gi * group : min(grouped.size, (gi + 1) * group)]
-        group_query(
-            indptr,
-            doc_ids,
-            weights,
-            slot,
-            dense,
-            n_docs,
-            q_indptr,
-            q_terms,
-            q_weights,
-            members,
-            k,
-            group_block,
-            live,
-            out_r,
-            out_s,
-        )
     return out_r, out_s
 
 

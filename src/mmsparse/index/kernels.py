@@ -11,9 +11,9 @@ documents) accumulates block by block of documents so that the block's scores st
 and reads the longest lists from **dense columns** (one weight per document, 0 where the term
 is absent; :func:`dense_columns`): adding such a column is a vector loop over contiguous
 memory instead of one scattered write per posting, and adding 0 leaves a float32 sum
-unchanged, so the scores are bit-identical. In a batch, such queries are answered a group at
-a time, every block of postings and columns read once for the group. docs/benchmarks.md
-("The exact engine") has the measurements behind these choices.
+unchanged, so the scores are bit-identical. Up to four consecutive dense terms are added in
+one pass over the block. docs/benchmarks.md ("The exact engine") has the measurements behind
+these choices.
 
 numba is imported lazily, on the first search, never at import time.
 """
@@ -35,10 +35,6 @@ _DOC_ID_BYTES = 4
 # Documents per accumulator block of the long-query path: 65,536 float32 scores (256 KiB)
 # stay in the L2 cache while every query term adds its postings of the block.
 BLOCK_DOCS = 65536
-# A batch answers its queries with long lists this many at a time, each block of
-# GROUP_BLOCK_DOCS documents read once for the group (16 x 16,384 float32 scores: 1 MiB).
-GROUP_QUERIES = 16
-GROUP_BLOCK_DOCS = 16384
 
 
 def numba_available() -> bool:
@@ -216,8 +212,6 @@ def search_csr(
     live: np.ndarray | None = None,
     dense: tuple[np.ndarray, np.ndarray] | None = None,
     block: int = BLOCK_DOCS,
-    group: int = GROUP_QUERIES,
-    group_block: int = GROUP_BLOCK_DOCS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` rows and scores of a CSR batch of queries against CSC postings.
 
@@ -238,9 +232,6 @@ def search_csr(
         dense: ``(slot, columns)`` of :func:`dense_columns` for the numba kernel (``None``:
             every term from its postings; same results, slower on long lists).
         block: Documents per accumulator block of the numba kernel's long-query path.
-        group: Queries with long lists answered together by the numba kernel in a batch
-            of several queries (``1``: one by one); same results.
-        group_block: Documents per block of those groups.
 
     Returns:
         ``(rows (B, k) int64 with -1 padding, scores (B, k) float32)``.
@@ -301,8 +292,6 @@ def search_csr(
                 int(block),
                 int(min(n_q, n_threads)),
                 mask,
-                int(group),
-                int(group_block),
             )
         finally:
             numba.set_num_threads(previous)
