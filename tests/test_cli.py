@@ -116,7 +116,7 @@ def test_restricted_vocabulary_run_end_to_end(tmp_path, tiny_release, capsys):
     assert code == 0
     result = json.loads(out)
     assert result["sparsity"]["text_nnz"] <= 5  # the training cap holds at serving
-    code, out, err = _run(capsys, "explain", str(run), "--caption", "0", "--json")
+    code, out, err = _run(capsys, "explain", str(run), "--caption-id", "0", "--json")
     assert code == 0, err
     terms = json.loads(out)
     assert terms

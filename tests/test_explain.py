@@ -74,7 +74,7 @@ def _reference(run_dir, caption_id):
 def test_caption_paired_with_its_image(run_dir):
     cap_id = "805"
     run, store, q, d, img_id = _reference(run_dir, cap_id)
-    out = explain(run_dir, caption=cap_id, k=5)
+    out = explain(run_dir, caption_id=cap_id, k=5)
     assert out["query"]["kind"] == "caption" and out["query"]["id"] == cap_id
     assert out["query"]["text"] == store.caption_texts[store.caption_row(cap_id)]
     assert out["query"]["nnz"] == int(np.count_nonzero(q)) <= 12
@@ -91,7 +91,7 @@ def test_caption_paired_with_its_image(run_dir):
     for c in pair["contributions"]:
         assert c["product"] == pytest.approx(c["query_weight"] * c["image_weight"], rel=1e-6)
     # k covering every shared term: the products add up to the score.
-    full = explain(run_dir, caption=cap_id, k=10_000)
+    full = explain(run_dir, caption_id=cap_id, k=10_000)
     total = sum(c["product"] for c in full["pair"]["contributions"])
     assert total == pytest.approx(full["pair"]["sparse_score"], rel=1e-5)
     assert -1.0 <= pair["dense_score"] <= 1.0
@@ -108,7 +108,7 @@ def test_image_and_with_image(run_dir):
     assert len(out["query"]["terms"]) == 4 and out["query"]["nnz"] <= 40
     weights = [t["weight"] for t in out["query"]["terms"]]
     assert weights == sorted(weights, reverse=True)
-    other = explain(run_dir, caption="805", with_image="7")
+    other = explain(run_dir, caption_id="805", with_image="7")
     assert other["pair"]["image_id"] == "7"
 
 
@@ -121,7 +121,7 @@ def test_text_through_extraction_backend(run_dir, monkeypatch):
         def encode(self, texts, batch_size=256):
             return np.stack([store.caption_feats[store.caption_texts.index(t)] for t in texts])
 
-    by_caption = explain(run_dir, caption="805", with_image="7")
+    by_caption = explain(run_dir, caption_id="805", with_image="7")
     by_text = explain(run_dir, text=raw, with_image="7", text_encoder=LookupEncoder())
     assert by_text["query"]["kind"] == "text" and by_text["query"]["text"] == raw
     assert by_text["query"]["terms"] == by_caption["query"]["terms"]
@@ -159,17 +159,31 @@ def test_bad_arguments(run_dir):
     with pytest.raises(ConfigError, match="exactly one"):
         explain(run_dir)
     with pytest.raises(ConfigError, match="exactly one"):
-        explain(run_dir, image="1", caption="2")
+        explain(run_dir, image="1", caption_id="2")
     with pytest.raises(ConfigError, match="not --image"):
         explain(run_dir, image="1", with_image="2")
     with pytest.raises(DataError, match="unknown caption id nope"):
-        explain(run_dir, caption="nope")
+        explain(run_dir, caption_id="nope")
     with pytest.raises(DataError, match="unknown image id 99999"):
-        explain(run_dir, caption="805", with_image="99999")
+        explain(run_dir, caption_id="805", with_image="99999")
+
+
+def test_caption_the_old_spelling_still_works_with_a_deprecation(run_dir, capsys):
+    with pytest.warns(DeprecationWarning, match=r"use explain\(caption_id=\.\.\.\)"):
+        old = explain(run_dir, caption="805", k=3)
+    assert old == explain(run_dir, caption_id="805", k=3)
+    assert main(["explain", str(run_dir), "--caption", "805", "--k", "3", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "mmsparse: warning: --caption is deprecated; use --caption-id" in err
+    assert json.loads(out) == old
+    # still one of --image / --caption-id / --text
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", str(run_dir), "--caption", "805", "--image", "3"])
+    assert exc.value.code == 2
 
 
 def test_cli(run_dir, capsys):
-    assert main(["explain", str(run_dir), "--caption", "805", "--k", "3", "--json"]) == 0
+    assert main(["explain", str(run_dir), "--caption-id", "805", "--k", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["query"]["terms"]) == 3 and out["pair"] is not None
     assert main(["explain", str(run_dir), "--image", "3"]) == 0

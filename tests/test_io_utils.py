@@ -156,3 +156,33 @@ def test_bundle_files_have_the_usual_permissions(tiny_store, tmp_path, umask_022
     tiny_store.bundle.save(tmp_path / "bundle")
     for path in (tmp_path / "bundle").iterdir():
         assert _mode(path) == 0o644, path
+
+
+def test_a_deleted_checksum_record_warns_and_can_be_recorded_again(tmp_path, caplog):
+    from mmsparse.io_utils import record_checksums
+
+    model = SparseDenseModel(d_img=6, d_txt=5, dense_dim=4, d_word=3, vocab_size=12)
+    directory = model.save_pretrained(tmp_path / "m")
+    (directory / CHECKSUMS_NAME).unlink()
+    with caplog.at_level("WARNING", logger="mmsparse"):
+        SparseDenseModel.from_pretrained(directory)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and str(directory) in warned[0]
+    assert "unverified" in warned[0] and "--no-verify" in warned[0]
+    assert "record_checksums" in warned[0]
+    caplog.clear()
+    set_verify(False)
+    try:  # switched off on purpose: nothing to warn about
+        with caplog.at_level("WARNING", logger="mmsparse"):
+            SparseDenseModel.from_pretrained(directory)
+        assert not caplog.records
+    finally:
+        set_verify(True)
+    record_checksums(directory)  # the way the warning gives
+    assert set(json.loads((directory / CHECKSUMS_NAME).read_text())["files"]) == {
+        "model.json",
+        "model.safetensors",
+    }
+    _flip(directory / "model.safetensors")
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        SparseDenseModel.from_pretrained(directory)

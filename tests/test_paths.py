@@ -82,7 +82,7 @@ def test_run_records_absolute_paths_and_works_from_another_folder(
     monkeypatch.chdir(elsewhere)
     run = "../runs/r"
     assert _run(capsys, "evaluate", run, "--json")[0] == 0
-    assert _run(capsys, "explain", run, "--caption", "0", "--json")[0] == 0
+    assert _run(capsys, "explain", run, "--caption-id", "0", "--json")[0] == 0
     assert _run(capsys, "index", "build", run, "--out", "idx", "--json")[0] == 0
     code, out, err = _run(capsys, "search", "idx", "--caption-id", "0", "--json")
     assert code == 0, err
@@ -105,7 +105,7 @@ def test_moved_run_and_data_with_data_and_bundle_options(relative_run, tmp_path,
     assert code == 2 and "--bundle" in err and "data.bundle" in err
     args = ("--data", moved / "data", "--bundle", moved / "bundle")
     assert _run(capsys, "evaluate", run, *args, "--json")[0] == 0
-    assert _run(capsys, "explain", run, "--caption", "0", *args, "--json")[0] == 0
+    assert _run(capsys, "explain", run, "--caption-id", "0", *args, "--json")[0] == 0
     assert _run(capsys, "index", "build", run, "--out", tmp_path / "idx", *args)[0] == 0
     assert (
         _run(capsys, "export", run, "--format", "anserini", "--out", tmp_path / "ex", *args)[0] == 0

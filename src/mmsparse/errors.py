@@ -27,6 +27,10 @@ class IndexFormatError(MMSparseError, ValueError):
     """An index file is corrupt, foreign or built with incompatible options."""
 
 
+class NonFiniteError(MMSparseError, ArithmeticError):
+    """A loss or a score is not finite (NaN or infinity): a diverged model."""
+
+
 class QueryError(MMSparseError, ValueError):
     """A search request is invalid: ``k``, mode, query weights or an engine parameter."""
 

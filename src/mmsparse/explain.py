@@ -10,24 +10,23 @@ settings: ``text_topk``, ``image_topk``, ``threshold``), so the score shown is t
 retrieval uses.
 
 Example:
-    >>> out = explain("runs/joint", caption="1234")              # doctest: +SKIP
+    >>> out = explain("runs/joint", caption_id="1234")              # doctest: +SKIP
     >>> [t["term"] for t in out["query"]["terms"][:3]]            # doctest: +SKIP
     ['dog', 'grass', 'running']
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mmsparse.data.bundle import BackboneBundle
 from mmsparse.data.store import FeatureStore
-from mmsparse.errors import CheckpointError, ConfigError, DataError, MMSparseError
+from mmsparse.errors import ConfigError, MMSparseError
 from mmsparse.evaluate.retrieval import encode_features
-from mmsparse.io_utils import read_json
 from mmsparse.runs import (
     LoadedRun,
     checkpoint_dir,
@@ -35,6 +34,7 @@ from mmsparse.runs import (
     load_run,
     load_run_data,
     resolve_device,
+    run_extraction,
 )
 from mmsparse.sparse.ops import contributions, top_terms
 
@@ -43,7 +43,7 @@ def explain(
     run_dir: str | Path,
     *,
     image: str | None = None,
-    caption: str | None = None,
+    caption_id: str | None = None,
     text: str | None = None,
     with_image: str | None = None,
     k: int = 10,
@@ -51,15 +51,16 @@ def explain(
     device: str = "cpu",
     bundle: str | Path | None = None,
     text_encoder: Any = None,
+    caption: str | None = None,
 ) -> dict[str, Any]:
     """Top terms of one sparse vector, and the terms behind a (query, image) score.
 
-    Exactly one of ``image``, ``caption`` and ``text`` is given.
+    Exactly one of ``image``, ``caption_id`` and ``text`` is given.
 
     Args:
         run_dir: A run directory written by ``mmsparse train`` (its best model is used).
         image: An image id (Karpathy ``imgid``) of the run's data.
-        caption: A caption id (Karpathy ``sentid``); paired with its own image unless
+        caption_id: A caption id (Karpathy ``sentid``); paired with its own image unless
             ``with_image`` names another.
         text: A raw text query, encoded through the run's extraction backend.
         with_image: An image id to pair the caption or text query with.
@@ -69,6 +70,7 @@ def explain(
         device: Torch device for the text encoder and the model.
         text_encoder: A text encoder to use for ``text`` instead of loading one from the
             run's extraction description (anything with ``encode(list[str])``).
+        caption: Deprecated spelling of ``caption_id`` (a ``DeprecationWarning``).
 
     Returns:
         ``{"run_dir", "checkpoint", "pruning", "query": {"kind", "id", "text", "nnz",
@@ -84,9 +86,17 @@ def explain(
         DataError: On an unknown image or caption id.
         MMSparseError: If ``text`` cannot be encoded here (no extraction backend).
     """
-    given = [name for name, v in (("image", image), ("caption", caption), ("text", text)) if v]
+    if caption is not None:
+        warnings.warn(
+            "explain(caption=...) is deprecated; use explain(caption_id=...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if caption_id is None:
+            caption_id = caption
+    given = [n for n, v in (("image", image), ("caption", caption_id), ("text", text)) if v]
     if len(given) != 1:
-        raise ConfigError("explain needs exactly one of --image ID, --caption ID, --text TEXT")
+        raise ConfigError("explain needs exactly one of --image ID, --caption-id ID, --text TEXT")
     if image is not None and with_image is not None:
         raise ConfigError("--with-image pairs a caption or text query with an image; not --image")
     if k < 1:
@@ -121,11 +131,11 @@ def explain(
         row = store.image_row(image)
         dense_q, sparse_q = encode(store.image_feats[row : row + 1], "image")
         query = {"kind": "image", "id": str(image), "text": store.image_filenames[row]}
-    elif caption is not None:
+    elif caption_id is not None:
         store = the_store()
-        row = store.caption_row(caption)
+        row = store.caption_row(caption_id)
         dense_q, sparse_q = encode(store.caption_feats[row : row + 1], "text")
-        query = {"kind": "caption", "id": str(caption), "text": store.caption_texts[row]}
+        query = {"kind": "caption", "id": str(caption_id), "text": store.caption_texts[row]}
         if pair_image is None:
             pair_image = store.image_ids[int(store.caption_image[row])]
     else:
@@ -178,36 +188,6 @@ def explain(
     }
 
 
-def run_extraction(run: LoadedRun) -> dict[str, Any] | None:
-    """The extraction description of a run's features, if recorded anywhere.
-
-    Looked up in the checkpoint's ``model.json`` (``backbone.extraction``), then in the
-    bundle named by the run's ``data.bundle``, then in ``<data.path>/bundle``.
-    """
-    ckpt = checkpoint_dir(run.run_dir)
-    try:
-        meta = read_json(ckpt / "model.json", "model description")
-    except CheckpointError:
-        meta = {}
-    backbone = meta.get("backbone") if isinstance(meta, dict) else None
-    if isinstance(backbone, dict) and isinstance(backbone.get("extraction"), dict):
-        return backbone["extraction"]
-    candidates = []
-    if run.config.data.bundle:
-        candidates.append(Path(run.config.data.bundle))
-    if run.config.data.path:
-        candidates.append(Path(run.config.data.path) / "bundle")
-    for path in candidates:
-        if (path / "bundle.json").is_file():
-            try:
-                extraction = BackboneBundle.load(path).extraction
-            except DataError:
-                continue
-            if isinstance(extraction, dict):
-                return extraction
-    return None
-
-
 def _run_text_encoder(run: LoadedRun, device: str) -> Any:
     from mmsparse.extract import load_text_encoder
 
@@ -216,7 +196,7 @@ def _run_text_encoder(run: LoadedRun, device: str) -> Any:
         raise MMSparseError(
             f"{run.run_dir}: cannot encode raw text: the run's features carry no extraction "
             "backend (no 'extraction' in its model.json or data bundle; features made with "
-            "'mmsparse extract' record one). Use --caption ID instead."
+            "'mmsparse extract' record one). Use --caption-id ID instead."
         )
     return load_text_encoder(extraction, device=device)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -25,6 +26,9 @@ DIR_MODE = 0o777  # directories: rwxrwxrwx minus the umask (0755)
 CHECKSUMS_NAME = "checksums.json"
 ENV_NO_VERIFY = "MMSPARSE_NO_VERIFY"
 _VERIFY = [True]
+_WARNED_UNVERIFIED: set[str] = set()
+
+logger = logging.getLogger("mmsparse.io")
 
 
 def current_umask() -> int:
@@ -231,12 +235,33 @@ def write_checksums(directory: str | Path, names: list[str]) -> None:
     atomic_write_json(directory / CHECKSUMS_NAME, {"algorithm": "sha256", "files": sums})
 
 
+def record_checksums(directory: str | Path) -> list[str]:
+    """Record (again) the sha256 of every file of a checkpoint directory.
+
+    For a directory whose ``checksums.json`` was lost: every visible regular file but the
+    record itself is recorded, as it is now (check it first: whatever changed is taken as
+    correct from then on).
+
+    Returns:
+        The recorded file names.
+    """
+    directory = Path(directory)
+    names = sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name != CHECKSUMS_NAME
+    )
+    write_checksums(directory, names)
+    return names
+
+
 def verify_checksums(directory: str | Path, names: list[str] | None = None) -> None:
     """Check files of ``directory`` against its ``checksums.json``.
 
-    A directory without ``checksums.json`` (written before checksums were recorded) is
-    accepted as it is; so is everything when verification is switched off
-    (:func:`set_verify`).
+    A directory without ``checksums.json`` (written before checksums were recorded, or
+    the record was deleted) is loaded unverified, with a warning (once per directory)
+    that says how to record it again or to switch the check off; with verification
+    switched off (:func:`set_verify`) nothing is checked or said.
 
     Args:
         directory: A checkpoint directory.
@@ -247,7 +272,21 @@ def verify_checksums(directory: str | Path, names: list[str] | None = None) -> N
     """
     directory = Path(directory)
     record = directory / CHECKSUMS_NAME
-    if not verify_enabled() or not record.is_file():
+    if not verify_enabled():
+        return
+    if not record.is_file():
+        key = str(directory.resolve())
+        if key not in _WARNED_UNVERIFIED:
+            _WARNED_UNVERIFIED.add(key)
+            logger.warning(
+                "%s: no %s, so its files are loaded unverified (written before checksums "
+                "existed, or the record was deleted); record it again with python -c "
+                "\"import mmsparse.io_utils as u; u.record_checksums('%s')\" or pass "
+                "--no-verify (MMSPARSE_NO_VERIFY=1) to load without checking",
+                directory,
+                CHECKSUMS_NAME,
+                directory,
+            )
         return
     data = read_json(record, "checksum record")
     files = data.get("files") if isinstance(data, dict) else None

@@ -6,7 +6,7 @@ A run directory written by :func:`mmsparse.train.train` looks like::
     RUN_DIR/metrics.jsonl         one JSON object per logged step and per validation
     RUN_DIR/curves.png            training curves
     RUN_DIR/best/                 model.safetensors, model.json, vocab.txt, selection.json
-    RUN_DIR/checkpoints/last/     the resumable state (model, optimiser, schedules)
+    RUN_DIR/checkpoints/          the resumable state (model, optimiser, schedules)
     RUN_DIR/eval_<split>.json     results of ``mmsparse evaluate``
 """
 
@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mmsparse.config import EvalConfig, RunConfig, config_from_dict
+from mmsparse.data.bundle import BackboneBundle
 from mmsparse.data.store import FeatureStore, Split, load_feature_store
 from mmsparse.data.terms import restricted_term_ids
 from mmsparse.data.vocab import Vocabulary
@@ -349,3 +351,33 @@ def load_run_data(
     store = load_feature_store(data_cfg)
     check_model_data(run.model, store, str(checkpoint_dir(run.run_dir)))
     return store
+
+
+def run_extraction(run: LoadedRun) -> dict[str, Any] | None:
+    """The extraction description of a run's features, if recorded anywhere.
+
+    Looked up in the checkpoint's ``model.json`` (``backbone.extraction``), then in the
+    bundle named by the run's ``data.bundle``, then in ``<data.path>/bundle``.
+    """
+    ckpt = checkpoint_dir(run.run_dir)
+    try:
+        meta = read_json(ckpt / "model.json", "model description")
+    except CheckpointError:
+        meta = {}
+    backbone = meta.get("backbone") if isinstance(meta, dict) else None
+    if isinstance(backbone, dict) and isinstance(backbone.get("extraction"), dict):
+        return backbone["extraction"]
+    candidates = []
+    if run.config.data.bundle:
+        candidates.append(Path(run.config.data.bundle))
+    if run.config.data.path:
+        candidates.append(Path(run.config.data.path) / "bundle")
+    for path in candidates:
+        if (path / "bundle.json").is_file():
+            try:
+                extraction = BackboneBundle.load(path).extraction
+            except DataError:
+                continue
+            if isinstance(extraction, dict):
+                return extraction
+    return None

@@ -168,3 +168,18 @@ def test_sparsity_and_pruning_on_a_model(tiny_store):
     assert full.info["n_images"] == 40 and full.info["n_captions"] == 120
     # dense metrics do not depend on sparse pruning
     assert full.metrics["t2i"]["dense"] == pruned.metrics["t2i"]["dense"]
+
+
+@pytest.mark.parametrize("where", ["image_dense", "text_sparse", "all"])
+def test_non_finite_scores_are_an_error_not_perfect_ranks(where):
+    """A diverged model's NaN scores once ranked every query first (R@1 = 100)."""
+    from mmsparse.errors import NonFiniteError
+
+    enc = _encoded(seed=4)
+    if where == "all":
+        for name in ("image_dense", "image_sparse", "text_dense", "text_sparse"):
+            getattr(enc, name).fill_(float("nan"))
+    else:
+        getattr(enc, where)[2, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"val split: .*not finite.*diverged"):
+        evaluate_encoded(enc, w1=0.5, w2=0.5, split_name="val")

@@ -57,3 +57,33 @@ def test_unreadable_files_are_reported(tmp_path):
     assert got.image is None and "truncated" in got.error
     got = open_rgb(tmp_path / "nope.jpg")
     assert got.image is None and "FileNotFoundError" in got.error
+
+
+@pytest.mark.parametrize(
+    ("orientation", "transpose"),
+    [(3, "ROTATE_180"), (6, "ROTATE_270"), (8, "ROTATE_90"), (2, "FLIP_LEFT_RIGHT")],
+)
+def test_exif_orientation_is_applied(tmp_path, orientation, transpose):
+    arr = np.random.default_rng(3).integers(0, 256, (24, 40, 3), dtype=np.uint8)  # landscape
+    exif = PIL.Exif()
+    exif[0x0112] = orientation
+    PIL.fromarray(arr).save(tmp_path / "o.jpg", exif=exif.tobytes(), quality=95)
+    with PIL.open(tmp_path / "o.jpg") as raw:  # the stored (sideways) pixels
+        assert raw.getexif()[0x0112] == orientation
+        upright = np.asarray(raw.convert("RGB").transpose(getattr(PIL.Transpose, transpose)))
+    got = open_rgb(tmp_path / "o.jpg")
+    assert got.error is None
+    np.testing.assert_array_equal(np.asarray(got.image), upright)
+    if orientation in (6, 8):
+        assert got.image.size == (24, 40)  # portrait once rotated
+
+
+def test_no_or_damaged_orientation_leaves_pixels(tmp_path):
+    arr = np.random.default_rng(4).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+    exif = PIL.Exif()
+    exif[0x0112] = 1
+    PIL.fromarray(arr).save(tmp_path / "one.png", exif=exif.tobytes())
+    np.testing.assert_array_equal(np.asarray(open_rgb(tmp_path / "one.png").image), arr)
+    exif[0x0112] = 42  # not an orientation: left as stored
+    PIL.fromarray(arr).save(tmp_path / "odd.png", exif=exif.tobytes())
+    np.testing.assert_array_equal(np.asarray(open_rgb(tmp_path / "odd.png").image), arr)

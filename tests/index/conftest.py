@@ -79,3 +79,19 @@ def flickr8k_or_skip() -> Path:
     if not (FLICKR8K / "dataset_meta.json").is_file():
         pytest.skip(f"Flickr8k features not found at {FLICKR8K} (set MMSPARSE_FLICKR8K)")
     return FLICKR8K
+
+
+@pytest.fixture(scope="session")
+def photo_run(tmp_path_factory) -> Path:
+    """A run (no training) whose backbone is a tiny CLIP: it can encode raw images."""
+    import importlib.util
+
+    from tests.helpers import EXTRACT_MODULES, make_backbone_run, make_tiny_clip
+
+    if not all(importlib.util.find_spec(m) is not None for m in EXTRACT_MODULES):
+        pytest.skip("the 'extract' extra is not installed (pip install 'mmsparse[extract]')")
+    from mmsparse.extract import build_bundle
+
+    root = tmp_path_factory.mktemp("photo-run")
+    build_bundle("clip", root / "bundle", model=make_tiny_clip(root / "clip"))
+    return make_backbone_run(root, root / "bundle")

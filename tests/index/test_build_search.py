@@ -286,3 +286,17 @@ def test_search_explain_says_top_n_of_m(tiny_run, inverted_index, capsys):
     listed = sum(t[3] for t in hit.terms)
     assert f"top {len(hit.terms)} of {hit.shared_terms} shared terms" in text
     assert f"sum to {listed:.4f} of the score {hit.score:.4f}" in text
+
+
+def test_rebuild_in_place_reports_the_same_engine_size(tiny_run, tmp_path):
+    """Files of the index that are not the engine's (confidence.json...) are not counted."""
+    from mmsparse.index.confidence import CALIBRATION_NAME
+    from mmsparse.index.manifest import CALIBRATION_FILE
+
+    assert CALIBRATION_FILE == CALIBRATION_NAME
+    out = tmp_path / "idx"
+    first = build_index(tiny_run, out, split="val", progress=False)
+    assert (out / CALIBRATION_NAME).is_file()
+    again = build_index(tiny_run, out, split="val", progress=False)
+    assert again.stats["engine_bytes"] == first.stats["engine_bytes"]
+    assert first.stats["engine_bytes"] == (out / "postings.mmsi").stat().st_size

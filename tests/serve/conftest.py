@@ -13,7 +13,7 @@ import pytest
 
 from mmsparse.index import build_index
 from mmsparse.index.manifest import read_docs
-from tests.index.conftest import make_run
+from tests.index.conftest import SPEC, make_run
 
 
 class HashEncoder:
@@ -29,6 +29,61 @@ class HashEncoder:
         for i, t in enumerate(texts):
             out[i] = np.random.default_rng(zlib.crc32(t.encode())).standard_normal(self.d)
         return out
+
+
+class ColourImageEncoder:
+    """Stands in for the run's backbone image encoder: features seeded by an image's mean
+    colour (so an image and its re-encoded copy get the same features)."""
+
+    def __init__(self, d: int = SPEC.d_img) -> None:
+        self.d = d
+        self.calls = 0
+
+    def encode_images(self, images):
+        self.calls += 1
+        out = np.zeros((len(images), self.d), dtype=np.float32)
+        for i, im in enumerate(images):
+            mean = np.asarray(im.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(0)
+            seed = zlib.crc32(np.round(mean / 8).astype(np.int64).tobytes())
+            out[i] = np.random.default_rng(seed).standard_normal(self.d)
+        return out
+
+
+def image_bytes(colour=(200, 40, 40), size=(48, 40), fmt="PNG") -> bytes:
+    """An encoded image file of one colour."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, fmt)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    """A free TCP port of 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(app):
+    """Run ``app`` with uvicorn in a thread; returns ``(base URL, stop())``."""
+    uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+
+    def stop():
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+    return f"http://127.0.0.1:{port}", stop
 
 
 def write_images(index_dir: Path, images_dir: Path) -> None:
@@ -71,21 +126,12 @@ def sparse_only_index(served_index) -> Path:
 
 @pytest.fixture(scope="module")
 def server(served_index):
-    """A uvicorn server of the served index on a free 127.0.0.1 port (in a thread)."""
-    uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+    """A uvicorn server of the served index on a free 127.0.0.1 port (in a thread), with
+    stand-in text and image encoders."""
+    pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
     from mmsparse.serve import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(served_index, text_encoder=HashEncoder())
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    app = create_app(served_index, text_encoder=HashEncoder(), image_encoder=ColourImageEncoder())
+    url, stop = start_server(app)
+    yield url
+    stop()

@@ -85,12 +85,18 @@ def test_image_terms_and_more_like_this(client):
     docs = svc.searcher.engine.index.to_csr()
     row = svc.row_of[first["image_id"]]
     scores = (docs @ docs[row].T).toarray().ravel()
-    expect = np.lexsort((np.arange(scores.size), -scores))[:4]
+    ranked = np.lexsort((np.arange(scores.size), -scores))
+    expect = [r for r in ranked if r != row][:4]  # the source image itself is left out
     assert [h["image_id"] for h in like["hits"]] == [svc.searcher.image_ids[r] for r in expect]
+    assert first["image_id"] not in [h["image_id"] for h in like["hits"]]
     assert like["hits"][0]["score"] == pytest.approx(scores[expect[0]], rel=1e-5)
     hit = like["hits"][0]
     assert sum(t["contribution"] for t in hit["terms"]) == pytest.approx(hit["score"], rel=1e-5)
-    assert any("more like image" in n for n in like["notes"])
+    assert any("more like image" in n and "left out" in n for n in like["notes"])
+    kept = client.get("/api/search", params={"like": first["image_id"], "k": 4, "include_self": 1})
+    assert [h["image_id"] for h in kept.json()["hits"]] == [
+        svc.searcher.image_ids[r] for r in ranked[:4]
+    ]
 
 
 def test_image_files_are_served_and_nothing_else(client):
@@ -186,7 +192,8 @@ def test_dense_and_hybrid_rank_exactly_by_the_stored_vectors(client, mode):
 def test_more_like_this_in_hybrid_mode_uses_the_images_own_vectors(client):
     svc = client.app.state.service
     image_id = svc.searcher.image_ids[7]
-    data = client.get("/api/search", params={"like": image_id, "k": 5, "mode": "hybrid"}).json()
+    params = {"like": image_id, "k": 5, "mode": "hybrid", "include_self": "true"}
+    data = client.get("/api/search", params=params).json()
     row = svc.row_of[image_id]
     terms, weights = svc.doc_vector(row)
     q_sparse = sp.csr_matrix((weights, terms, [0, terms.size]), shape=(1, svc.manifest.vocab_size))
@@ -194,6 +201,11 @@ def test_more_like_this_in_hybrid_mode_uses_the_images_own_vectors(client):
     expect = np.lexsort((np.arange(scores.size), -scores))[:5]
     assert [h["image_id"] for h in data["hits"]] == [svc.searcher.image_ids[r] for r in expect]
     assert data["hits"][0]["image_id"] == image_id  # an image is most like itself
+    # by default the source image is left out and the others keep their order
+    others = client.get("/api/search", params={**params, "include_self": "false"}).json()
+    assert [h["image_id"] for h in others["hits"]] == [
+        svc.searcher.image_ids[r] for r in np.lexsort((np.arange(scores.size), -scores))[1:6]
+    ]
 
 
 def test_other_bad_requests(client):
@@ -202,7 +214,7 @@ def test_other_bad_requests(client):
     assert_error(client.get(f"/api/images/{ok_id}/terms?k=0"), 400, "k must be a positive")
     assert_error(client.get(f"/api/images/{ok_id}/terms?k=999"), 400, "k must be at most 200")
     assert_error(client.get("/api/nothing-here"), 404, "not found: /api/nothing-here")
-    assert_error(client.post("/api/search?q=dog"), 405, "Method Not Allowed")
+    assert_error(client.put("/api/search?q=dog"), 405, "Method Not Allowed")
 
 
 def test_long_query_is_cut_with_a_note(client):

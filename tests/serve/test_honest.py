@@ -80,7 +80,7 @@ def test_page_says_no_good_match_instead_of_a_grid(server):
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page()
         page.goto(server + "/?q=qwxz+zzkv")
-        page.wait_for_selector("#notes li:has-text('no good match')")
+        page.wait_for_selector("#nomatch:not([hidden]):has-text('No good match')")
         assert page.locator("#grid .card").count() == 0
         page.goto(server + "/?q=a+dog+runs+on+the+beach")
         page.wait_for_selector("#grid .card")

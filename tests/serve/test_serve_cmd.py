@@ -48,6 +48,7 @@ def one_error_line(capsys) -> str:
         ("--max-pending", "0"),
         ("--max-pending", "-1"),
         ("--workers", "0"),
+        ("--max-upload-mb", "0"),
     ],
 )
 def test_counts_below_one_are_refused(served_index, no_server, capsys, option, value):

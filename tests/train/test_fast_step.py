@@ -87,6 +87,20 @@ def test_compiled_step_keeps_the_trajectory(store, tmp_path, plain):
     _assert_same_trajectory(compiled, plain, rtol=1e-5)
 
 
+def test_compiled_step_with_the_objective_options_keeps_the_trajectory(store, tmp_path):
+    """The option terms (table rows with lambdas) compile to the eager values."""
+    options = (
+        "objective.lexical_weight=0.3",
+        "objective.sparse_scale=learned",
+        "objective.reg=flops",
+        "objective.train_text_topk=20",
+    )
+    eager = _trajectory(store, tmp_path / "eager", *options, steps=8)
+    torch._dynamo.reset()
+    compiled = _trajectory(store, tmp_path / "compiled", *options, "train.compile=default", steps=8)
+    _assert_same_trajectory(compiled, eager, rtol=1e-5)
+
+
 def test_bf16_forward_stays_close_and_the_loss_is_float32(store, tmp_path, plain):
     bf16 = _trajectory(store, tmp_path, "train.amp=bf16")
     # bf16 rounds the forward pass (8 bits of mantissa): close, not equal.

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,23 +39,32 @@ from typing import Any
 
 import numpy as np
 
-from mmsparse.bench.flickr8k import (
+from mmsparse.bench.common import (
     METRICS,
+    SCORE_TYPES,
     RunRecord,
-    _aggregate,
-    _fmt,
-    _loadavg,
-    _train_or_reuse,
-    hardware,
+    SeededBench,
+    data_overrides,
+    hit_at_1,
+    mean_std,
     paired_permutation_test,
+    pyplot,
+    reciprocal_rank_at_10,
     replace_marked_block,
+    results_footer,
+    save_png,
+    score_rows,
+    seed_rows,
+    sparsity_cells,
     train_and_evaluate,
+    train_or_reuse,
 )
+from mmsparse.bench.machine import describe_machine, load_average
 from mmsparse.config import RunConfig, apply_overrides, load_config
 from mmsparse.errors import ConfigError, MMSparseError
 from mmsparse.evaluate.report import format_table
 from mmsparse.io_utils import atomic_write_json
-from mmsparse.train.trainer import resume_conflicts
+from mmsparse.train import resume_conflicts
 
 logger = logging.getLogger("mmsparse.bench")
 
@@ -111,48 +120,29 @@ OPTION_DESCRIPTIONS: dict[str, str] = {
 
 
 #: The score types of a joint run.
-ALL_SCORES = ("dense", "sparse", "hybrid")
+ALL_SCORES = SCORE_TYPES
 
 
 @dataclass(frozen=True)
-class FrontierBench:
+class FrontierBench(SeededBench):
     """What the frontier benchmark runs.
 
+    The fields of :class:`~mmsparse.bench.common.SeededBench` (``config`` is the recipe;
+    ``overrides`` apply to both configurations), and:
+
     Attributes:
-        data: Directory of the Flickr8k features.
-        bundle: Backbone bundle (needed by the restricted vocabulary and readability).
-        out: Directory of all the runs.
-        stage0_config: Config of the stage-0 dense fit (the dense backbone).
         paper_config: The paper's method on this data (every frontier option off).
-        config: The recipe.
-        seeds: Seeds of the main rows; the first one is used for everything else.
-        text_topk: Terms kept per caption at evaluation.
-        image_topk: Terms kept per image at evaluation.
-        reg_scales: Multipliers of ``q_reg``/``d_reg`` for the trade-off curves.
         ablation: Train the "minus" and "alone" rows of every option.
         paper: Train D2S and joint with the paper configuration (first seed).
         curves: Which configurations get a trade-off curve (``recipe``, ``paper``).
-        overrides: Extra ``key=value`` overrides of every sparse run (both configurations).
-        stage0_overrides: Extra overrides of the stage-0 runs.
         jobs: Runs trained at once, each in its own process with an equal share of the
             threads (1: one after the other, in this process).
     """
 
-    data: str
-    bundle: str | None
-    out: str
-    stage0_config: str = "configs/flickr8k-stage0.json"
     paper_config: str = "configs/flickr8k-paper.json"
-    config: str = "configs/flickr8k.json"
-    seeds: tuple[int, ...] = (42, 43, 44)
-    text_topk: int = 64
-    image_topk: int = 256
-    reg_scales: tuple[float, ...] = (1 / 3, 1.0, 3.0)
     ablation: bool = True
     paper: bool = True
     curves: tuple[str, ...] = ("recipe", "paper")
-    overrides: tuple[str, ...] = ()
-    stage0_overrides: tuple[str, ...] = ()
     jobs: int = 1
 
 
@@ -213,13 +203,12 @@ def run_frontier_bench(
         plot_path: PNG of R@1 against FLOPs.
 
     Returns:
-        The results dict: rows, ablation, curves, significance, hardware, timings.
+        The results dict: rows, ablation, curves, significance, machine, timings.
     """
     t0 = time.perf_counter()
-    load_start = _loadavg()
+    load_start = load_average()
     out = Path(spec.out)
-    data = [f"data.path={spec.data}"]
-    data.append(f"data.bundle={spec.bundle}" if spec.bundle else "data.bundle=null")
+    data = data_overrides(spec.data, spec.bundle)
     stage0_base = load_config(spec.stage0_config, [*data, *spec.stage0_overrides])
     paper = load_config(spec.paper_config, [*data, *spec.overrides])
     recipe = load_config(spec.config, [*data, *spec.overrides])
@@ -261,19 +250,6 @@ def run_frontier_bench(
         )
 
     significance = _significance(records, main)
-    rows = {}
-    for name, recs in records.items():
-        types = [t for t in ALL_SCORES if t in recs[0].result["t2i"]]
-        row = {
-            "group": recs[0].group,
-            **_aggregate(recs, types),
-            "runs": [str(r.run_dir) for r in recs],
-        }
-        if name in readability:
-            row["readability"] = {
-                k: float(np.mean([r[k] for r in readability[name]])) for k in readability[name][0]
-            }
-        rows[name] = row
     results = {
         "benchmark": "frontier",
         "split": "val",
@@ -292,17 +268,11 @@ def run_frontier_bench(
             k: {kk: {"paper": v[0], "recipe": v[1]} for kk, v in vals.items()}
             for k, vals in options.items()
         },
-        "rows": rows,
+        "rows": seed_rows(records, readability),
         "ablation": ablation,
         "curves": curves,
         "significance": significance,
-        "hardware": hardware(),
-        "load_average": {"start": load_start, "end": _loadavg()},
-        "total_seconds": round(time.perf_counter() - t0, 1),
-        "train_seconds_all_runs": round(
-            sum(r.train_seconds for recs in records.values() for r in recs), 1
-        ),
-        "n_runs": sum(len(recs) for recs in records.values()),
+        **results_footer(records, load_start, t0),
     }
     if results_path:
         atomic_write_json(results_path, results)
@@ -413,7 +383,7 @@ def _train_worker(cfg: RunConfig, run_dir: str, threads: int) -> float:
     torch.set_num_threads(threads)
     # train.progress may differ from a finished run's config (see RESUME_FREE_KEYS).
     quiet = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False))
-    return _train_or_reuse(quiet, Path(run_dir))
+    return train_or_reuse(quiet, Path(run_dir))
 
 
 def _train_parallel(plan: Sequence[_Planned], out: Path, jobs: int) -> None:
@@ -484,13 +454,7 @@ def _hits(
 
 def _significance(records: dict[str, list[RunRecord]], main: int) -> dict[str, Any]:
     """Paired tests of the claims, text-to-image, by (seed, query)."""
-
-    def r1(r: np.ndarray) -> np.ndarray:
-        return (r <= 1).astype(float)
-
-    def rr10(r: np.ndarray) -> np.ndarray:
-        return np.where(r <= 10, 1.0 / r, 0.0)
-
+    r1, rr10 = hit_at_1, reciprocal_rank_at_10
     tests: dict[str, Any] = {}
     pairs = [
         ("joint sparse - D2S sparse", ("joint", "sparse"), ("d2s", "sparse")),
@@ -525,16 +489,7 @@ def _significance(records: dict[str, list[RunRecord]], main: int) -> dict[str, A
 
 def plot_frontier(results: dict[str, Any], path: str | Path) -> None:
     """R@1 against FLOPs: the curves of both configurations and the dense backbone."""
-    from mmsparse.errors import require_extra
-    from mmsparse.io_utils import atomic_path
-
-    require_extra("matplotlib", "plot", "The frontier plot")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = pyplot("The frontier plot").subplots(figsize=(6, 4.5))
     styles = {
         "recipe-joint": ("C0", "-", "joint, recipe"),
         "recipe-d2s": ("C1", "-", "D2S, recipe"),
@@ -561,10 +516,7 @@ def plot_frontier(results: dict[str, Any], path: str | Path) -> None:
         title="Flickr8k val, served at 64 / 256 terms",
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def frontier_tables(results: dict[str, Any]) -> str:
@@ -582,33 +534,24 @@ def frontier_tables(results: dict[str, Any]) -> str:
         "cap words %",
         "train s",
     ]
-    rows = []
-    for name, row in results["rows"].items():
-        if row["group"] not in ("main", "paper"):
-            continue
-        for st in ("dense", "sparse", "hybrid"):
-            if st not in row["t2i"]:
-                continue
-            cells = [name, st, str(len(row["seeds"]))]
-            cells += [_fmt(row["t2i"][st][m]) for m in METRICS]
-            cells.append(_fmt(row["i2t"][st]["R@1"]))
-            sp = row.get("sparsity") if st == "sparse" else None
-            rd = row.get("readability") if st == "sparse" else None
-            cells += (
-                [f"{sp['flops']:.1f}", f"{sp['text_nnz']:.1f}", f"{sp['image_nnz']:.1f}"]
-                if sp
-                else ["", "", ""]
-            )
-            cells += (
-                [
-                    f"{rd['image_terms_in_captions']:.1f}",
-                    f"{rd['caption_terms_in_other_captions']:.1f}",
-                ]
-                if rd
-                else ["", ""]
-            )
-            cells.append(f"{row['train_seconds']:.0f}")
-            rows.append(cells)
+
+    def cells(row: Mapping[str, Any], st: str) -> list[str]:
+        rd = row.get("readability") if st == "sparse" else None
+        words = ["", ""]
+        if rd:
+            words = [
+                f"{rd['image_terms_in_captions']:.1f}",
+                f"{rd['caption_terms_in_other_captions']:.1f}",
+            ]
+        return [
+            *(mean_std(row["t2i"][st][m]) for m in METRICS),
+            mean_std(row["i2t"][st]["R@1"]),
+            *sparsity_cells(row, st),
+            *words,
+            f"{row['train_seconds']:.0f}",
+        ]
+
+    rows = score_rows(results["rows"], cells, groups=("main", "paper"))
     parts = [format_table(rows, header=header, markdown=True)]
     if results["ablation"]:
         ab_header = [
@@ -668,14 +611,11 @@ def frontier_tables(results: dict[str, Any]) -> str:
 
 def write_frontier_report(results: dict[str, Any], path: str | Path) -> None:
     """Put the tables and significance tests into the Markdown report."""
-    hw = results["hardware"]
     sig = results["significance"]
     lines = [
         "<!-- frontier:begin -->",
-        f"Hardware: {hw['cpu']}, {hw['threads']} threads, torch {hw['torch']}; "
-        f"{results['n_runs']} runs, training summed "
-        f"{results['train_seconds_all_runs'] / 60:.1f} min; load average "
-        f"{results['load_average']['start']} at start, {results['load_average']['end']} at end.",
+        f"Hardware: {describe_machine(results['machine'])}; {results['n_runs']} runs, "
+        f"training summed {results['train_seconds_all_runs'] / 60:.1f} min.",
         "",
         frontier_tables(results),
         "",

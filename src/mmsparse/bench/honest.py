@@ -284,15 +284,21 @@ def honest_benchmark(
 
     Returns:
         A JSON-ready report: ``sets`` (name, role, size), ``rates`` (per mode and set: %
-        ``no_match``, ``low_confidence``, ``flagged``), ``misses`` (examples), ``compare``.
+        ``no_match``, ``low_confidence``, ``flagged``), ``misses`` (examples), ``compare``,
+        ``machine`` (:func:`~mmsparse.bench.machine.machine_record`).
     """
+    from mmsparse.bench.machine import load_average, machine_record
     from mmsparse.index.search import Searcher
+
+    load_start = load_average()
 
     searcher = Searcher(index_dir, run_dir=run_dir, data=data, bundle=bundle)
     if text_encoder is not None:
         searcher._text_encoder = text_encoder
     try:
-        return _benchmark(searcher, n_nonsense, compare, progress)
+        report = _benchmark(searcher, n_nonsense, compare, progress)
+        report["machine"] = machine_record(load_start)
+        return report
     finally:
         searcher.close()
 

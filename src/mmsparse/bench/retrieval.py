@@ -54,16 +54,17 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from mmsparse.bench.machine import describe_machine, load_average, machine_record
 from mmsparse.errors import MissingExtraError, MMSparseError
 from mmsparse.index import kernels
 from mmsparse.io_utils import atomic_write_json, atomic_write_text
@@ -230,13 +231,7 @@ def _latency(fn: Callable[[int], Any], n: int, budget_s: float = float("inf")) -
         times.append(time.perf_counter() - t0)
         if i + 1 >= MIN_TIMED and time.perf_counter() - start > budget_s:
             break
-    t = np.asarray(times)
-    return {
-        "p50_ms": _sig(np.percentile(t, 50) * 1e3),
-        "p99_ms": _sig(np.percentile(t, 99) * 1e3),
-        "mean_ms": _sig(t.mean() * 1e3),
-        "latency_queries": int(t.size),
-    }
+    return _times_summary(np.asarray(times))
 
 
 def _serial(
@@ -289,71 +284,128 @@ def _dir_bytes(path: Path) -> int:
 # -- the benchmark ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CorpusOptions:
+    """The corpus and its queries (module doc, *The corpus*).
+
+    Attributes:
+        n_images: Corpus size (real images first, then synthetic ones).
+        n_queries: Real caption queries (batched throughput and recall).
+        seed: Seed of corpus and query sampling.
+        data: Feature directory (default: the run's).
+    """
+
+    n_images: int = 1_000_000
+    n_queries: int = 10_000
+    seed: int = 0
+    data: str | Path | None = None
+
+
+@dataclass(frozen=True)
+class ServingCap:
+    """Terms kept per vector, as an index would serve them.
+
+    Attributes:
+        image_topk: Terms kept per image (default: the run's ``eval.image_topk``).
+        text_topk: Terms kept per query (default: the run's ``eval.text_topk``).
+    """
+
+    image_topk: int | None = None
+    text_topk: int | None = None
+
+
+@dataclass(frozen=True)
+class EngineSweep:
+    """Which engines, built how, and the settings the approximate ones are swept over.
+
+    Attributes:
+        engines: Subset of :data:`BENCH_ENGINES`; engines whose package is missing are
+            reported as skipped.
+        seismic_build: Seismic build parameters over :data:`DEFAULT_SEISMIC_BUILD`.
+        seismic_search: ``(query_cut, heap_factor)`` sweep, in increasing recall order.
+        hnsw: faiss HNSW ``M`` and ``efConstruction`` over :data:`DEFAULT_HNSW`.
+        hnsw_ef: faiss HNSW ``efSearch`` sweep.
+        kannolo: kannolo ``m`` and ``ef_construction`` over :data:`DEFAULT_KANNOLO`.
+        kannolo_ef: kannolo ``ef_search`` sweep.
+        kannolo_images: kannolo builds its graph on at most this many images.
+        milvus_images: milvus-lite is measured on at most this many images.
+        bmp_bsize: bmp images per block.
+        blockmax_bsize: ``inverted-blockmax`` images per block.
+    """
+
+    engines: tuple[str, ...] = DEFAULT_ENGINES
+    seismic_build: Mapping[str, Any] = field(default_factory=dict)
+    seismic_search: tuple[tuple[int, float], ...] = DEFAULT_SEISMIC_SEARCH
+    hnsw: Mapping[str, int] = field(default_factory=dict)
+    hnsw_ef: tuple[int, ...] = DEFAULT_HNSW_EF
+    kannolo: Mapping[str, int] = field(default_factory=dict)
+    kannolo_ef: tuple[int, ...] = DEFAULT_KANNOLO_EF
+    kannolo_images: int = 100_000
+    milvus_images: int = 20_000
+    bmp_bsize: int = 32
+    blockmax_bsize: int = 64
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How many queries are timed, and for how long at most.
+
+    Attributes:
+        latency_queries: Queries timed one at a time on one thread (per engine/setting).
+        latency_budget: Seconds of single-query timing per engine or setting (>= 20
+            queries).
+        serial_budget: Seconds for the one-query-at-a-time exact engines (``bmp``,
+            ``inverted-blockmax``) to answer queries (>= 20).
+        sweep_queries: Queries of every sweep point's recall and throughput.
+    """
+
+    latency_queries: int = 1000
+    latency_budget: float = 20.0
+    serial_budget: float = 60.0
+    sweep_queries: int = 2000
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where the results go.
+
+    Attributes:
+        out: Results JSON (``None``: not written); rewritten after every engine, so an
+            interrupted run keeps what it measured.
+        table: Markdown table file (``None``: not written).
+        plot: Latency-against-recall PNG (``None``: not drawn; needs matplotlib).
+        work: Directory for the built indexes (default: a temporary one, removed after).
+    """
+
+    out: str | Path | None = "benchmarks/retrieval.json"
+    table: str | Path | None = None
+    plot: str | Path | None = None
+    work: str | Path | None = None
+
+
 def bench_retrieval(
     run_dir: str | Path,
+    corpus: CorpusOptions = CorpusOptions(),
     *,
-    n_images: int = 1_000_000,
-    n_queries: int = 10_000,
-    engines: Sequence[str] = DEFAULT_ENGINES,
-    latency_queries: int = 1000,
-    latency_budget: float = 20.0,
-    serial_budget: float = 60.0,
-    sweep_queries: int = 2000,
-    milvus_images: int = 20_000,
-    kannolo_images: int = 100_000,
-    seed: int = 0,
-    data: str | Path | None = None,
-    work: str | Path | None = None,
-    out: str | Path | None = "benchmarks/retrieval.json",
-    table: str | Path | None = None,
-    plot: str | Path | None = None,
-    seismic_build: dict[str, Any] | None = None,
-    seismic_search: Sequence[tuple[int, float]] = DEFAULT_SEISMIC_SEARCH,
-    hnsw: dict[str, int] | None = None,
-    hnsw_ef: Sequence[int] = DEFAULT_HNSW_EF,
-    kannolo: dict[str, int] | None = None,
-    kannolo_ef: Sequence[int] = DEFAULT_KANNOLO_EF,
-    bmp_bsize: int = 32,
-    blockmax_bsize: int = 64,
-    image_topk: int | None = None,
-    text_topk: int | None = None,
+    cap: ServingCap = ServingCap(),
+    sweep: EngineSweep = EngineSweep(),
+    timing: Timing = Timing(),
+    outputs: Outputs = Outputs(),
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build every engine on a realistic corpus of a run's vectors and measure it.
 
     Args:
         run_dir: A trained run (its data must be readable); any run, e.g. a new model's.
-        n_images: Corpus size.
-        n_queries: Real caption queries (batched throughput and recall).
-        engines: Subset of :data:`BENCH_ENGINES`; engines whose package is missing are
-            reported as skipped.
-        latency_queries: Queries timed one at a time on one thread (per engine/setting).
-        latency_budget: Seconds of single-query timing per engine or setting (>= 20 queries).
-        serial_budget: Seconds for the one-query-at-a-time exact engines (``bmp``,
-            ``inverted-blockmax``) to answer queries (>= 20).
-        sweep_queries: Queries of every sweep point's recall and throughput.
-        milvus_images: milvus-lite is measured on at most this many images.
-        kannolo_images: kannolo builds its graph on at most this many images.
-        seed: Seed of corpus and query sampling.
-        data: Feature directory (default: the run's).
-        work: Directory for the built indexes (default: a temporary one, removed after).
-        out: Results JSON to write (``None``: do not write).
-        table: Markdown table file to write (``None``: do not write).
-        plot: Latency-against-recall PNG to write (``None``: do not write; needs matplotlib).
-        seismic_build: Seismic build parameters (default :data:`DEFAULT_SEISMIC_BUILD`).
-        seismic_search: ``(query_cut, heap_factor)`` sweep, in increasing recall order.
-        hnsw: faiss HNSW ``M`` and ``efConstruction``.
-        hnsw_ef: faiss HNSW ``efSearch`` sweep.
-        kannolo: kannolo ``m`` and ``ef_construction``.
-        kannolo_ef: kannolo ``ef_search`` sweep.
-        bmp_bsize: bmp documents per block.
-        blockmax_bsize: ``inverted-blockmax`` documents per block.
-        image_topk: Terms kept per image (default: the run's ``eval.image_topk``).
-        text_topk: Terms kept per query (default: the run's ``eval.text_topk``).
+        corpus: Corpus size, queries, seed and data.
+        cap: Terms kept per image and per query.
+        sweep: The engines and their settings.
+        timing: Queries timed and time budgets.
+        outputs: Results JSON, table, plot and work directory.
         progress: Progress bars and log lines on stderr.
 
     Returns:
-        The report (also written to ``out``).
+        The report (also written to ``outputs.out``).
 
     Raises:
         MMSparseError: On bad sizes or an unknown engine.
@@ -361,23 +413,26 @@ def bench_retrieval(
     from mmsparse.index.encode import encode_vectors
     from mmsparse.runs import load_run, load_run_data
 
+    engines, seed = sweep.engines, corpus.seed
+    n_images, n_queries = corpus.n_images, corpus.n_queries
     unknown = set(engines) - set(BENCH_ENGINES)
     if unknown:
         raise MMSparseError(f"unknown engine(s) {sorted(unknown)}; known: {BENCH_ENGINES}")
-    if min(n_images, n_queries, latency_queries, sweep_queries) < 1:
+    if min(n_images, n_queries, timing.latency_queries, timing.sweep_queries) < 1:
         raise MMSparseError(
             "--n-images, --n-queries, --latency-queries and --sweep-queries must be >= 1"
         )
-    latency_queries = min(latency_queries, n_queries)
-    sweep_queries = min(sweep_queries, n_queries)
-    load_start = os.getloadavg()
+    latency_queries = min(timing.latency_queries, n_queries)
+    sweep_queries = min(timing.sweep_queries, n_queries)
+    out, work = outputs.out, outputs.work
+    load_start = load_average()
     t_start = time.perf_counter()
     rng = np.random.default_rng(seed)
     run = load_run(run_dir)
-    store = load_run_data(run, data)
+    store = load_run_data(run, corpus.data)
     ev = run.config.serving
-    image_topk = ev.image_topk if image_topk is None else image_topk
-    text_topk = ev.text_topk if text_topk is None else text_topk
+    image_topk = ev.image_topk if cap.image_topk is None else cap.image_topk
+    text_topk = ev.text_topk if cap.text_topk is None else cap.text_topk
     img_dense, img_sparse = encode_vectors(
         run.model,
         store.image_feats,
@@ -422,13 +477,7 @@ def bench_retrieval(
             "text_topk": text_topk,
             "threshold": ev.threshold,
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "numba": kernels.numba_available(),
-            "load_average_start": [round(x, 2) for x in load_start],
-        },
+        "machine": machine_record(load_start),
         "engines": {},
         "sweeps": {},
     }
@@ -441,14 +490,14 @@ def bench_retrieval(
         work_dir.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # partial results survive an interrupted run
-        report["machine"]["load_average_now"] = [round(x, 2) for x in os.getloadavg()]
+        report["machine"] = machine_record(load_start)
         if out:
             atomic_write_json(out, report)
 
     budgets = {
         "n_lat": latency_queries,
-        "lat_s": latency_budget,
-        "serial_s": serial_budget,
+        "lat_s": timing.latency_budget,
+        "serial_s": timing.serial_budget,
         "n_sweep": sweep_queries,
     }
     try:
@@ -471,8 +520,8 @@ def bench_retrieval(
                 truth_sparse,
                 budgets,
                 engines,
-                {**DEFAULT_HNSW, **(hnsw or {})},
-                hnsw_ef,
+                {**DEFAULT_HNSW, **sweep.hnsw},
+                sweep.hnsw_ef,
                 progress,
             )
             save()
@@ -484,19 +533,19 @@ def bench_retrieval(
                 q_sparse,
                 truth_sparse,
                 budgets,
-                seismic_build or DEFAULT_SEISMIC_BUILD,
-                seismic_search,
+                {**DEFAULT_SEISMIC_BUILD, **sweep.seismic_build},
+                sweep.seismic_search,
                 progress,
             )
             save()
         if "inverted-blockmax" in engines:
-            _bench_blockmax(report, sparse, q_sparse, truth_sparse, budgets, blockmax_bsize)
+            _bench_blockmax(report, sparse, q_sparse, truth_sparse, budgets, sweep.blockmax_bsize)
             save()
         if "bmp" in engines:
-            _bench_bmp(report, work_dir, sparse, q_sparse, truth_sparse, budgets, bmp_bsize)
+            _bench_bmp(report, work_dir, sparse, q_sparse, truth_sparse, budgets, sweep.bmp_bsize)
             save()
         if "kannolo" in engines:
-            m = min(kannolo_images, n_images)
+            m = min(sweep.kannolo_images, n_images)
             sub_truth = truth_sparse if m == n_images else None
             _bench_kannolo(
                 report,
@@ -505,8 +554,8 @@ def bench_retrieval(
                 q_sparse,
                 sub_truth,
                 budgets,
-                {**DEFAULT_KANNOLO, **(kannolo or {})},
-                kannolo_ef,
+                {**DEFAULT_KANNOLO, **sweep.kannolo},
+                sweep.kannolo_ef,
                 progress,
             )
             save()
@@ -517,22 +566,21 @@ def bench_retrieval(
                 sparse,
                 dense,
                 q_sparse,
-                min(milvus_images, n_images),
+                min(sweep.milvus_images, n_images),
                 latency_queries,
                 progress,
             )
     finally:
         if tmp is not None:
             tmp.cleanup()
-    report["machine"].pop("load_average_now", None)
-    report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["machine"] = machine_record(load_start)
     report["total_seconds"] = round(time.perf_counter() - t_start, 1)
     if out:
         atomic_write_json(out, report)
-    if table:
-        atomic_write_text(table, format_bench_table(report) + "\n")
-    if plot:
-        plot_latency_recall(report, plot)
+    if outputs.table:
+        atomic_write_text(outputs.table, format_bench_table(report) + "\n")
+    if outputs.plot:
+        plot_latency_recall(report, outputs.plot)
     return report
 
 
@@ -1084,9 +1132,7 @@ def format_bench_table(report: dict[str, Any]) -> str:
         f"{report['n_images']:,} images ({report['n_real_images']:,} real), "
         f"{report['n_queries']:,} real caption queries ({report.get('sweep_queries', '')} for "
         f"the sweeps); {c['mean_terms_per_image']} terms per image, "
-        f"{c['mean_terms_per_query']} per query; machine: {report['machine']['cpus']} CPUs, "
-        f"load average {report['machine']['load_average_start']} at start, "
-        f"{report['machine'].get('load_average_end')} at end."
+        f"{c['mean_terms_per_query']} per query; machine: {describe_machine(report['machine'])}."
     )
     sweeps = report.get("sweeps", {})
     if sweeps:
@@ -1112,15 +1158,9 @@ def plot_latency_recall(report: dict[str, Any], path: str | Path) -> None:
     Raises:
         MissingExtraError: If matplotlib is not installed.
     """
-    from mmsparse.errors import require_extra
+    from mmsparse.bench.common import pyplot, save_png
 
-    require_extra("matplotlib", "plot", "The latency/recall plot (matplotlib)")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot("The latency/recall plot (matplotlib)").subplots(figsize=(7, 4.5))
     for name, sw in report.get("sweeps", {}).items():
         key = _recall_key(sw)
         xs = [p[key] for p in sw["points"]]
@@ -1148,14 +1188,12 @@ def plot_latency_recall(report: dict[str, Any], path: str | Path) -> None:
     ax.set_xlabel("recall@10 against the engine's own exact ranking (sparse or dense)")
     ax.set_ylabel("p50 latency, one thread (ms)")
     m = report["machine"]
+    load = m["load_average"]
     ax.set_title(
-        f"{report['n_images']:,} images, load {m['load_average_start'][0]}-"
-        f"{(m.get('load_average_end') or ['?'])[0]} on {m['cpus']} CPUs",
+        f"{report['n_images']:,} images, load {(load['start'] or ['?'])[0]}-"
+        f"{(load['end'] or ['?'])[0]} on {m['cpus']} CPUs",
         fontsize=10,
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path, dpi=120)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
-from typing import Any
 
-from mmsparse.errors import ConfigError
+from mmsparse.cli.common import add_overrides, print_json
+from mmsparse.errors import ConfigError, DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,14 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a run; --resume continues an interrupted one.",
     )
     p.add_argument("--config", help="JSON/YAML config (optional with --resume)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.lr=1e-4 (repeatable)",
-    )
+    add_overrides(p, "override a config key, e.g. --set train.lr=1e-4 (repeatable)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -62,16 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "synthetic dataset and show results and sparse terms (~1 minute, CPU).",
     )
     p.add_argument("--out", help="keep the three runs in this directory")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed of the synthetic data and the runs (42)"
+    )
     p.add_argument("--epochs", type=int, help="epochs per run (default 12)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_demo)
-
-
-def _print_json(obj: Any) -> None:
-    from mmsparse.io_utils import json_text
-
-    sys.stdout.write(json_text(obj, default=str, what="stdout") + "\n")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -79,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmsparse.config import apply_overrides, load_config
     from mmsparse.evaluate.report import results_table
     from mmsparse.train.distributed import is_main_process
-    from mmsparse.train.trainer import resume_config, train
+    from mmsparse.train.trainer import missing_data_fix, resume_config, train
 
     if args.config:
         cfg = load_config(args.config, args.overrides)
@@ -87,7 +75,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = apply_overrides(resume_config(args.out), args.overrides)
     else:
         raise ConfigError("mmsparse train needs --config FILE (or --resume with --out RUN_DIR)")
-    result = train(cfg, args.out, resume=args.resume)
+    try:
+        result = train(cfg, args.out, resume=args.resume)
+    except DataError as exc:
+        fix = missing_data_fix(cfg, args.out, resume=args.resume)
+        if fix is None:
+            raise
+        raise DataError(f"{exc}; {fix}") from exc
     if not is_main_process():  # under torchrun every rank trains; rank 0 reports
         return 0
     summary = {
@@ -101,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "val": result.val,
     }
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         print(
             f"run {result.run_dir}: best epoch {result.best_epoch} of {result.epochs_run} "
@@ -146,7 +140,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
     )
     if args.json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         print(
             f"{args.run_dir} on {result.info['split']} ({result.info['n_captions']} captions, "
@@ -164,7 +158,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_demo(args.out, seed=args.seed, epochs=args.epochs)
     if args.json:
-        _print_json({k: v for k, v in report.items() if k != "table"})
+        print_json({k: v for k, v in report.items() if k != "table"})
     else:
         print(format_demo(report))
     return 0

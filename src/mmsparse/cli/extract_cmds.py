@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any
 
+from mmsparse.cli.common import add_deprecated_alias, print_json
 from mmsparse.errors import ConfigError
 
 
@@ -57,7 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="run directory written by 'mmsparse train'")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--image", metavar="ID", help="an image id (imgid)")
-    what.add_argument("--caption", metavar="ID", help="a caption id (sentid)")
+    caption = what.add_argument(
+        "--caption-id", metavar="ID", help="a caption id (sentid), as in 'mmsparse search'"
+    )
+    add_deprecated_alias(what, "--caption", caption)
     what.add_argument("--text", help="a raw text query")
     p.add_argument("--with-image", metavar="ID", help="pair the caption/text with this image")
     p.add_argument("--k", type=int, default=10, help="terms to list (default 10)")
@@ -75,7 +77,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     result = explain(
         args.run_dir,
         image=args.image,
-        caption=args.caption,
+        caption_id=args.caption_id,
         text=args.text,
         with_image=args.with_image,
         k=args.k,
@@ -84,16 +86,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         bundle=args.bundle,
     )
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(format_explain(result))
     return 0
-
-
-def _print_json(obj: Any) -> None:
-    from mmsparse.io_utils import json_text
-
-    sys.stdout.write(json_text(obj, default=str, what="stdout") + "\n")
 
 
 def _split_files(items: list[str]) -> dict[str, str]:
@@ -135,7 +131,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
         return 0
     sec = report.seconds
     print(
@@ -176,7 +172,7 @@ def _bundle_only(args: argparse.Namespace) -> int:
         "projections": sorted(bundle.projections),
     }
     if args.json:
-        _print_json(summary)
+        print_json(summary)
     else:
         print(
             f"bundle of {args.backend} written to {bundle.path}: {bundle.vocab_size} terms, "

@@ -1,4 +1,4 @@
-"""``mmsparse index build``, ``index engines``, ``search``, ``export``, ``bench retrieval``.
+"""``mmsparse index build``, ``index engines``, ``search`` and ``export``.
 
 The engines, their ``--param`` keys and the search modes come from the engine registry
 (:mod:`mmsparse.index.engines`): an engine added there appears here.
@@ -7,45 +7,14 @@ The engines, their ``--param`` keys and the search modes come from the engine re
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from typing import Any
 
+from mmsparse.cli.common import add_index_args
+
+# The names this module's commands call (kept for code written against them).
+from mmsparse.cli.common import parse_params as _params
+from mmsparse.cli.common import print_json as _print_json
 from mmsparse.errors import MMSparseError
-
-
-def _print_json(obj: Any) -> None:
-    from mmsparse.io_utils import json_text
-
-    sys.stdout.write(json_text(obj, default=str, what="stdout") + "\n")
-
-
-def _params(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings to a dict (values parsed as JSON when possible)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise MMSparseError(f"--param expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def _settings(text: str) -> list[tuple[int, float]]:
-    """``"10:0.9,20:0.8"`` to ``[(10, 0.9), (20, 0.8)]``."""
-    out = []
-    for item in text.split(","):
-        try:
-            cut, factor = item.split(":")
-            out.append((int(cut), float(factor)))
-        except ValueError as exc:
-            raise MMSparseError(
-                f"--seismic-search expects QUERY_CUT:HEAP_FACTOR[,...], got {item!r}"
-            ) from exc
-    return out
 
 
 def _engine_help(stage: str) -> str:
@@ -64,19 +33,6 @@ def _engine_help(stage: str) -> str:
     return "; ".join(parts)
 
 
-def add_index_args(p: argparse.ArgumentParser, data_help: str) -> None:
-    """The arguments of every command that opens an index: ``INDEX``, ``--run``, ``--data``.
-
-    Args:
-        p: The command's parser (``search``, ``serve``).
-        data_help: What ``--data`` is for in this command.
-    """
-    p.add_argument("index", help="index directory written by 'mmsparse index build'")
-    p.add_argument("--run", help="encode queries with this run (default: the index's)")
-    p.add_argument("--data", help=data_help)
-    p.add_argument("--bundle", help="backbone bundle directory (default: the run's)")
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``index``, ``search`` and ``export`` to ``sub``."""
     p = sub.add_parser(
@@ -89,13 +45,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = isub.add_parser(
         "build",
-        help="index the images of a split",
-        description="Encode a split's images with the run and index them with one engine ("
+        help="index the images of a split, or a folder of photos (--images)",
+        description="Encode a split's images (or, with --images DIR, every photo of a "
+        "folder, through the run's backbone) with the run and index them with one engine ("
         f"{', '.join(engine_names())}); 'mmsparse index engines' describes each one, what it "
         "can do and its parameters.",
     )
     b.add_argument("run_dir", help="run directory written by 'mmsparse train'")
-    b.add_argument("--split", default="val", help="split whose images are indexed")
+    b.add_argument("--split", help="split whose images are indexed (default val)")
+    b.add_argument(
+        "--images",
+        metavar="DIR",
+        help="index every image of this folder (recursively, no captions needed), encoded "
+        "with the run's backbone; ids are paths relative to DIR. A killed build resumes "
+        "when run again (see docs/photos.md)",
+    )
+    b.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="--images: images per backbone forward pass (default 64)",
+    )
     b.add_argument(
         "--engine",
         choices=engine_names(),
@@ -151,6 +121,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     e.set_defaults(func=cmd_index_engines)
 
+    from mmsparse.cli.live_cmds import register_live
+
+    register_live(isub)  # index add, remove, optimize, info (a live index)
+
     p = sub.add_parser(
         "search",
         help="search an index with text or a caption id",
@@ -196,7 +170,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", help="run directory written by 'mmsparse train'")
     p.add_argument("--split", default="val", help="split whose images are exported")
-    p.add_argument("--format", required=True, choices=("anserini", "opensearch", "elasticsearch"))
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("anserini", "opensearch", "elasticsearch"),
+        help="the engine whose ingest format is written (docs/serving.md, Exports)",
+    )
     p.add_argument(
         "--out", required=True, help="output directory (new or empty, unless --overwrite)"
     )
@@ -222,82 +201,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    """Add ``mmsparse bench retrieval``."""
-    p = bench_sub.add_parser(
-        "retrieval",
-        help="engines at scale: build time, size, latency, QPS, recall@10",
-        description="Build a synthetic-but-realistic corpus from a run's real image "
-        "vectors and compare exact sparse (inverted, inverted-blockmax, bmp), approximate "
-        "sparse (seismic, kannolo, swept to equal recall), milvus-lite and faiss dense search "
-        "(see docs/serving.md).",
-    )
-    p.add_argument("--run", required=True, help="trained run directory")
-    p.add_argument("--data", help="feature directory (default: the run's)")
-    p.add_argument("--n-images", type=int, default=1_000_000)
-    p.add_argument("--n-queries", type=int, default=10_000)
-    p.add_argument(
-        "--engines",
-        default="inverted,inverted-blockmax,bmp,seismic,kannolo,faiss-flat,faiss-hnsw",
-        help="comma-separated subset to run (also: milvus, inverted-uint8, inverted-uint16)",
-    )
-    p.add_argument(
-        "--latency-queries", type=int, default=1000, help="queries timed one by one on one thread"
-    )
-    p.add_argument(
-        "--milvus-images",
-        type=int,
-        default=20_000,
-        help="milvus-lite is measured on at most this many images",
-    )
-    p.add_argument("--image-topk", type=int, help="terms kept per image (default: the run's)")
-    p.add_argument("--text-topk", type=int, help="terms kept per query (default: the run's)")
-    p.add_argument(
-        "--seismic",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="seismic build parameter, e.g. --seismic n_postings=6000 (repeatable)",
-    )
-    p.add_argument(
-        "--seismic-search",
-        default="3:0.7,5:0.8,10:0.9,20:0.9,30:1.0,50:1.0",
-        help="seismic query_cut:heap_factor sweep, in increasing recall order",
-    )
-    p.add_argument("--hnsw-ef", default="16,32,64,128,256,512,1024", help="faiss efSearch sweep")
-    p.add_argument(
-        "--hnsw", action="append", default=[], metavar="KEY=VALUE", help="faiss M, efConstruction"
-    )
-    p.add_argument("--kannolo-ef", default="10,20,40,80,160,320,640", help="ef_search sweep")
-    p.add_argument(
-        "--kannolo", action="append", default=[], metavar="KEY=VALUE", help="m, ef_construction"
-    )
-    p.add_argument(
-        "--kannolo-images", type=int, default=100_000, help="kannolo graph on at most this many"
-    )
-    p.add_argument("--bmp-bsize", type=int, default=32, help="bmp images per block")
-    p.add_argument("--blockmax-bsize", type=int, default=64, help="own block-max block size")
-    p.add_argument(
-        "--sweep-queries", type=int, default=2000, help="queries of every sweep point's recall"
-    )
-    p.add_argument(
-        "--latency-budget", type=float, default=20.0, help="seconds of timing per engine/setting"
-    )
-    p.add_argument(
-        "--serial-budget",
-        type=float,
-        default=60.0,
-        help="seconds for the one-query-at-a-time exact engines (bmp, inverted-blockmax)",
-    )
-    p.add_argument("--plot", help="write the latency-against-recall PNG here")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--work", help="directory for the built indexes (default: temporary)")
-    p.add_argument("--out", default="benchmarks/retrieval.json", help="results JSON")
-    p.add_argument("--table", help="also write the markdown table to this file")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.set_defaults(func=cmd_bench_retrieval)
-
-
 def cmd_index_build(args: argparse.Namespace) -> int:
     """Run ``mmsparse index build``."""
     from mmsparse.index.build import build_index
@@ -313,10 +216,12 @@ def cmd_index_build(args: argparse.Namespace) -> int:
                     f"--{option} applies to --engine {' or '.join(takers)} only, not {args.engine}"
                 )
             params[option] = value
+    if args.images is not None:
+        return _index_build_folder(args, params)
     manifest = build_index(
         args.run_dir,
         args.out,
-        split=args.split,
+        split=args.split or "val",
         engine=args.engine,
         data=args.data,
         image_topk=args.image_topk,
@@ -338,6 +243,58 @@ def cmd_index_build(args: argparse.Namespace) -> int:
             f"written to {args.out}: {s['mean_terms_per_image']:.1f} terms per image, "
             f"{s['bytes_per_image']:.0f} bytes per image, built in {s['build_seconds']:.3g} s"
         )
+    return 0
+
+
+def _index_build_folder(args: argparse.Namespace, params: dict[str, Any]) -> int:
+    """``mmsparse index build RUN --images DIR``: a folder of photos."""
+    from mmsparse.index.folder import build_folder_index
+
+    for flag, value in (("--split", args.split), ("--data", args.data), ("--bundle", args.bundle)):
+        if value is not None:
+            raise MMSparseError(
+                f"{flag} applies to an index of a split; --images indexes a folder with the "
+                "run's own backbone"
+            )
+    report = build_folder_index(
+        args.run_dir,
+        args.images,
+        args.out,
+        engine=args.engine,
+        image_topk=args.image_topk,
+        threshold=args.threshold,
+        quantize=args.quantize,
+        engine_params=params or None,
+        store_dense=args.dense,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.json,
+        calibrate=not args.no_calibrate,
+    )
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    m, f = report.manifest, report.manifest.folder
+    s, t = m.stats, f["seconds"]
+    print(
+        f"{m.engine} index of {m.n_images} images of {m.images_dir} written to {args.out}: "
+        f"{s['mean_terms_per_image']:.1f} terms per image, {s['bytes_per_image']:.0f} bytes "
+        "per image"
+    )
+    print(
+        f"time: decode {t['decode']:.1f} s (beside the backbone), backbone "
+        f"{t['backbone']:.1f} s, heads {t['heads']:.1f} s, index {t['index']:.1f} s"
+        + (f", calibration {t['calibrate']:.1f} s" if "calibrate" in t else "")
+        + f"; {t['total']:.1f} s in all ({f['resumed_batches']} of "
+        f"{f['resumed_batches'] + f['encoded_batches']} batches from earlier runs)"
+    )
+    if report.skipped:
+        kinds = ", ".join(f"{n} {why}" for why, n in f["skipped_by_reason"].items())
+        print(f"skipped {len(report.skipped)} file(s) ({kinds}); all listed in folder.json:")
+        for name, why in report.skipped[:10]:
+            print(f"  {name}: {why}")
+        if len(report.skipped) > 10:
+            print(f"  ... and {len(report.skipped) - 10} more")
     return 0
 
 
@@ -433,7 +390,7 @@ def _print_result(result: Any) -> None:
     if result.query_terms:
         print("query terms: " + ", ".join(f"{t} {w:.2f}" for t, w in result.query_terms[:12]))
     for hit in result.hits:
-        name = f"  {hit.filename}" if hit.filename else ""
+        name = f"  {hit.filename}" if hit.filename and hit.filename != hit.image_id else ""
         print(f"{hit.rank:>4}  {hit.score:9.4f}  {hit.image_id}{name}")
         if hit.terms is not None and result.mode == "sparse":
             listed = sum(t[3] for t in hit.terms)
@@ -472,51 +429,4 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{args.format} export of {info['n_images']} images written to {args.out}: "
             + ", ".join(info["files"])
         )
-    return 0
-
-
-def cmd_bench_retrieval(args: argparse.Namespace) -> int:
-    """Run ``mmsparse bench retrieval``."""
-    from mmsparse.bench.retrieval import DEFAULT_SEISMIC_BUILD, bench_retrieval, format_bench_table
-
-    def ints(text: str) -> list[int]:
-        try:
-            return [int(x) for x in text.split(",") if x.strip()]
-        except ValueError as exc:
-            raise MMSparseError(f"expected comma-separated integers, got {text!r}") from exc
-
-    report = bench_retrieval(
-        args.run,
-        n_images=args.n_images,
-        n_queries=args.n_queries,
-        engines=[e.strip() for e in args.engines.split(",") if e.strip()],
-        latency_queries=args.latency_queries,
-        milvus_images=args.milvus_images,
-        seed=args.seed,
-        data=args.data,
-        work=args.work,
-        out=args.out,
-        table=args.table,
-        seismic_build={**DEFAULT_SEISMIC_BUILD, **_params(args.seismic)},
-        seismic_search=_settings(args.seismic_search),
-        hnsw=_params(args.hnsw),
-        hnsw_ef=ints(args.hnsw_ef),
-        kannolo=_params(args.kannolo),
-        kannolo_ef=ints(args.kannolo_ef),
-        kannolo_images=args.kannolo_images,
-        bmp_bsize=args.bmp_bsize,
-        blockmax_bsize=args.blockmax_bsize,
-        sweep_queries=args.sweep_queries,
-        latency_budget=args.latency_budget,
-        serial_budget=args.serial_budget,
-        plot=args.plot,
-        image_topk=args.image_topk,
-        text_topk=args.text_topk,
-        progress=not args.json,
-    )
-    if args.json:
-        _print_json(report)
-    else:
-        print(format_bench_table(report))
-        print(f"results written to {args.out}")
     return 0

@@ -1,7 +1,7 @@
 """The ``mmsparse`` command line: one thin subcommand per public library function.
 
-Each command module exposes ``register(subparsers)`` for top-level commands and may expose
-``register_bench(bench_subparsers)`` for ``mmsparse bench <name>``. Errors on bad input are
+Each command module exposes ``register(subparsers)``; every ``mmsparse bench <command>`` is
+registered by :mod:`mmsparse.cli.bench` (one module per command). Errors on bad input are
 printed as one line (``mmsparse: error: ...``) with exit status 2; ``--json`` commands print
 exactly one JSON object on stdout and send progress and logs to stderr.
 """
@@ -28,10 +28,7 @@ COMMAND_MODULES = (
     "mmsparse.cli.extract_cmds",
     "mmsparse.cli.index_cmds",
     "mmsparse.cli.serve_cmds",
-    "mmsparse.cli.flickr8k_cmds",
-    "mmsparse.cli.frontier_cmds",
-    "mmsparse.cli.bench_cmds",
-    "mmsparse.cli.honest_cmds",
+    "mmsparse.cli.bench",
 )
 
 
@@ -46,18 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     _add_common_options(parser, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    bench = sub.add_parser(
-        "bench",
-        help="benchmarks (long-running; see docs/benchmarks.md)",
-        description="Benchmarks (long-running). What each one measures, how to run it and "
-        "the recorded results: docs/benchmarks.md.",
-    )
-    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     for name in COMMAND_MODULES:
-        module = importlib.import_module(name)
-        module.register(sub)
-        if hasattr(module, "register_bench"):
-            module.register_bench(bench_sub)
+        importlib.import_module(name).register(sub)
     _add_to_commands(sub)
     return parser
 
@@ -69,8 +56,9 @@ def _add_common_options(parser: argparse.ArgumentParser, default: object) -> Non
             "--threads",
             default=default,
             metavar="N",
-            help="CPU threads (default: the cores free when the command starts, at least 1; "
-            "also MMSPARSE_THREADS; see docs/benchmarks.md)",
+            help="the CPU threads this process computes with: the thread pools of torch, "
+            "OpenMP/BLAS and numba (default: the cores free when the command starts, at "
+            "least 1; also MMSPARSE_THREADS; docs/benchmarks.md#threads-on-a-busy-machine)",
         )
     if "--no-verify" not in parser._option_string_actions:
         parser.add_argument(
@@ -151,6 +139,11 @@ def _interrupted_message(args: argparse.Namespace) -> str:
         return (
             "mmsparse: interrupted; completed epochs are kept: continue with "
             f"'mmsparse train --resume --out {args.out}'"
+        )
+    if getattr(args, "images", None) and getattr(args, "index_command", None) == "build":
+        return (
+            f"mmsparse: interrupted; the encoded batches are kept in {args.out}/features: "
+            "run the same command again to continue"
         )
     return "mmsparse: interrupted (completed checkpoints are kept)"
 

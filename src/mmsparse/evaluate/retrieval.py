@@ -25,6 +25,7 @@ import torch
 
 from mmsparse.config import EvalConfig
 from mmsparse.data.store import FeatureStore, Split
+from mmsparse.errors import NonFiniteError
 from mmsparse.model.model import SparseDenseModel
 from mmsparse.sparse.ops import SparsityStats, flops, prune
 
@@ -351,6 +352,9 @@ def rank_split(
         ``(ranks, runs)``: ``ranks[direction][type]`` is a ``(n_queries,)`` tensor of 1-based
         ranks; ``runs[direction][type]`` is ``(scores, doc positions)`` of shape
         ``(n_queries, depth)`` when ``trec_depth`` is set, else empty.
+
+    Raises:
+        NonFiniteError: If a query's score against its relevant document is not finite.
     """
     n_cap, n_img = enc.text_dense.shape[0], enc.image_dense.shape[0]
     device = enc.text_dense.device
@@ -389,6 +393,7 @@ def rank_split(
                 t2i_lists[st].append(_stable_topk(S, trec_depth))
         if keep:
             cached.append(base)
+    _check_finite(gold_score, n_cap)
     if trec_depth:
         for st in score_types:
             runs["t2i"][st] = (
@@ -422,6 +427,25 @@ def rank_split(
         if trec_depth:
             runs["i2t"][st] = tops[st]  # type: ignore[assignment]
     return ranks, runs
+
+
+def _check_finite(gold_score: dict[str, torch.Tensor], n_cap: int) -> None:
+    """Refuse non-finite scores (one read of the device for all score types).
+
+    A NaN score compares false with everything, so a query whose relevant score is NaN
+    would count nothing ahead of it and rank first: a diverged model would score 100.
+
+    Raises:
+        NonFiniteError: Naming the score type and how many captions it hits.
+    """
+    types = list(gold_score)
+    counts = torch.stack([(~torch.isfinite(gold_score[st])).sum() for st in types]).tolist()
+    bad = [f"{st} for {n} of {n_cap} captions" for st, n in zip(types, counts) if n]
+    if bad:
+        raise NonFiniteError(
+            f"scores are not finite (NaN or inf): {'; '.join(bad)}; the model's weights are "
+            "not finite (a diverged training run?), so its ranks would mean nothing"
+        )
 
 
 def sparsity_stats(enc: EncodedSplit) -> dict[str, float]:
@@ -461,17 +485,23 @@ def evaluate_encoded(
 
     Returns:
         The :class:`EvalResult`.
+
+    Raises:
+        NonFiniteError: If a score is NaN or infinite (a diverged model), naming the split.
     """
     eval_cfg = eval_cfg or EvalConfig()
     t0 = time.perf_counter()
-    ranks, runs = rank_split(
-        enc,
-        w1=w1,
-        w2=w2,
-        batch_size=eval_cfg.batch_size,
-        score_types=score_types,
-        trec_depth=eval_cfg.trec_depth if trec_dir else None,
-    )
+    try:
+        ranks, runs = rank_split(
+            enc,
+            w1=w1,
+            w2=w2,
+            batch_size=eval_cfg.batch_size,
+            score_types=score_types,
+            trec_depth=eval_cfg.trec_depth if trec_dir else None,
+        )
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"{split_name or 'evaluation'} split: {exc}") from None
     if enc.text_dense.is_cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0

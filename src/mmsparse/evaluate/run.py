@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from mmsparse.config import EvalConfig
-from mmsparse.evaluate.retrieval import SCORE_TYPES, EvalResult, evaluate_model
+from mmsparse.evaluate.retrieval import EvalResult, evaluate_model
 from mmsparse.io_utils import atomic_write_json
+from mmsparse.losses.objective import method_spec
 from mmsparse.runs import hybrid_weights, load_run, load_run_data, resolve_device
 
 
@@ -61,7 +62,7 @@ def evaluate_run(
             trec_dir=trec_dir,
             run_tag=cfg.name,
             # A dense-only run (stage 0, the dense baseline) has an untrained sparse head.
-            score_types=("dense",) if cfg.objective.method == "dense" else SCORE_TYPES,
+            score_types=method_spec(cfg.objective.method).score_types,
         )
     result.info.update(
         run=str(run_dir),

@@ -40,6 +40,7 @@ from mmsparse.extract._common import (
     require_dist,
     torch_device,
 )
+from mmsparse.extract.images import ORIENTATION_NOTE
 
 # EfficientNet-Lite0 input normalisation (the values the shared Flickr8k features used).
 EFFNET_SIZE = 224
@@ -168,6 +169,10 @@ class Backend:
         """A ``(B, 3, H, W)`` batch of preprocessed images to ``(B, d_img)`` features."""
         raise NotImplementedError
 
+    def load_image_model(self) -> None:
+        """Load the image model now (else on the first batch); lets callers time it apart."""
+        raise NotImplementedError
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """A batch of texts to ``(B, d_txt)`` features."""
         raise NotImplementedError
@@ -254,6 +259,7 @@ class EffnetMiniLM(Backend):
                 "weights": "efficientnet-lite0-57934424.pth",
                 "preprocessing": {
                     "open": "PIL.Image.open(path).convert('RGB')",
+                    "orientation": ORIENTATION_NOTE,
                     "resize": [EFFNET_SIZE, EFFNET_SIZE],
                     "resample": "bicubic",
                     "scale": "1/255",
@@ -295,6 +301,10 @@ class EffnetMiniLM(Backend):
                 )
             self._image_model = model.eval().to(self.device)
         return self._image_model
+
+    def load_image_model(self) -> None:
+        """Load EfficientNet-Lite0 (from its PyPI wheel) onto the device."""
+        self._load_image_model()
 
     def preprocess(self, image: Any) -> np.ndarray:
         """Resize to 224 x 224 (bicubic), scale to [0, 1], normalise (0.498, 0.502)."""
@@ -400,8 +410,9 @@ class _HFBackend(Backend):
         path = (extraction.get("model") or {}).get("path")
         if not path or not Path(path).is_dir():
             raise MMSparseError(
-                f"cannot encode raw text with backend {cls.name}: its weights directory "
-                f"{path!r} (recorded when the features were extracted) is not available here"
+                f"cannot encode raw text or images with backend {cls.name}: its weights "
+                f"directory {path!r} (recorded when the features were extracted) is not "
+                "available here"
             )
         text = extraction.get("text") or {}
         return cls(device=device, model=path, max_length=text.get("max_length"))
@@ -425,6 +436,10 @@ class _HFBackend(Backend):
             self._model = model.eval().to(self.device)
             self._tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         return self._model, self._tokenizer, self._image_processor()
+
+    def load_image_model(self) -> None:
+        """Load the model and its processors from the weights directory."""
+        self._load()
 
     def _image_processor(self) -> Any:
         if self._processor is None:
@@ -473,6 +488,7 @@ class _HFBackend(Backend):
             },
             "packages": {"transformers": package_version("transformers")},
             "image": {
+                "orientation": ORIENTATION_NOTE,
                 "processor": type(proc).__name__,
                 "preprocessing": json_safe(settings),
                 "feature": self.image_feature,
@@ -688,6 +704,43 @@ def get_backend(name: str) -> type[Backend]:
         ) from exc
 
 
+def _backend_of(extraction: Any, what: str) -> type[Backend]:
+    """The backend class an ``extraction`` dict names (``what``: for the error message)."""
+    if not isinstance(extraction, dict) or not extraction.get("backend"):
+        raise MMSparseError(
+            f"cannot encode {what}: the features carry no extraction description "
+            "(no 'backend' in the bundle's extraction info)"
+        )
+    name = str(extraction["backend"])
+    if name not in BACKENDS:
+        raise MMSparseError(
+            f"cannot encode {what}: extraction backend {name!r} is not one mmsparse knows "
+            f"(known: {', '.join(sorted(BACKENDS))})"
+        )
+    return BACKENDS[name]
+
+
+def load_image_backend(extraction: dict[str, Any], device: str = "cpu") -> Backend:
+    """The backend that reproduces the image features an ``extraction`` describes.
+
+    Its ``preprocess`` and ``encode_pixels`` are the ones ``mmsparse extract`` used, so
+    raw images encoded with it match the features a run was trained on.
+
+    Args:
+        extraction: A bundle's ``extraction`` dict (or a model's ``backbone.extraction``).
+        device: ``cpu``, ``cuda`` or ``auto``.
+
+    Returns:
+        The :class:`Backend` (its image model is loaded on first use).
+
+    Raises:
+        MMSparseError: If the description is not usable here (unknown backend, weights
+            or packages not available).
+    """
+    backend = _backend_of(extraction, "raw images").from_extraction(extraction, device=device)
+    return backend
+
+
 def load_text_encoder(extraction: dict[str, Any], device: str = "cpu") -> TextEncoder:
     """A text encoder that reproduces the caption features an ``extraction`` describes.
 
@@ -708,18 +761,7 @@ def load_text_encoder(extraction: dict[str, Any], device: str = "cpu") -> TextEn
         >>> enc.encode(["a dog runs on the beach"]).shape       # doctest: +SKIP
         (1, 384)
     """
-    if not isinstance(extraction, dict) or not extraction.get("backend"):
-        raise MMSparseError(
-            "cannot encode raw text: the features carry no extraction description "
-            "(no 'backend' in the bundle's extraction info)"
-        )
-    name = str(extraction["backend"])
-    if name not in BACKENDS:
-        raise MMSparseError(
-            f"cannot encode raw text: extraction backend {name!r} is not one mmsparse knows "
-            f"(known: {', '.join(sorted(BACKENDS))})"
-        )
-    backend = BACKENDS[name].from_extraction(extraction, device=device)
+    backend = _backend_of(extraction, "raw text").from_extraction(extraction, device=device)
     encoder = backend.text_encoder()
     encoder.extraction = dict(extraction)
     return encoder

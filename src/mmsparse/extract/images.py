@@ -5,7 +5,12 @@ used, so RGB images are untouched. Other modes are converted: grayscale (``L``, 
 palette (``P``, through RGBA when it has transparency), ``RGBA``/``LA`` (alpha dropped, as
 ``convert("RGB")`` does), ``CMYK`` and ``YCbCr`` via Pillow's conversions, and 16-bit or
 32-bit grayscale (``I;16``, ``I``, ``F``) scaled to 8 bits first. Multi-frame files use
-their first frame. EXIF orientation is not applied (as in the reference features).
+their first frame.
+
+EXIF orientation is applied first (:func:`apply_orientation`): a photo that a camera stored
+sideways with an ``Orientation`` tag is encoded upright, as people see it. Images without
+the tag (all of the shared Flickr8k JPEGs) are untouched, so their features are the
+reference ones.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from mmsparse.extract._common import require_dist
+from mmsparse.extract._common import log, require_dist
+
+EXIF_ORIENTATION = 0x0112
+#: What ``extraction`` records about orientation (the backends' preprocessing).
+ORIENTATION_NOTE = "EXIF Orientation tag applied first (as PIL.ImageOps.exif_transpose)"
 
 
 @dataclass
@@ -48,11 +57,35 @@ def open_rgb(path: str | Path) -> LoadedImage:
         with pil.open(path) as img:
             img.load()
             mode = img.mode
-            rgb = to_rgb(img)
+            rgb = to_rgb(apply_orientation(img))
         return LoadedImage(rgb, mode, None)
     except Exception as exc:  # any decoder failure is reported, never fatal
         reason = str(exc).strip() or type(exc).__name__
         return LoadedImage(None, None, f"{type(exc).__name__}: {reason}")
+
+
+def apply_orientation(img: Any) -> Any:
+    """Rotate/flip a loaded ``PIL.Image`` upright by its EXIF ``Orientation`` tag.
+
+    Returns the image itself when there is no tag (or it is 1, or unreadable: a photo
+    with a damaged EXIF block is still encoded, as stored, and a debug line says so).
+    """
+    pil = require_dist("pillow", "PIL.Image", "Reading images")
+    try:
+        orientation = int(img.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception as exc:  # a damaged EXIF block must not make the image unreadable
+        log.debug("EXIF of %s unreadable (%s); orientation not applied", img, exc)
+        return img
+    method = {
+        2: pil.Transpose.FLIP_LEFT_RIGHT,
+        3: pil.Transpose.ROTATE_180,
+        4: pil.Transpose.FLIP_TOP_BOTTOM,
+        5: pil.Transpose.TRANSPOSE,
+        6: pil.Transpose.ROTATE_270,
+        7: pil.Transpose.TRANSVERSE,
+        8: pil.Transpose.ROTATE_90,
+    }.get(orientation)
+    return img if method is None else img.transpose(method)
 
 
 def to_rgb(img: Any) -> Any:

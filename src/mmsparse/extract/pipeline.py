@@ -21,11 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from mmsparse.data.formats import write_feature_parquet
 from mmsparse.errors import ConfigError, DataError
 from mmsparse.extract._common import log
 from mmsparse.extract.backends import Backend, get_backend
-from mmsparse.extract.images import open_rgb
+from mmsparse.extract.batches import encode_image_batches, progress_bar, read_image_shard
 from mmsparse.extract.inputs import CaptionSet, ImageEntry, check_images, read_captions
 from mmsparse.io_utils import atomic_write_json, load_tensors, read_json, save_tensors
 
@@ -151,21 +149,19 @@ def extract_features(
     resumed = 0
 
     # -- images --------------------------------------------------------------------------
-    t0 = time.perf_counter()
     entries = capset.images
     img_batches = [
         entries[i : i + batch_size_images] for i in range(0, len(entries), batch_size_images)
     ]
-    todo = [k for k in range(len(img_batches)) if not _shard(work, "img", k).is_file()]
-    resumed += len(img_batches) - len(todo)
-    left = sum(len(img_batches[k]) for k in todo)
-    bar = _bar(len(entries), "images", progress, initial=len(entries) - left)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for k, loaded in zip(todo, _prefetch(pool, engine, image_dir, img_batches, todo)):
-            _encode_image_batch(engine, work, k, img_batches[k], loaded)
-            bar.update(len(img_batches[k]))
-    bar.close()
-    seconds["images"] = round(time.perf_counter() - t0, 3)
+    stage = encode_image_batches(
+        engine,
+        image_dir,
+        [[e.filename for e in batch] for batch in img_batches],
+        [_shard(work, "img", k) for k in range(len(img_batches))],
+        progress=progress,
+    )
+    resumed += stage.resumed_batches
+    seconds["images"] = stage.seconds["wall"]
 
     # -- captions ------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -174,7 +170,7 @@ def extract_features(
     todo_txt = [k for k in range(len(txt_batches)) if not _shard(work, "txt", k).is_file()]
     resumed += len(txt_batches) - len(todo_txt)
     left = sum(len(txt_batches[k]) for k in todo_txt)
-    bar = _bar(len(texts), "captions", progress, initial=len(texts) - left)
+    bar = progress_bar(len(texts), "captions", progress, initial=len(texts) - left, unit="it")
     for k in todo_txt:
         emb = engine.encode_texts(txt_batches[k])  # (batch, d_txt)
         save_tensors(_shard(work, "txt", k), {"emb": emb})
@@ -208,14 +204,6 @@ def extract_features(
 
 def _shard(work: Path, kind: str, k: int) -> Path:
     return work / f"{kind}-{k:06d}.safetensors"
-
-
-def _bar(total: int, desc: str, progress: bool, initial: int = 0) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, initial=initial, desc=desc, unit="it", file=sys.stderr, disable=not progress
-    )
 
 
 def _plan(
@@ -277,62 +265,6 @@ def _prepare_work_dir(
     return work
 
 
-def _prefetch(
-    pool: ThreadPoolExecutor,
-    engine: Backend,
-    image_dir: Path,
-    batches: list[list[ImageEntry]],
-    todo: list[int],
-) -> Iterator[list[tuple[Any, np.ndarray | None]]]:
-    """Open and preprocess the next batch in a thread while the current one is encoded."""
-
-    def load(k: int) -> list[tuple[Any, np.ndarray | None]]:
-        out = []
-        for entry in batches[k]:
-            loaded = open_rgb(image_dir / entry.filename)
-            pixels = None
-            if loaded.image is not None:
-                try:
-                    pixels = engine.preprocess(loaded.image)
-                except Exception as exc:  # reported like an unreadable file
-                    loaded.error = f"preprocessing failed ({type(exc).__name__}: {exc})"
-            out.append((loaded, pixels))
-        return out
-
-    pending = pool.submit(load, todo[0]) if todo else None
-    for i in range(len(todo)):
-        current = pending
-        pending = pool.submit(load, todo[i + 1]) if i + 1 < len(todo) else None
-        yield current.result()  # type: ignore[union-attr]
-
-
-def _encode_image_batch(
-    engine: Backend,
-    work: Path,
-    k: int,
-    batch: list[ImageEntry],
-    loaded: list[tuple[Any, np.ndarray | None]],
-) -> None:
-    ok = [i for i, (_, px) in enumerate(loaded) if px is not None]
-    failed = [
-        [batch[i].filename, li.error or "unreadable"]
-        for i, (li, px) in enumerate(loaded)
-        if px is None
-    ]
-    modes = Counter(li.mode for li, px in loaded if px is not None and li.mode != "RGB")
-    if ok:
-        emb = engine.encode_pixels(np.stack([loaded[i][1] for i in ok]))  # (n_ok, d_img)
-    else:
-        emb = np.zeros((0, engine.d_img), dtype=np.float32)
-    for name, why in failed:
-        log.warning("skipping unreadable image %s (%s)", name, why)
-    save_tensors(
-        _shard(work, "img", k),
-        {"emb": np.ascontiguousarray(emb, dtype=np.float32)},
-        {"ok": json.dumps(ok), "failed": json.dumps(failed), "modes": json.dumps(dict(modes))},
-    )
-
-
 def _assemble(
     out: Path,
     work: Path,
@@ -348,12 +280,11 @@ def _assemble(
     skipped: list[tuple[str, str]] = []
     modes: Counter[str] = Counter()
     for k, batch in enumerate(img_batches):
-        tensors, meta = load_tensors(_shard(work, "img", k))
-        ok = json.loads(meta["ok"])
-        kept += [batch[i] for i in ok]
-        img_parts.append(tensors["emb"].numpy())
-        skipped += [(f, why) for f, why in json.loads(meta["failed"])]
-        modes.update(json.loads(meta["modes"]))
+        shard = read_image_shard(_shard(work, "img", k))
+        kept += [batch[i] for i in shard.ok]
+        img_parts.append(shard.emb)
+        skipped += shard.failed
+        modes.update(shard.modes)
     if not kept:
         raise DataError(
             f"none of the {len(capset.images)} images could be read (first: "

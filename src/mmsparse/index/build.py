@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ import scipy.sparse as sp
 from mmsparse.errors import IndexFormatError, MMSparseError
 from mmsparse.index.encode import encode_vectors
 from mmsparse.index.engines import DEFAULT_ENGINE, Engine, all_engines, get_engine
+from mmsparse.index.generations import IndexLock, is_live, remove_live_layout
 from mmsparse.index.manifest import (
-    DOCS_NAME,
     MANIFEST_NAME,
+    NOT_ENGINE_FILES,
     IndexManifest,
     IndexOptions,
+    is_feature_cache,
     run_fingerprint,
     vocab_sha256,
     write_docs,
@@ -31,7 +34,9 @@ log = logging.getLogger(__name__)
 def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise MMSparseError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+    # A folder build's feature cache may precede the first index.json (a killed build).
+    others = [p for p in out.iterdir() if not is_feature_cache(p)] if out.is_dir() else []
+    if others and not (out / MANIFEST_NAME).is_file():
         raise MMSparseError(
             f"{out}: directory exists, is not empty and holds no mmsparse index; "
             "choose another --out"
@@ -138,6 +143,40 @@ def index_vectors(
         raise MMSparseError("sparse vectors, dense vectors and image ids differ in length")
     out = Path(out)
     _prepare_out(out)
+    # Over an existing index: one writer at a time (mmsparse.index.generations.IndexLock)
+    lock = IndexLock(out, "index build") if (out / MANIFEST_NAME).is_file() else nullcontext()
+    with lock:
+        return _write_index(
+            out,
+            cls,
+            engine,
+            sparse,
+            dense,
+            image_ids,
+            filenames,
+            manifest_fields,
+            options,
+            engine_params,
+            store_dense,
+            progress,
+        )
+
+
+def _write_index(
+    out: Path,
+    cls: type[Engine],
+    engine: str,
+    sparse: sp.csr_matrix,
+    dense: np.ndarray,
+    image_ids: list[str],
+    filenames: list[str],
+    manifest_fields: dict[str, Any],
+    options: IndexOptions,
+    engine_params: dict[str, Any] | None,
+    store_dense: bool,
+    progress: bool,
+) -> IndexManifest:
+    n = sparse.shape[0]
     t0 = time.perf_counter()
     for other in all_engines():  # a previous index here may be of another engine
         other.remove_files(out)
@@ -161,11 +200,15 @@ def index_vectors(
         scale=scale,
     )
     write_docs(out, list(image_ids), list(filenames))
+    if is_live(out):
+        # A build over a live index makes it an index as built again: generation 0 of the
+        # files just written (a server switches to it when index.json changes below).
+        remove_live_layout(out)
     build_seconds = time.perf_counter() - t0
     engine_bytes = sum(
         p.stat().st_size
         for p in out.rglob("*")
-        if p.is_file() and p.name not in (MANIFEST_NAME, DOCS_NAME)
+        if p.is_file() and p.relative_to(out).parts[0] not in NOT_ENGINE_FILES
     )
     manifest = IndexManifest(
         engine=engine,

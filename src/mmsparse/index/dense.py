@@ -16,6 +16,8 @@ Ties are broken by row (earlier first), as in sparse search. A ``live`` mask lea
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +51,18 @@ def write_dense(directory: Path, dense: np.ndarray) -> dict[str, Any]:
     }
 
 
-def load_dense(directory: Path, params: dict[str, Any], verify: bool = True) -> np.ndarray | None:
-    """The memory-mapped dense vectors of an index, or ``None`` if it holds none.
+def load_dense(
+    directory: Path, params: dict[str, Any], verify: bool = True, in_memory: bool = False
+) -> np.ndarray | None:
+    """The dense vectors of an index (memory-mapped), or ``None`` if it holds none.
+
+    Args:
+        directory: Index directory.
+        params: The engine parameters of the manifest (``dense_file``, ``dense_sha256``,
+            ``dense_shape``).
+        verify: Check the file's sha256.
+        in_memory: Read the file into memory instead of memory-mapping it (immune to the
+            file being changed in place; see :mod:`mmsparse.index.inverted`).
 
     Raises:
         IndexFormatError: If the file is missing, of another shape or corrupt.
@@ -61,10 +73,16 @@ def load_dense(directory: Path, params: dict[str, Any], verify: bool = True) -> 
     path = directory / str(name)
     if not path.is_file():
         raise IndexFormatError(f"{path}: dense vectors file not found (rebuild the index)")
-    if verify and file_sha256(path) != params.get("dense_sha256"):
-        raise IndexFormatError(f"{path}: checksum mismatch (corrupt dense vectors; rebuild)")
+    data = path.read_bytes() if in_memory else None
+    if verify:
+        digest = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+        if digest != params.get("dense_sha256"):
+            raise IndexFormatError(f"{path}: checksum mismatch (corrupt dense vectors; rebuild)")
     try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if data is not None:
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        else:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise IndexFormatError(f"{path}: unreadable dense vectors ({exc})") from exc
     if arr.dtype != np.float32 or list(arr.shape) != list(params.get("dense_shape", [])):

@@ -123,3 +123,21 @@ def check_live(live: np.ndarray | None, n_docs: int) -> np.ndarray | None:
             f"{live.dtype} of shape {live.shape}"
         )
     return live
+
+
+def check_weights(weights: Sequence[float]) -> tuple[float, float]:
+    """``(w1, w2)`` of a hybrid score ``w1 · dense + w2 · sparse``, checked.
+
+    Raises:
+        QueryError: Unless both are finite, non-negative numbers and not both 0.
+    """
+    try:
+        w1, w2 = (float(w) for w in weights)
+    except (TypeError, ValueError):
+        raise QueryError(f"hybrid weights must be two numbers (w1, w2), got {weights!r}") from None
+    for name, w in (("w1", w1), ("w2", w2)):
+        if not np.isfinite(w) or w < 0:
+            raise QueryError(f"hybrid weight {name} must be a finite number >= 0, got {w!r}")
+    if w1 == 0 and w2 == 0:
+        raise QueryError("hybrid weights w1 and w2 cannot both be 0")
+    return w1, w2

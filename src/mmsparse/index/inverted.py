@@ -17,7 +17,10 @@ layout (the columns of the ``(n_docs, V)`` document matrix)::
 Loading checks the magic, the version, both checksums (the payload one can be skipped
 for speed with ``verify=False``) and the section bounds, then memory-maps the three
 arrays (``np.memmap``), so opening a large index is cheap and pages are shared between
-processes.
+processes. With ``in_memory=True`` (what ``mmsparse serve`` uses) the file is read once
+into the process's memory instead (the checksum is computed on that copy): a file
+overwritten or truncated in place later cannot touch the process, where a memory map
+of it would raise SIGBUS at the next page it reads.
 
 Search is term-at-a-time score accumulation: for every query term ``t`` with weight
 ``q_t``, ``score[d] += q_t · scale · w[t, d]`` over the postings of ``t``. Scores are
@@ -147,45 +150,69 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
     path = Path(path)
     try:
         with open(path, "rb") as fh:
-            prefix = fh.read(_PREFIX.size)
-            if len(prefix) < _PREFIX.size:
-                raise IndexFormatError(f"{path}: not an mmsparse inverted index (file too short)")
-            magic, version, header_len, header_sha = _PREFIX.unpack(prefix)
-            if magic != MAGIC:
-                raise IndexFormatError(
-                    f"{path}: not an mmsparse inverted index (bad magic {magic[:8]!r})"
-                )
-            if version != FORMAT_VERSION:
-                raise IndexFormatError(
-                    f"{path}: inverted index format version {version} is not supported "
-                    f"(this mmsparse reads version {FORMAT_VERSION}); rebuild the index"
-                )
-            header_bytes = fh.read(header_len)
+            head = fh.read(_PREFIX.size)
+            if len(head) == _PREFIX.size:
+                head += fh.read(_PREFIX.unpack(head)[2])
     except FileNotFoundError as exc:
         raise IndexFormatError(f"{path}: index file not found") from exc
     except OSError as exc:
         raise IndexFormatError(f"{path}: cannot read index file ({exc.strerror})") from exc
+    return parse_header(head, path)
+
+
+def parse_header(data: bytes, path: str | Path) -> tuple[dict[str, Any], int]:
+    """Check the header at the start of a postings file's bytes (see :func:`read_header`).
+
+    Args:
+        data: The file's first bytes (at least the prefix and the header), or all of it.
+        path: The file, for error messages.
+
+    Returns:
+        ``(header, payload offset)``.
+
+    Raises:
+        IndexFormatError: If the bytes are foreign, of another version or corrupt.
+    """
+    if len(data) < _PREFIX.size:
+        raise IndexFormatError(f"{path}: not an mmsparse inverted index (file too short)")
+    magic, version, header_len, header_sha = _PREFIX.unpack(data[: _PREFIX.size])
+    if magic != MAGIC:
+        raise IndexFormatError(f"{path}: not an mmsparse inverted index (bad magic {magic[:8]!r})")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path}: inverted index format version {version} is not supported "
+            f"(this mmsparse reads version {FORMAT_VERSION}); rebuild the index"
+        )
+    header_bytes = bytes(data[_PREFIX.size : _PREFIX.size + header_len])
     if len(header_bytes) != header_len or hashlib.sha256(header_bytes).digest() != header_sha:
         raise IndexFormatError(f"{path}: corrupt index header (checksum mismatch)")
     try:
         header = json.loads(header_bytes.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexFormatError(f"{path}: corrupt index header ({exc})") from exc
+    if not isinstance(header, dict):
+        raise IndexFormatError(f"{path}: corrupt index header (not an object)")
     start = _PREFIX.size + header_len
     return header, start + _pad(start)
 
 
-def _verify_payload(path: Path, start: int, header: dict[str, Any]) -> None:
+def _verify_payload(
+    path: Path, start: int, header: dict[str, Any], data: bytes | None = None
+) -> None:
     digest = hashlib.sha256()
     remaining = int(header["payload_bytes"])
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        while remaining > 0:
-            chunk = fh.read(min(_HASH_CHUNK, remaining))
-            if not chunk:
-                break
-            digest.update(chunk)
-            remaining -= len(chunk)
+    if data is not None:  # the copy in memory
+        digest.update(memoryview(data)[start : start + remaining])
+        remaining -= min(remaining, max(len(data) - start, 0))
+    else:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            while remaining > 0:
+                chunk = fh.read(min(_HASH_CHUNK, remaining))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                remaining -= len(chunk)
     if remaining or digest.hexdigest() != header["payload_sha256"]:
         raise IndexFormatError(
             f"{path}: corrupt index (payload checksum mismatch); rebuild it with "
@@ -200,6 +227,8 @@ class InvertedIndex:
         path: The postings file.
         verify: Check the payload checksum (reads the whole file once).
         backend: ``auto`` (numba when installed), ``numba`` or ``numpy``.
+        in_memory: Read the file into memory instead of memory-mapping it (a server:
+            immune to the file being changed in place; costs the file's size in RAM).
         dense_min_fraction: Terms in at least this fraction of the documents are read from
             dense columns by the numba kernel (built by :meth:`prepare`, in memory; ``None``:
             :func:`mmsparse.index.kernels.default_dense_fraction` of the weights' dtype;
@@ -218,10 +247,26 @@ class InvertedIndex:
         path: str | Path,
         verify: bool = True,
         backend: str = "auto",
+        in_memory: bool = False,
         dense_min_fraction: float | None = None,
     ) -> None:
         self.path = Path(path)
-        header, start = read_header(self.path)
+        self.in_memory = bool(in_memory)
+        self._data: bytes | None = None
+        if self.in_memory:
+            # Header and payload from one read of the file, so that they belong together
+            # even if the file is replaced or rewritten meanwhile.
+            try:
+                self._data = self.path.read_bytes()
+            except FileNotFoundError as exc:
+                raise IndexFormatError(f"{self.path}: index file not found") from exc
+            except OSError as exc:
+                raise IndexFormatError(
+                    f"{self.path}: cannot read index file ({exc.strerror})"
+                ) from exc
+            header, start = parse_header(self._data, self.path)
+        else:
+            header, start = read_header(self.path)
         self.header = header
         try:
             self.vocab_size = int(header["vocab_size"])
@@ -233,14 +278,15 @@ class InvertedIndex:
             payload_bytes = int(header["payload_bytes"])
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"{self.path}: incomplete index header ({exc})") from exc
-        size = self.path.stat().st_size
+        size = len(self._data) if self._data is not None else self.path.stat().st_size
         if size != start + payload_bytes:
             raise IndexFormatError(
                 f"{self.path}: truncated or padded index ({size} bytes, expected "
                 f"{start + payload_bytes})"
             )
+        self.file_bytes = int(size)
         if verify:
-            _verify_payload(self.path, start, header)
+            _verify_payload(self.path, start, header, self._data)
         arrays = {}
         for name, want in (("indptr", self.vocab_size + 1), ("doc_ids", self.nnz)):
             arrays[name] = self._map(sections, name, start, payload_bytes, want)
@@ -295,12 +341,14 @@ class InvertedIndex:
             raise IndexFormatError(f"{self.path}: section '{name}' out of bounds")
         if n == 0:
             return np.zeros(0, dtype=dtype)
+        if self._data is not None:
+            return np.frombuffer(self._data, dtype=dtype, count=n, offset=start + offset)
         return np.memmap(self.path, dtype=dtype, mode="r", offset=start + offset, shape=(n,))
 
     @property
     def nbytes(self) -> int:
-        """Size of the postings file in bytes."""
-        return self.path.stat().st_size
+        """Size of the postings file in bytes (as opened)."""
+        return self.file_bytes
 
     def posting_lengths(self) -> np.ndarray:
         """``(V,)`` number of documents in every posting list."""

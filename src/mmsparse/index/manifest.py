@@ -9,6 +9,18 @@ Every index directory written by :func:`mmsparse.index.build_index` has::
     INDEX/...            the engine's files (postings.mmsi, seismic.index.seismic, milvus.db,
                          index.bmp, kannolo.hnsw...: each engine's ``files``)
 
+An index of a folder of photos (:func:`mmsparse.index.build_folder_index`) also has::
+
+    INDEX/folder.json    what the build found: every skipped file with the reason
+    INDEX/features/      the backbone features of the folder's images, in batches (kept:
+                         a killed build resumes from it, and building again encodes only
+                         new or changed photos; deleting it loses nothing the index needs)
+    INDEX/features-added/  the same for each folder 'mmsparse index add --images' read
+
+An index changed by ``mmsparse index add``, ``remove`` or ``optimize`` is *live*: it also
+has ``CURRENT``, ``generations/``, ``segments/``, ``deletes/`` and ``LOCK``
+(:mod:`mmsparse.index.generations`); ``index.json`` stays the collection's manifest.
+
 The manifest is what makes an index safe to reuse: a search refuses an index whose
 checkpoint or vocabulary no longer match the run, and reports options that differ from
 the run's evaluation options.
@@ -29,6 +41,26 @@ INDEX_FORMAT = "mmsparse-index"
 INDEX_VERSION = 1
 MANIFEST_NAME = "index.json"
 DOCS_NAME = "docs.json"
+FOLDER_REPORT_NAME = "folder.json"
+FEATURES_DIR = "features"
+ADDED_FEATURES_DIR = "features-added"  # mmsparse index add --images: one cache per folder
+FEATURES_MARKER = "cache.json"  # mmsparse.extract.folder.CACHE_META: the folder is ours
+CALIBRATION_FILE = "confidence.json"  # mmsparse.index.confidence.CALIBRATION_NAME
+#: Files and folders of an index directory that are not the engine's (not in its size).
+NOT_ENGINE_FILES = (
+    MANIFEST_NAME,
+    DOCS_NAME,
+    FOLDER_REPORT_NAME,
+    FEATURES_DIR,
+    ADDED_FEATURES_DIR,
+    CALIBRATION_FILE,
+    # a live index (mmsparse.index.generations): its pointer, lock and generations
+    "CURRENT",
+    "LOCK",
+    "generations",
+    "segments",
+    "deletes",
+)
 
 
 @dataclass(frozen=True)
@@ -59,8 +91,9 @@ class IndexManifest:
         checkpoint_sha256: sha256 of the run's ``best/model.safetensors``.
         vocab_size: Number of sparse dimensions.
         vocab_sha256: sha256 of the vocabulary terms (one per line).
-        split: Split whose images are indexed.
-        data_dir: Feature directory the images were read from.
+        split: Split whose images are indexed (``""`` for a folder index).
+        data_dir: Feature directory the images were read from (``""`` for a folder
+            index).
         n_images: Number of indexed images.
         dense_dim: Size of the dense vectors (stored by engines that hold them).
         w1: Dense weight of the run's hybrid score.
@@ -68,6 +101,11 @@ class IndexManifest:
         options: :class:`IndexOptions`.
         engine_params: Engine-specific build parameters (and the Milvus URI/collection).
         stats: Sizes and timings (nnz, mean terms per image, bytes, build seconds).
+        images_dir: A folder index: the absolute image folder (``mmsparse serve`` shows
+            its files); ``""`` for an index of a split.
+        folder: A folder index: counts (files, images, skipped by reason, hidden), the
+            backbone and device, and ``seconds`` of each stage (``list``, ``load``,
+            ``decode``, ``backbone``, ``images``, ``heads``, ``index``, ``total``).
         created: Build time (UTC, ISO 8601).
         format: Always ``mmsparse-index``.
         version: Manifest format version.
@@ -87,6 +125,8 @@ class IndexManifest:
     options: IndexOptions = field(default_factory=IndexOptions)
     engine_params: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    images_dir: str = ""
+    folder: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     format: str = INDEX_FORMAT
     version: int = INDEX_VERSION
@@ -161,6 +201,12 @@ def run_fingerprint(run_dir: str | Path) -> str:
 def vocab_sha256(tokens: list[str]) -> str:
     """sha256 of the vocabulary terms joined by newlines (hex)."""
     return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
+
+
+def is_feature_cache(path: str | Path) -> bool:
+    """Whether ``path`` is the image feature cache of a folder index (``INDEX/features``)."""
+    path = Path(path)
+    return path.name == FEATURES_DIR and (path / FEATURES_MARKER).is_file()
 
 
 def write_docs(directory: str | Path, image_ids: list[str], filenames: list[str]) -> None:

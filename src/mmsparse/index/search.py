@@ -24,6 +24,7 @@ Documented behaviour on unusual input:
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
@@ -37,9 +38,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import DataError, IndexFormatError, MMSparseError
-from mmsparse.index.engines import open_engine
 from mmsparse.index.hits import check_k
-from mmsparse.index.manifest import IndexManifest, read_docs, run_fingerprint, vocab_sha256
+from mmsparse.index.manifest import run_fingerprint, vocab_sha256
+from mmsparse.index.segments import IndexView, open_view
 from mmsparse.index.verdict import Verdict, assess, load_calibration
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,13 @@ class Hit:
             shared terms, largest product first (at most ``explain_terms`` of them).
         shared_terms: With ``explain``: how many terms the query and image share (the
             listed ones are the top of these).
+        sparse_score: With ``explain``: the sparse score ``S_s = q · d`` (the sum of every
+            shared term's product), in every mode.
+        dense_score: With ``explain`` in ``dense``/``hybrid`` mode: the dense score
+            ``S_d`` (a hybrid hit's score is ``w1 · S_d + w2 · S_s``).
+        missing_terms: With ``explain``: ``(term, query weight)`` of the query's terms
+            the image lacks, heaviest first (at most ``explain_terms``).
+        n_missing: With ``explain``: how many query terms the image lacks.
     """
 
     rank: int
@@ -70,6 +78,10 @@ class Hit:
     score: float
     terms: list[tuple[str, float, float, float]] | None = None
     shared_terms: int | None = None
+    sparse_score: float | None = None
+    dense_score: float | None = None
+    missing_terms: list[tuple[str, float]] | None = None
+    n_missing: int | None = None
 
 
 @dataclass
@@ -84,6 +96,9 @@ class SearchResult:
         engine: Engine of the index.
         hits: Ranked images.
         query_terms: The query's heaviest sparse terms ``(term, weight)``.
+        n_query_terms: How many terms the query's sparse vector has (``query_terms`` lists
+            the first 20 unless asked for more).
+        weights: ``(w1, w2)`` of a ``hybrid`` search (``None`` in the other modes).
         notes: What was adjusted (cut query, lowered k, no shared term, option mismatch).
         seconds: Search time (engine only, without encoding).
         confidence: Text and caption queries: the
@@ -101,6 +116,8 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     confidence: Any = None
+    n_query_terms: int = 0
+    weights: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -149,6 +166,12 @@ def load_text_encoder(extraction: dict[str, Any] | None) -> Any:
 class Searcher:
     """An opened index with the run it was built from.
 
+    The index is opened at its current generation (:mod:`mmsparse.index.generations`; an
+    index as built is generation 0): its segments are searched as one index
+    (:class:`~mmsparse.index.segments.SegmentedEngine`), deleted images left out. Rows are
+    the generation's global rows. :meth:`with_view` gives a searcher of another generation
+    sharing this one's run and text encoder (``mmsparse serve`` switching generations).
+
     Args:
         index_dir: Directory written by :func:`mmsparse.index.build_index`.
         run_dir: The run to encode queries with (default: the one in the manifest).
@@ -158,13 +181,22 @@ class Searcher:
         bundle: Backbone bundle directory for ``caption_id`` queries (default: the run's).
         text_encoder: An object with ``encode(list[str]) -> (N, d_txt)`` features to use
             instead of the run's extraction backend (servers, tests, custom encoders).
+        in_memory: Read the index files into memory instead of memory-mapping them (a
+            server: immune to files changed in place).
+        view: An already opened :class:`~mmsparse.index.segments.IndexView` of the index
+            (then ``verify`` and ``in_memory`` are not used).
 
     Attributes:
         index_dir: The index directory.
-        manifest: Its :class:`~mmsparse.index.IndexManifest`.
-        engine: The opened :class:`~mmsparse.index.engines.Engine`.
-        image_ids: Image id of every indexed row.
-        filenames: Image file name of every indexed row.
+        view: The opened generation (:class:`~mmsparse.index.segments.IndexView`).
+        generation: Its number.
+        manifest: The index's :class:`~mmsparse.index.IndexManifest`, ``n_images`` being
+            the live images of the generation.
+        engine: The :class:`~mmsparse.index.segments.SegmentedEngine` over the
+            generation's segments (the search surface of an
+            :class:`~mmsparse.index.engines.Engine`).
+        image_ids: Image id of every row (deleted rows included).
+        filenames: Image file name of every row.
         run: The loaded run (``None`` with ``load_run=False``).
         vocab: The run's vocabulary (``None`` without the run).
         notes: Notes every result carries (options that differ from the run's).
@@ -184,11 +216,11 @@ class Searcher:
         load_run: bool = True,
         bundle: str | Path | None = None,
         text_encoder: Any = None,
+        in_memory: bool = False,
+        view: IndexView | None = None,
     ) -> None:
         self.index_dir = Path(index_dir)
-        self.manifest = IndexManifest.load(self.index_dir)
-        self.image_ids, self.filenames = read_docs(self.index_dir, self.manifest.n_images)
-        self.engine = open_engine(self.index_dir, self.manifest, verify=verify)
+        self._set_view(view or open_view(self.index_dir, verify=verify, in_memory=in_memory))
         self.notes: list[str] = []
         self.run: Any = None
         self.data = data
@@ -198,11 +230,45 @@ class Searcher:
         self.vocab: Any = None
         self.calibration: Any = None
         self._known: set[int] | None = None  # known words without a calibration
+        self._run_notes: list[str] = []
         if load_run:
             self._open_run(run_dir or self.manifest.run_dir)
-            self.calibration, note = load_calibration(self.index_dir, self.manifest)
-            if note:
-                self.notes.append(note)
+            self._run_notes = list(self.notes)
+            self._load_calibration()
+
+    def _set_view(self, view: IndexView) -> None:
+        self.view = view
+        self.generation = view.number
+        self.manifest = view.manifest
+        self.image_ids, self.filenames = view.image_ids, view.filenames
+        self.engine = view.engine
+
+    def _load_calibration(self) -> None:
+        self.calibration, note = load_calibration(self.index_dir, self.manifest)
+        self.notes = list(self._run_notes) + ([note] if note else [])
+
+    def with_view(self, view: IndexView) -> Searcher:
+        """A searcher of another generation of the same index.
+
+        It shares this one's run, text encoder and data; the calibration is read again.
+
+        Raises:
+            IndexFormatError: If ``view`` is of an index built from another run or
+                vocabulary.
+        """
+        if (view.manifest.checkpoint_sha256, view.manifest.vocab_sha256) != (
+            self.manifest.checkpoint_sha256,
+            self.manifest.vocab_sha256,
+        ):
+            raise IndexFormatError(
+                f"{view.index_dir}: generation {view.number} was built from another run or "
+                "vocabulary than the one served"
+            )
+        other = copy.copy(self)
+        other._set_view(view)
+        if self.run is not None:
+            other._load_calibration()
+        return other
 
     def _open_run(self, run_dir: str | Path) -> None:
         from mmsparse.runs import load_run
@@ -357,6 +423,8 @@ class Searcher:
         mode: str = "sparse",
         explain: bool = False,
         explain_terms: int = 10,
+        query_terms: int | None = 20,
+        weights: tuple[float, float] | None = None,
         **engine_kwargs: Any,
     ) -> list[SearchResult]:
         """Search with query vectors, one result per row.
@@ -369,6 +437,9 @@ class Searcher:
                 dense vectors: :attr:`modes`).
             explain: Add the matching terms and their contributions to every hit.
             explain_terms: Terms shown per hit.
+            query_terms: Query terms listed in :attr:`SearchResult.query_terms`
+                (``None``: all; :attr:`SearchResult.n_query_terms` counts them).
+            weights: ``(w1, w2)`` of a ``hybrid`` search instead of the index's.
             **engine_kwargs: Engine search parameters (``mmsparse index engines`` lists
                 them: Seismic ``query_cut``, ``heap_factor``; kannolo ``ef_search``; Milvus
                 ``candidates``), and ``threads`` or ``live`` (see
@@ -391,7 +462,14 @@ class Searcher:
         threads = engine_kwargs.pop("threads", None)
         live = engine_kwargs.pop("live", None)
         query = self.engine.check_query(
-            sparse, k, dense=dense, mode=mode, threads=threads, live=live, params=engine_kwargs
+            sparse,
+            k,
+            dense=dense,
+            mode=mode,
+            threads=threads,
+            live=live,
+            params=engine_kwargs,
+            weights=weights,
         )
         sparse = query.sparse
         t0 = time.perf_counter()
@@ -416,14 +494,22 @@ class Searcher:
                 engine=self.manifest.engine,
                 notes=q_notes,
                 seconds=seconds,
+                n_query_terms=int(q.nnz),
+                weights=self.engine.hybrid_weights(query) if mode == "hybrid" else None,
             )
             order = np.lexsort((q.indices, -q.data))
             res.query_terms = [
-                (_term(vocab, int(q.indices[j])), float(q.data[j])) for j in order[:20]
+                (_term(vocab, int(q.indices[j])), float(q.data[j]))
+                for j in (order if query_terms is None else order[:query_terms])
             ]
             terms_w = None
             if explain and rows.size and q.nnz:
                 terms_w = self.engine.doc_weights(rows, q.indices)
+            dense_scores = None
+            if explain and mode != "sparse" and rows.size:
+                # (k, d) stored vectors of the hits · (d,) query: each hit's dense score S_d
+                docs = np.concatenate([self.engine.doc_dense(int(r)) for r in rows.tolist()])
+                dense_scores = docs.astype(np.float64) @ query.dense[i].astype(np.float64)
             for r, (row, score) in enumerate(zip(rows.tolist(), scores.tolist())):
                 hit = Hit(
                     rank=r + 1,
@@ -435,10 +521,25 @@ class Searcher:
                 if explain:
                     hit.terms = []
                     hit.shared_terms = 0
+                    hit.sparse_score = 0.0
+                    hit.missing_terms = [
+                        (_term(vocab, int(q.indices[j])), float(q.data[j]))
+                        for j in order[:explain_terms]
+                    ]
+                    hit.n_missing = int(q.nnz)
+                    if dense_scores is not None:
+                        hit.dense_score = float(dense_scores[r])
                     if terms_w is not None:
                         prod = q.data * terms_w[r]
                         nz = np.flatnonzero(prod)
                         hit.shared_terms = int(nz.size)
+                        hit.sparse_score = float(prod.astype(np.float64).sum())
+                        absent = order[terms_w[r][order] == 0]  # heaviest first
+                        hit.n_missing = int(absent.size)
+                        hit.missing_terms = [
+                            (_term(vocab, int(q.indices[j])), float(q.data[j]))
+                            for j in absent[:explain_terms]
+                        ]
                         top = nz[np.lexsort((q.indices[nz], -prod[nz]))][:explain_terms]
                         hit.terms = [
                             (
@@ -515,8 +616,8 @@ class Searcher:
         return result
 
     def close(self) -> None:
-        """Release the engine."""
-        self.engine.close()
+        """Release the index (its generation's segments)."""
+        self.view.close()
 
 
 def _term(vocab: Any, i: int) -> str:

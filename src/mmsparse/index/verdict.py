@@ -154,8 +154,34 @@ def index_identity(index_dir: str | Path, manifest: Any) -> str:
     """sha256 of what makes an index's scores: run checkpoint, vocabulary, images, options.
 
     A calibration records it; one of another index (or a rebuilt one with other options)
-    is not used.
+    is not used. For an index as built, the images are part of it (its ``docs.json``);
+    for a live index (:mod:`mmsparse.index.generations`) they are not: its calibration
+    belongs to the collection (:func:`collection_identity`) and stays valid while images
+    are added and removed (``mmsparse index optimize`` computes it again).
     """
+    from mmsparse.index.generations import is_live
+
+    if is_live(index_dir):
+        return collection_identity(manifest)
+    digest = hashlib.sha256(_identity_json(manifest).encode("utf-8"))
+    docs = Path(index_dir) / "docs.json"
+    if docs.is_file():
+        digest.update(docs.read_bytes())
+    return digest.hexdigest()
+
+
+def collection_identity(manifest: Any) -> str:
+    """sha256 of a live index's engine, run, vocabulary and options, not of its images."""
+    ident = json.loads(_identity_json(manifest))
+    del ident["n_images"]
+    ident["options"].pop("scale", None)  # each segment has its own
+    ident["live"] = True
+    return hashlib.sha256(
+        json.dumps(ident, sort_keys=True, allow_nan=False).encode("utf-8")
+    ).hexdigest()
+
+
+def _identity_json(manifest: Any) -> str:
     m = manifest
     ident = {
         "engine": m.engine,
@@ -168,11 +194,7 @@ def index_identity(index_dir: str | Path, manifest: Any) -> str:
         "w1": m.w1,
         "w2": m.w2,
     }
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, allow_nan=False).encode("utf-8"))
-    docs = Path(index_dir) / "docs.json"
-    if docs.is_file():
-        digest.update(docs.read_bytes())
-    return digest.hexdigest()
+    return json.dumps(ident, sort_keys=True, allow_nan=False)
 
 
 @dataclass

@@ -58,6 +58,46 @@ class ExpansionControl:
         """Masking probability at optimisation step ``step``."""
         return self.p0 * max(0.0, 1.0 - step / self.horizon)
 
+    def draw(
+        self,
+        caption_rows: torch.Tensor,
+        step: int,
+        generator: torch.Generator | None = None,
+        local: slice = slice(None),
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Which captions of a batch are masked at ``step``, and to which terms.
+
+        The uniform draws cover every row of ``caption_rows`` (the global batch, as one
+        process would draw them); the decision is returned for the rows ``local`` only
+        (this process's slice under data parallelism), so N processes mask exactly what one
+        would. A caption with no term of the vocabulary is never masked (it would be left
+        with nothing).
+
+        Args:
+            caption_rows: ``(B,)`` caption rows of the batch, on the device of the draws.
+            step: Optimisation step (sets the probability).
+            generator: Generator of the draws (on the same device).
+            local: The rows to decide for.
+
+        Returns:
+            ``(masked (b, 1) bool, keep (b, V) float 0/1)``, or ``None`` when the
+            probability is 0 (nothing is drawn then).
+        """
+        p = self.probability(step)
+        if p <= 0.0:
+            return None
+        u = torch.rand(caption_rows.shape[0], device=caption_rows.device, generator=generator)
+        ids = self.token_ids[caption_rows[local]]  # (b, L)
+        has_terms = (ids < self.vocab_size).any(dim=1, keepdim=True)  # (b, 1)
+        masked = (u[local] < p).unsqueeze(1) & has_terms
+        return masked, token_mask(ids, self.vocab_size)
+
+    @staticmethod
+    def apply(txt_sparse: torch.Tensor, draw: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mask caption vectors ``(b, V)`` as :meth:`draw` decided."""
+        masked, keep = draw
+        return torch.where(masked, txt_sparse * keep.to(txt_sparse.dtype), txt_sparse)
+
     def __call__(
         self,
         txt_sparse: torch.Tensor,
@@ -66,10 +106,5 @@ class ExpansionControl:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Mask a batch ``(B, V)`` of caption vectors, given their caption rows ``(B,)``."""
-        p = self.probability(step)
-        if p <= 0.0:
-            return txt_sparse
-        u = torch.rand(txt_sparse.shape[0], device=txt_sparse.device, generator=generator)
-        masked = (u < p).unsqueeze(1)  # (B, 1)
-        keep = token_mask(self.token_ids[caption_rows], self.vocab_size).to(txt_sparse.dtype)
-        return torch.where(masked, txt_sparse * keep, txt_sparse)
+        draw = self.draw(caption_rows.to(txt_sparse.device), step, generator)
+        return txt_sparse if draw is None else self.apply(txt_sparse, draw)

@@ -32,9 +32,21 @@ def lexical_grounding(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     """
     target = target.float()
     counts = target.sum(dim=1)  # (B,)
-    has = counts > 0
-    if not bool(has.any()):
-        return logits.new_zeros((), dtype=torch.float32)
     logp = F.log_softmax(logits.float(), dim=1)
-    per_row = -(target * logp).sum(dim=1) / counts.clamp_min(1.0)
-    return per_row[has].mean()
+    per_row = -(target * logp).sum(dim=1) / counts.clamp_min(1.0)  # 0 where no target
+    # The mean over rows with a target, without a data-dependent branch (no host sync,
+    # one graph under torch.compile).
+    return per_row.sum() / (counts > 0).sum().clamp_min(1).float()
+
+
+def lexical_pair(
+    img_logits: torch.Tensor, txt_logits: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """``(lex(X_img, M) + lex(X_txt, M)) / 2``: the lexical term of matched pairs.
+
+    Args:
+        img_logits: ``(B, V)`` logits of the images.
+        txt_logits: ``(B, V)`` logits of their captions (row ``i`` describes image ``i``).
+        target: ``(B, V)`` 0/1 content words of each pair's caption.
+    """
+    return (lexical_grounding(img_logits, target) + lexical_grounding(txt_logits, target)) / 2

@@ -45,6 +45,34 @@ def sparsity_penalty(Z: torch.Tensor, kind: str = "l1") -> torch.Tensor:
         raise ValueError(f"objective.reg must be one of l1, flops; got {kind!r}") from None
 
 
+def sparsity_terms(
+    Z_txt: torch.Tensor,
+    Z_img: torch.Tensor,
+    eta_t: torch.Tensor | float,
+    eta_i: torch.Tensor | float,
+    kind: str = "l1",
+) -> dict[str, torch.Tensor]:
+    """``R = (eta_t · reg(Z_txt) + eta_i · reg(Z_img)) / 2`` with its logged parts.
+
+    Args:
+        Z_txt: ``(B, V)`` caption (query) sparse vectors.
+        Z_img: ``(B, V)`` image (document) sparse vectors.
+        eta_t: Weight of the captions' penalty at this step (a float or a 0-d tensor: the
+            trainer reads it from a device table).
+        eta_i: Weight of the images' penalty.
+        kind: ``reg``: ``l1`` or ``flops`` (``objective.reg``).
+
+    Returns:
+        ``reg`` = R, and ``l1_txt``, ``l1_img`` (logged whatever ``kind`` is).
+    """
+    l1_txt, l1_img = l1(Z_txt), l1(Z_img)
+    if kind == "l1":
+        p_txt, p_img = l1_txt, l1_img
+    else:
+        p_txt, p_img = sparsity_penalty(Z_txt, kind), sparsity_penalty(Z_img, kind)
+    return {"reg": (eta_t * p_txt + eta_i * p_img) / 2, "l1_txt": l1_txt, "l1_img": l1_img}
+
+
 @dataclass
 class QuadraticWarmup:
     """``eta(step) = eta_max · min(1, step / T)^2``.
@@ -65,13 +93,14 @@ class QuadraticWarmup:
 
 
 class SparsityRegularizer:
-    """The l1 regulariser with its quadratic schedule; the trainer steps it, checkpoints save it.
+    """The regulariser with its quadratic schedule; the trainer steps it, checkpoints save it.
 
     Args:
         q_reg: Maximum weight ``eta_t`` of caption (query) vectors.
         d_reg: Maximum weight ``eta_i`` of image (document) vectors.
         total_steps: All training steps of the run.
         warmup_frac: ``T`` as a fraction of ``total_steps`` (0.2 in the published configs).
+        kind: The penalty: ``l1`` (the paper) or ``flops`` (``objective.reg``).
 
     Example:
         >>> reg = SparsityRegularizer(q_reg=1.0, d_reg=2.0, total_steps=10, warmup_frac=0.2)
@@ -80,22 +109,38 @@ class SparsityRegularizer:
     """
 
     def __init__(
-        self, q_reg: float, d_reg: float, total_steps: int, warmup_frac: float = 0.2
+        self,
+        q_reg: float,
+        d_reg: float,
+        total_steps: int,
+        warmup_frac: float = 0.2,
+        kind: str = "l1",
     ) -> None:
+        if kind not in REGULARIZERS:
+            raise ValueError(f"objective.reg must be one of l1, flops; got {kind!r}")
         T = round(warmup_frac * total_steps)
         self.eta_t = QuadraticWarmup(q_reg, T)
         self.eta_i = QuadraticWarmup(d_reg, T)
+        self.kind = kind
+        self.total_steps = total_steps
         self.step = 0
 
     def __call__(self, Z_txt: torch.Tensor, Z_img: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Named terms of the regulariser at the current step.
+        """Named terms of the regulariser at the current step (:func:`sparsity_terms`).
 
         Returns:
             ``reg`` = R, ``l1_txt``, ``l1_img`` (tensors).
         """
-        l1_txt, l1_img = l1(Z_txt), l1(Z_img)
-        R = (self.eta_t(self.step) * l1_txt + self.eta_i(self.step) * l1_img) / 2
-        return {"reg": R, "l1_txt": l1_txt, "l1_img": l1_img}
+        return sparsity_terms(Z_txt, Z_img, self.eta_t(self.step), self.eta_i(self.step), self.kind)
+
+    def weight_table(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``(max(1, total_steps), 2)`` float32 ``(eta_t, eta_i)`` of every step, on ``device``.
+
+        The training step indexes it on the device instead of passing host floats (no
+        host-device copy per step, and a fixed buffer for CUDA graphs).
+        """
+        rows = [(self.eta_t(s), self.eta_i(s)) for s in range(max(1, self.total_steps))]
+        return torch.tensor(rows, dtype=torch.float32, device=device)
 
     def step_once(self) -> None:
         """Advance the schedule by one optimisation step."""

@@ -14,33 +14,18 @@ free of host-device synchronisation:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from mmsparse.config import TrainConfig
+from mmsparse.config import ObjectiveConfig, TrainConfig
 from mmsparse.errors import ConfigError
+from mmsparse.losses.objective import term_names as objective_term_names
 
 logger = logging.getLogger("mmsparse.train")
-
-JOINT_TERMS = (
-    "loss",
-    "contrastive",
-    "distill",
-    "nce_dense",
-    "nce_sparse",
-    "nce_integrated",
-    "kd_dense",
-    "kd_sparse",
-    "reg",
-    "l1_txt",
-    "l1_img",
-    "total",
-)
-D2S_TERMS = ("loss", "distill", "reg", "l1_txt", "l1_img", "total")
-DENSE_TERMS = ("loss", "contrastive", "total")
 
 # Devices whose fused AdamW kernel ``train.fused_optimizer=auto`` uses (torch >= 2.4 has one
 # for CPU; older versions fall back to the default implementation).
@@ -76,21 +61,14 @@ class StepTerms(Mapping[str, torch.Tensor]):
         return len(self.names)
 
 
-def term_names(method: str, objective: Any = None) -> tuple[str, ...]:
+def term_names(method: str, objective: ObjectiveConfig | None = None) -> tuple[str, ...]:
     """Names of the loss terms a step of ``method`` logs, in their fixed order.
 
     With an :class:`~mmsparse.config.ObjectiveConfig`, the terms of the options it switches
-    on follow: ``lexical`` (``lexical_weight > 0``) and ``sparse_scale`` (``learned``).
+    on follow (see :func:`mmsparse.losses.term_names`, which this calls).
     """
-    if method == "dense":
-        return DENSE_TERMS
-    base = D2S_TERMS if method == "d2s" else JOINT_TERMS
-    extra: tuple[str, ...] = ()
-    if objective is not None and objective.lexical_weight > 0:
-        extra += ("lexical",)
-    if objective is not None and objective.sparse_scale == "learned":
-        extra += ("sparse_scale",)
-    return base + extra
+    cfg = objective if objective is not None else ObjectiveConfig()
+    return objective_term_names(dataclasses.replace(cfg, method=method))
 
 
 def use_fused_adamw(setting: str, device: torch.device) -> bool:
@@ -134,6 +112,41 @@ def make_optimizer(
                 ) from exc
             logger.info("no fused AdamW for %s (%s); using the default one", device, exc)
     return torch.optim.AdamW(params, **kwargs)
+
+
+def param_groups(
+    model: Any, params: Sequence[torch.nn.Parameter], train_cfg: TrainConfig
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups of ``params`` with their learning-rate scales.
+
+    The sparse head runs at ``train.sparse_lr_scale`` times the rate, the dense heads at
+    ``train.dense_lr_scale`` times it, ``tau`` at ``train.tau_lr_scale`` times it (its own
+    group only when that is not 1, so that older runs' optimizers still load), the rest
+    (the sparse scale) at the rate itself.
+
+    Args:
+        model: The :class:`~mmsparse.model.SparseDenseModel`.
+        params: The parameters to optimise (the method's trainable ones).
+        train_cfg: The run's ``train`` group.
+    """
+    group_of = {id(p): "sparse" for p in model.sparse_head.parameters()}
+    group_of.update({id(p): "dense" for p in model.dense_parameters()})
+    if train_cfg.tau_lr_scale != 1.0:
+        group_of[id(model.tau)] = "tau"
+    scales = {
+        "dense": train_cfg.dense_lr_scale,
+        "rest": 1.0,
+        "sparse": train_cfg.sparse_lr_scale,
+        "tau": train_cfg.tau_lr_scale,
+    }
+    members: dict[str, list[torch.nn.Parameter]] = {name: [] for name in scales}
+    for p in params:
+        members[group_of.get(id(p), "rest")].append(p)
+    return [
+        {"params": members[name], "lr_scale": scale}
+        for name, scale in scales.items()
+        if members[name]
+    ]
 
 
 def compile_step(fn: Callable[..., Any], mode: str, device: torch.device) -> Callable[..., Any]:

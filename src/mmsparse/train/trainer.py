@@ -8,17 +8,15 @@ the scores and the loss are computed in float32. Validation runs every ``eval_ev
 epochs; the best epoch by ``select_metric`` is kept in ``best/`` and training stops after
 ``patience`` validations without improvement.
 
-Which parameters train depends on ``objective.method``:
+Who does what:
 
-=============== ===================== ============= ======
-method          dense heads           sparse head   tau
-=============== ===================== ============= ======
-``joint``       yes                   yes           yes
-``no_distill``  yes                   yes           yes
-``frozen_dense`` no                   yes           yes
-``d2s``         no                    yes           no
-``dense``       yes                   (unused)      yes
-=============== ===================== ============= ======
+- the objective (its named terms, and which parameters train for each
+  ``objective.method``) is :class:`mmsparse.losses.Objective`, built once from the config;
+  the trainer sums and logs the terms it returns;
+- the run directory (start, resume checks, checkpoints, ``best/``, ``final.json``) is
+  :class:`mmsparse.train.run_dir.RunDirectory`;
+- ``metrics.jsonl``, progress bars, model selection and early stopping are callbacks
+  (:mod:`mmsparse.train.callbacks`) the loop calls.
 
 Determinism: the batch order of epoch ``e`` comes from a generator seeded with
 ``(seed, e)`` and expansion-control draws from ``(seed, e, 1)``, and every epoch ends with
@@ -30,55 +28,35 @@ Batches are index gathers on resident features, per-step schedule values come fr
 tables, loss terms are summed on the device and read at log points only
 (``train.log_every``, asynchronously), AdamW is fused (CUDA and CPU), and
 ``train.compile`` compiles the forward pass and loss (``reduce-overhead``: with CUDA
-graphs). Several processes launched by
-``torchrun`` train the same run data-parallel over the global batch
-(:mod:`mmsparse.train.distributed`).
+graphs). Several processes launched by ``torchrun`` train the same run data-parallel over
+the global batch (:mod:`mmsparse.train.distributed`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import shutil
-import tempfile
+import math
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from mmsparse.config import RunConfig, config_from_dict, save_config
+from mmsparse.config import EvalConfig, RunConfig
 from mmsparse.data.store import FeatureStore, load_feature_store
-from mmsparse.errors import CheckpointError, ConfigError
-from mmsparse.evaluate.retrieval import EvalResult, encode_split, evaluate_encoded
-from mmsparse.io_utils import atomic_write_json, make_public_dir
-from mmsparse.losses import (
-    ExpansionControl,
-    SparsityRegularizer,
-    d2s_objective,
-    dense_objective,
-    joint_objective,
-    l1,
-    lexical_grounding,
-    padded_token_ids,
-    sparsity_penalty,
-    token_mask,
-)
+from mmsparse.errors import ConfigError, NonFiniteError
+from mmsparse.evaluate.retrieval import EncodedSplit, EvalResult, encode_split, evaluate_encoded
+from mmsparse.losses import Objective, StepInputs, method_spec
 from mmsparse.model.model import SparseDenseModel
 from mmsparse.paths import resolve_run_paths
 from mmsparse.runs import build_model, hybrid_weights, resolve_device
-from mmsparse.sparse.ops import prune
-from mmsparse.train.checkpoint import (
-    TrainerState,
-    load_checkpoint,
-    load_optimizer_tensors,
-    repair_directory,
-    save_checkpoint,
-    swap_in_directory,
-    truncate_log,
-)
+from mmsparse.train.callbacks import Callback, default_callbacks
+from mmsparse.train.checkpoint import TrainerState, load_optimizer_tensors
 from mmsparse.train.distributed import (
     DistContext,
     current_context,
@@ -87,20 +65,36 @@ from mmsparse.train.distributed import (
     setup,
     teardown,
 )
+from mmsparse.train.run_dir import (
+    RESUME_FREE_KEYS,
+    RunDirectory,
+    has_progress,
+    resume_config,
+    resume_conflicts,
+)
 from mmsparse.train.step import (
-    AsyncTermLog,
     StepTerms,
     compile_step,
     make_optimizer,
-    term_names,
+    param_groups,
     uses_cuda_graphs,
 )
 
 logger = logging.getLogger("mmsparse.train")
 
-SPARSE_METHODS = ("joint", "no_distill", "frozen_dense", "d2s")
-# Config keys that may differ between the sessions of a resumed run.
-RESUME_FREE_KEYS = ("train.progress", "train.plot", "train.compile", "train.log_every")
+# Importable from here as before the run directory had its own module.
+__all__ = [
+    "RESUME_FREE_KEYS",
+    "TrainResult",
+    "Trainer",
+    "has_progress",
+    "lr_factor",
+    "resume_config",
+    "resume_conflicts",
+    "selection_metric",
+    "set_trainable",
+    "train",
+]
 
 
 @dataclass
@@ -129,10 +123,10 @@ class TrainResult:
 
 
 def selection_metric(cfg: RunConfig) -> str:
-    """The validation metric that selects the model (resolving ``auto``)."""
+    """The validation metric that selects the model (resolving ``auto`` by the method)."""
     if cfg.train.select_metric != "auto":
         return cfg.train.select_metric
-    return "t2i/dense/R@1" if cfg.objective.method == "dense" else "t2i/sparse/R@1"
+    return method_spec(cfg.objective.method).select_metric
 
 
 def lr_factor(step: int, total_steps: int, warmup_frac: float) -> float:
@@ -144,18 +138,11 @@ def lr_factor(step: int, total_steps: int, warmup_frac: float) -> float:
 
 
 def set_trainable(model: SparseDenseModel, method: str) -> list[torch.nn.Parameter]:
-    """Freeze what ``method`` keeps fixed; return the parameters to optimise."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    if method in ("d2s", "frozen_dense"):
-        for p in model.dense_parameters():
-            p.requires_grad_(False)
-    if method == "d2s":
-        model.tau.requires_grad_(False)
-    if method == "dense":
-        for p in model.sparse_head.parameters():
-            p.requires_grad_(False)
-    return [p for p in model.parameters() if p.requires_grad]
+    """Freeze what ``method`` keeps fixed; return the parameters to optimise.
+
+    The table of :data:`mmsparse.losses.METHODS` says what each method freezes.
+    """
+    return method_spec(method).set_trainable(model)
 
 
 def _amp(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
@@ -174,30 +161,93 @@ def _epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     )
 
 
+def caption_term_columns(
+    store: FeatureStore, vocab: Any, term_ids: torch.Tensor | None, content_only: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every caption's own terms as CSR arrays of the sparse head's columns.
+
+    Args:
+        store: The features (their captions' tokens).
+        vocab: The named vocabulary.
+        term_ids: The sparse head's full-vocabulary ids (a restricted vocabulary), or
+            ``None`` for all terms. Tokens outside it are dropped (a caption left with none
+            is never masked by expansion control and has no lexical target).
+        content_only: Keep content words only (lexical grounding).
+
+    Returns:
+        ``(indptr, indices)`` with column indices of the head.
+    """
+    from mmsparse.data.terms import content_mask
+
+    indptr, indices = store.caption_token_ids(vocab)
+    keep = np.ones(len(vocab), dtype=bool)
+    if content_only:
+        keep &= content_mask(vocab)
+    column = np.arange(len(vocab), dtype=np.int64)
+    if term_ids is not None:
+        restricted = np.zeros(len(vocab), dtype=bool)
+        ids = term_ids.cpu().numpy()
+        restricted[ids] = True
+        keep &= restricted
+        column = np.full(len(vocab), -1, dtype=np.int64)
+        column[ids] = np.arange(ids.size)
+    if keep.all():
+        return indptr, indices
+    ok = keep[indices]
+    rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))[ok]
+    new_indptr = np.zeros_like(indptr)
+    np.add.at(new_indptr, rows + 1, 1)
+    return np.cumsum(new_indptr), column[indices[ok]]
+
+
 class Trainer:
     """Trains one run (see the module docstring); use :func:`train` for the usual entry.
 
     Args:
         cfg: The run configuration.
-        store: The features (``cfg.data`` is loaded when ``None``).
+        store: The features.
         run_dir: Where the run is written.
         dist_ctx: This process's place in a data-parallel job (default: the initialised
             process group, else a single process).
+        callbacks: The loop's hooks (default: :func:`~mmsparse.train.callbacks.
+            default_callbacks`: model selection, ``metrics.jsonl``, progress bars).
+
+    The public surface (used by ``mmsparse bench`` and the tests; everything else is
+    internal):
+
+    Attributes:
+        cfg: The run configuration.
+        run: The :class:`~mmsparse.train.run_dir.RunDirectory`.
+        dist: The :class:`~mmsparse.train.distributed.DistContext`.
+        device: The training device.
+        model: The :class:`~mmsparse.model.SparseDenseModel` being trained.
+        objective: The :class:`~mmsparse.losses.Objective`.
+        term_names: Names of the logged terms (the order of every step's vector).
+        optimizer: The AdamW optimiser.
+        params: The parameters it optimises.
+        state: The resumable :class:`~mmsparse.train.checkpoint.TrainerState`.
+        select_metric: The validation metric that selects the model.
+        batch_size: Caption-image pairs of a (global) batch.
+        steps_per_epoch: Optimisation steps of an epoch.
+        total_steps: Steps of the whole run.
+        amp_dtype: Autocast dtype of the forward pass (``None``: float32).
+        train_captions: ``(n,)`` device tensor of the training captions' rows.
+        callbacks: The loop's hooks.
     """
 
     def __init__(
         self,
         cfg: RunConfig,
         store: FeatureStore,
-        run_dir: Path,
+        run_dir: str | Path | RunDirectory,
         dist_ctx: DistContext | None = None,
+        callbacks: list[Callback] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
-        self.run_dir = run_dir
+        self.run = run_dir if isinstance(run_dir, RunDirectory) else RunDirectory(run_dir)
         self.dist = dist_ctx if dist_ctx is not None else current_context()
-        self.method = cfg.objective.method
-        self.metric_name = selection_metric(cfg)
+        self.select_metric = selection_metric(cfg)
         self.device = resolve_device(rank_device(cfg.train.device, self.dist))
         self.train_split = store.split(cfg.data.train_splits, allow_missing=True)
         self.val_split = store.split(cfg.data.val_split)
@@ -206,11 +256,6 @@ class Trainer:
         self.model = build_model(cfg, store).to(self.device)
         if len(self.vocab) != self.model.vocab_size:
             self.vocab = self.vocab.fallback(self.model.vocab_size)
-        self.params = set_trainable(self.model, self.method)
-        self.dist.broadcast_parameters(list(self.model.parameters()))
-        self.optimizer = make_optimizer(self._param_groups(), cfg.train, self.device)
-        self.amp_dtype = _amp(cfg, self.device)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
         # Features stay resident on the device; batches are gathered by index.
         self.image_feats = torch.from_numpy(store.image_feats).to(self.device)
@@ -223,128 +268,55 @@ class Trainer:
         self.steps_per_epoch = max(1, n // self.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
 
-        self.regularizer = SparsityRegularizer(
-            cfg.objective.q_reg,
-            cfg.objective.d_reg,
-            self.total_steps,
-            cfg.objective.reg_warmup_frac,
+        self.objective = Objective(
+            cfg.objective,
+            n_terms=self.model.n_terms,
+            total_steps=self.total_steps,
+            caption_terms=self._caption_terms if self.vocab.named else None,
+            device=self.device,
         )
-        self._check_train_topk()
-        self.expansion = None
-        n_terms = self.model.n_terms
-        if cfg.objective.expansion_control and self.method in SPARSE_METHODS:
-            if not self.vocab.named:
-                raise ConfigError(
-                    "objective.expansion_control needs a named vocabulary (a backbone bundle "
-                    "with vocab.txt): captions must map to vocabulary ids"
-                )
-            indptr, indices = self._caption_terms(content_only=False)
-            self.expansion = ExpansionControl(
-                padded_token_ids(indptr, indices, pad=n_terms).to(self.device),
-                n_terms,
-                self.total_steps,
-                cfg.objective.expansion_p0,
-                cfg.objective.expansion_decay_frac,
-            )
-        # Lexical grounding: every caption's content words, as the head's columns.
-        self.lexical_ids: torch.Tensor | None = None
-        if cfg.objective.lexical_weight > 0 and self.method in SPARSE_METHODS:
-            if not self.vocab.named:
-                raise ConfigError(
-                    "objective.lexical_weight > 0 needs a named vocabulary (a backbone bundle "
-                    "with vocab.txt): captions must map to vocabulary terms"
-                )
-            indptr, indices = self._caption_terms(content_only=True)
-            self.lexical_ids = padded_token_ids(indptr, indices, pad=n_terms).to(self.device)
-        self.term_names = term_names(self.method, cfg.objective)
-        self.compile_mode = cfg.train.compile
-        self._cuda_graphs = uses_cuda_graphs(self.compile_mode, self.device)
-        self._loss_fn = compile_step(self._forward_loss, self.compile_mode, self.device)
-        self._eta_table: torch.Tensor | None = None
-        self._eta = torch.zeros(2, device=self.device)
+        self.term_names = self.objective.term_names
+        self.params = self.objective.set_trainable(self.model)
+        self.dist.broadcast_parameters(list(self.model.parameters()))
+        groups = param_groups(self.model, self.params, cfg.train)
+        self.optimizer = make_optimizer(groups, cfg.train, self.device)
+        self.amp_dtype = _amp(cfg, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self._cuda_graphs = uses_cuda_graphs(cfg.train.compile, self.device)
+        self._loss_fn = compile_step(self._forward_loss, cfg.train.compile, self.device)
         self.state = TrainerState(config_json=cfg.to_dict())
-        self.log_path = run_dir / "metrics.jsonl"
+        self.callbacks = default_callbacks(self) if callbacks is None else callbacks
 
-    def _param_groups(self) -> list[dict[str, Any]]:
-        """AdamW parameter groups with their learning-rate scales.
+    def _caption_terms(self, content_only: bool) -> tuple[np.ndarray, np.ndarray]:
+        return caption_term_columns(self.store, self.vocab, self.model.term_ids, content_only)
 
-        The sparse head runs at ``train.sparse_lr_scale`` times the rate, the dense heads
-        at ``train.dense_lr_scale`` times it, ``tau`` at ``train.tau_lr_scale`` times it
-        (its own group only when that is not 1), the rest (the sparse scale) at the rate
-        itself.
-        """
-        train = self.cfg.train
-        group_of = {id(p): "sparse" for p in self.model.sparse_head.parameters()}
-        group_of.update({id(p): "dense" for p in self.model.dense_parameters()})
-        if train.tau_lr_scale != 1.0:  # else in "rest": the groups of older runs' optimizers
-            group_of[id(self.model.tau)] = "tau"
-        scales = {
-            "dense": train.dense_lr_scale,
-            "rest": 1.0,
-            "sparse": train.sparse_lr_scale,
-            "tau": train.tau_lr_scale,
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate of the last step (before group scales)."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes and settings of this trainer (for benchmark reports)."""
+        return {
+            "train_pairs": int(self.train_captions.numel()),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
+            "fused_adamw": bool(self.optimizer.defaults.get("fused")),
+            "batch_size": self.batch_size,
+            "steps_per_epoch": self.steps_per_epoch,
         }
-        members: dict[str, list[torch.nn.Parameter]] = {name: [] for name in scales}
-        for p in self.params:
-            members[group_of.get(id(p), "rest")].append(p)
-        return [
-            {"params": members[name], "lr_scale": scale}
-            for name, scale in scales.items()
-            if members[name]
-        ]
-
-    def _check_train_topk(self) -> None:
-        """``objective.train_*_topk`` must fit the sparse head's number of terms."""
-        n_terms = self.model.n_terms
-        for key in ("train_text_topk", "train_image_topk"):
-            k = getattr(self.cfg.objective, key)
-            if k is not None and k > n_terms:
-                raise ConfigError(
-                    f"objective.{key}={k} exceeds the sparse head's {n_terms} terms "
-                    "(lower it, or null to switch the cap off)"
-                )
-
-    def _caption_terms(self, content_only: bool) -> tuple[Any, Any]:
-        """Every caption's own terms as CSR arrays of the sparse head's columns.
-
-        With a restricted vocabulary, tokens outside it are dropped (a caption left with
-        none is never masked by expansion control and has no lexical target).
-        """
-        import numpy as np
-
-        from mmsparse.data.terms import content_mask
-
-        indptr, indices = self.store.caption_token_ids(self.vocab)
-        keep = np.ones(len(self.vocab), dtype=bool)
-        if content_only:
-            keep &= content_mask(self.vocab)
-        column = np.arange(len(self.vocab), dtype=np.int64)
-        if self.model.term_ids is not None:
-            restricted = np.zeros(len(self.vocab), dtype=bool)
-            ids = self.model.term_ids.cpu().numpy()
-            restricted[ids] = True
-            keep &= restricted
-            column = np.full(len(self.vocab), -1, dtype=np.int64)
-            column[ids] = np.arange(ids.size)
-        if keep.all():
-            return indptr, indices
-        ok = keep[indices]
-        rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))[ok]
-        new_indptr = np.zeros_like(indptr)
-        np.add.at(new_indptr, rows + 1, 1)
-        return np.cumsum(new_indptr), column[indices[ok]]
 
     # -- state --------------------------------------------------------------------
 
     def restore(self) -> bool:
         """Load the latest checkpoint of the run directory; ``False`` if there is none."""
         if self.dist.is_main:
-            repair_directory(self.run_dir / "best")
+            self.run.repair()
         self.dist.barrier()
-        loaded = load_checkpoint(self.run_dir / "checkpoints")
+        loaded = self.run.load_state()
         if loaded is None:
             if self.dist.is_main:
-                truncate_log(self.log_path, 0)
+                self.run.truncate_metrics(0)
             return False
         state, tensors = loaded
         model_tensors = {
@@ -352,64 +324,52 @@ class Trainer:
         }
         self.model.load_tensors(
             {k: v.to(self.device) for k, v in model_tensors.items()},
-            where=str(self.run_dir / "checkpoints"),
+            where=str(self.run.checkpoints_dir),
         )
         # The optimiser places each state tensor itself (``step`` stays on the CPU unless
         # the optimiser is fused, so a resumed foreach AdamW does not synchronise).
         load_optimizer_tensors(
             self.optimizer, {k: v for k, v in tensors.items() if k.startswith("optim.")}
         )
-        self.regularizer.load_state_dict(state.regularizer)
-        self._eta_table = None
+        self.objective.load_state_dict(state.regularizer)
         if self.scaler is not None and state.scaler:
             self.scaler.load_state_dict(state.scaler)
         self.state = state
         if self.dist.is_main:
-            truncate_log(self.log_path, state.epoch)
+            self.run.truncate_metrics(state.epoch)
         logger.info(
-            "resumed %s at epoch %d (step %d)", self.run_dir, state.epoch, state.global_step
+            "resumed %s at epoch %d (step %d)", self.run.path, state.epoch, state.global_step
         )
         return True
 
-    def _checkpoint(self) -> None:
-        self.state.regularizer = self.regularizer.state_dict()
+    def save_checkpoint(self) -> None:
+        """Write the resumable state of the completed epoch (rank 0)."""
+        self.state.regularizer = self.objective.state_dict()
         self.state.scaler = self.scaler.state_dict() if self.scaler is not None else None
-        save_checkpoint(self.run_dir / "checkpoints", self.state, self.model, self.optimizer)
+        self.run.save_state(self.state, self.model, self.optimizer)
 
-    def _save_best(self, result: EvalResult) -> None:
-        tmp = make_public_dir(tempfile.mkdtemp(prefix=".best.tmp-", dir=self.run_dir))
-        self.model.save_pretrained(
-            tmp,
-            vocab_tokens=self.vocab.tokens if self.vocab.named else None,
-            extra={"backbone": self._backbone_info()},
-        )
-        atomic_write_json(
-            tmp / "selection.json",
+    def save_best(self, result: EvalResult) -> None:
+        """Make the current model the selected one (``best/``), validated as ``result``."""
+        bundle = self.store.bundle
+        backbone = None
+        if bundle is not None:
+            backbone = {
+                "name": bundle.name,
+                "bundle": str(bundle.path) if bundle.path else None,
+                "extraction": bundle.extraction,
+            }
+        self.run.save_best(
+            self.model,
             {
                 "epoch": self.state.epoch,
                 "step": self.state.global_step,
-                "metric": self.metric_name,
-                "value": result.get(self.metric_name),
+                "metric": self.select_metric,
+                "value": result.get(self.select_metric),
                 "val": result.to_dict(),
             },
+            vocab_tokens=self.vocab.tokens if self.vocab.named else None,
+            extra={"backbone": backbone},
         )
-        swap_in_directory(tmp, self.run_dir / "best")
-
-    def _backbone_info(self) -> dict[str, Any] | None:
-        bundle = self.store.bundle
-        if bundle is None:
-            return None
-        return {
-            "name": bundle.name,
-            "bundle": str(bundle.path) if bundle.path else None,
-            "extraction": bundle.extraction,
-        }
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if not self.dist.is_main:
-            return
-        with open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
 
     # -- steps --------------------------------------------------------------------
 
@@ -424,7 +384,7 @@ class Trainer:
         perm = torch.randperm(self.train_captions.numel(), generator=_epoch_generator(seed, epoch))
         perm = perm.to(self.device)
         gen = None
-        if self.expansion is not None:
+        if self.objective.expansion is not None:
             gen = torch.Generator(device=self.device).manual_seed(
                 int(_epoch_generator(seed, epoch, 1).initial_seed())
             )
@@ -434,107 +394,31 @@ class Trainer:
         """Caption rows of the ``step``-th global batch (0-based) of an epoch's order."""
         return self.train_captions[perm[step * self.batch_size : (step + 1) * self.batch_size]]
 
-    def _expansion_draw(
-        self, caption_rows: torch.Tensor, step: int, gen: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(masked (b, 1), keep (b, V))`` for this rank's captions, or ``None``.
+    def batches(
+        self, n: int, first_epoch: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Generator | None]]:
+        """The first ``n`` global batches in training order from ``first_epoch`` on.
 
-        The uniform draws cover the whole global batch (as one process would draw them) and
-        each rank keeps its own slice, so N processes mask exactly what one would.
+        Yields:
+            ``(caption_rows, generator)`` as :meth:`train_step` takes them.
         """
-        if self.expansion is None:
-            return None
-        p = self.expansion.probability(step)
-        if p <= 0.0:
-            return None
-        u = torch.rand(caption_rows.shape[0], device=self.device, generator=gen)
-        ids = self.expansion.token_ids[caption_rows[self.local_rows]]
-        # A caption with no term of the (restricted) vocabulary is never masked to nothing.
-        has_terms = (ids < self.model.n_terms).any(dim=1, keepdim=True)
-        masked = (u[self.local_rows] < p).unsqueeze(1) & has_terms  # (b, 1)
-        keep = token_mask(ids, self.model.n_terms)
-        return masked, keep
-
-    def _terms(
-        self,
-        img_dense: torch.Tensor,
-        txt_dense: torch.Tensor,
-        img_sparse: torch.Tensor,
-        txt_sparse: torch.Tensor,
-        tau: torch.Tensor,
-        eta: torch.Tensor,
-        lexical: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Named loss terms from float32 vectors of a batch (the total under ``total``).
-
-        ``eta`` holds the regulariser weights ``(eta_t, eta_i)`` of the step; ``lexical``
-        the image logits, caption logits and target mask of lexical grounding.
-        """
-        obj = self.cfg.objective
-        if self.method == "dense":
-            terms = dense_objective(img_dense, txt_dense, tau=tau)
-            terms["total"] = terms["loss"]
-            return terms
-        scale = self.model.sparse_scale()
-        if self.method == "d2s":
-            terms = d2s_objective(
-                img_dense, txt_dense, img_sparse, txt_sparse, tau=tau, sparse_scale=scale
-            )
-        else:
-            terms = joint_objective(
-                img_dense,
-                txt_dense,
-                img_sparse,
-                txt_sparse,
-                tau=tau,
-                w1=obj.w1,
-                w2=obj.w2,
-                lam1=obj.lam1,
-                lam2=obj.lam2,
-                distill_teacher=obj.distill_teacher,
-                distill=self.method != "no_distill",
-                sparse_scale=scale,
-                contrastive_weight=obj.contrastive_weight,
-            )
-        # R = (eta_t · reg(Z_txt) + eta_i · reg(Z_img)) / 2, as SparsityRegularizer, with
-        # the step's weights read from the device table instead of the host; reg is l1 or
-        # FLOPS (objective.reg). l1_txt / l1_img are logged either way.
-        l1_txt, l1_img = l1(txt_sparse), l1(img_sparse)
-        if obj.reg == "l1":
-            p_txt, p_img = l1_txt, l1_img
-        else:
-            p_txt, p_img = (
-                sparsity_penalty(txt_sparse, obj.reg),
-                sparsity_penalty(img_sparse, obj.reg),
-            )
-        terms["reg"] = (eta[0] * p_txt + eta[1] * p_img) / 2
-        terms["l1_txt"], terms["l1_img"] = l1_txt, l1_img
-        terms["total"] = terms["loss"] + terms["reg"]
-        if lexical is not None:
-            x_img, x_txt, target = lexical
-            lex = (lexical_grounding(x_img, target) + lexical_grounding(x_txt, target)) / 2
-            terms["lexical"] = lex
-            terms["total"] = terms["total"] + obj.lexical_weight * lex
-        if obj.sparse_scale == "learned":
-            terms["sparse_scale"] = torch.as_tensor(scale).detach()
-        return terms
+        epoch = first_epoch
+        while n > 0:
+            perm, gen = self.epoch_order(epoch)
+            for step in range(min(n, self.steps_per_epoch)):
+                yield self.batch_rows(perm, step), gen
+            n -= self.steps_per_epoch
+            epoch += 1
 
     def _forward_loss(
-        self,
-        h_img: torch.Tensor,
-        h_txt: torch.Tensor,
-        eta: torch.Tensor,
-        expand: tuple[torch.Tensor, torch.Tensor] | None,
-        lex_target: torch.Tensor | None = None,
+        self, h_img: torch.Tensor, h_txt: torch.Tensor, inputs: StepInputs
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward pass and loss of this rank's rows: ``(total, stacked terms (K,))``.
 
-        The model runs under autocast when mixed precision is on; its outputs are cast to
-        float32 and the whole loss is computed in float32. With several processes the
-        vectors of all ranks are gathered (with gradients) first. Expansion control, then
-        the training cap (``objective.train_*_topk``), apply to the sparse vectors.
+        The model runs under autocast when mixed precision is on; the objective casts its
+        outputs to float32 and computes every term in float32. With several processes it
+        gathers the vectors of all ranks (with gradients) first.
         """
-        obj = self.cfg.objective
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None
@@ -544,40 +428,17 @@ class Trainer:
             out = self.model(
                 h_img,
                 h_txt,
-                with_sparse=self.method != "dense",
-                sparse_stop_grad=obj.sparse_stop_grad,
-                with_logits=lex_target is not None,
+                with_sparse=self.objective.uses_sparse,
+                sparse_stop_grad=self.cfg.objective.sparse_stop_grad,
+                with_logits=self.objective.with_logits,
             )
-        img_dense, txt_dense = out.img_dense.float(), out.txt_dense.float()
-        img_sparse, txt_sparse = out.img_sparse.float(), out.txt_sparse.float()
-        if expand is not None:
-            masked, keep = expand
-            txt_sparse = torch.where(masked, txt_sparse * keep, txt_sparse)
-        if self.method != "dense":
-            # Train as you serve: only the k heaviest terms of each vector score.
-            txt_sparse = prune(txt_sparse, obj.train_text_topk)
-            img_sparse = prune(img_sparse, obj.train_image_topk)
-        lexical = None
-        if lex_target is not None:
-            assert out.img_logits is not None and out.txt_logits is not None
-            lexical = (out.img_logits, out.txt_logits, lex_target)
-        if self.dist.enabled:
-            img_dense, txt_dense = gather_with_grad(img_dense), gather_with_grad(txt_dense)
-            if self.method != "dense":
-                img_sparse = gather_with_grad(img_sparse)
-                txt_sparse = gather_with_grad(txt_sparse)
-        terms = self._terms(img_dense, txt_dense, img_sparse, txt_sparse, out.tau, eta, lexical)
-        stacked = torch.stack([terms[k].float() for k in self.term_names]).detach()
-        return terms["total"], stacked
-
-    def _step_eta(self, step: int) -> torch.Tensor:
-        """The regulariser weights of ``step`` in a fixed device buffer (no host copy)."""
-        if self._eta_table is None:
-            reg = self.regularizer
-            table = [(reg.eta_t(s), reg.eta_i(s)) for s in range(max(1, self.total_steps))]
-            self._eta_table = torch.tensor(table, dtype=torch.float32, device=self.device)
-        self._eta.copy_(self._eta_table[min(step, self._eta_table.shape[0] - 1)])
-        return self._eta
+        terms = self.objective(
+            out,
+            inputs,
+            sparse_scale=self.model.sparse_scale(),
+            gather=gather_with_grad if self.dist.enabled else None,
+        )
+        return terms["total"], self.objective.stack(terms)
 
     def forward_terms(
         self, caption_rows: torch.Tensor, gen: torch.Generator | None = None
@@ -591,18 +452,14 @@ class Trainer:
             ``(total, terms)``: the loss to differentiate and the detached ``(K,)`` vector
             of the terms named by :attr:`term_names`.
         """
-        step = self.state.global_step
         local = caption_rows[self.local_rows]
-        image_rows = self.caption_image[local]
-        h_img, h_txt = self.image_feats[image_rows], self.caption_feats[local]
-        expand = self._expansion_draw(caption_rows, step, gen)
-        eta = self._step_eta(step)
-        lex_target = None
-        if self.lexical_ids is not None:
-            lex_target = token_mask(self.lexical_ids[local], self.model.n_terms)
+        h_img, h_txt = self.image_feats[self.caption_image[local]], self.caption_feats[local]
+        inputs = self.objective.step_inputs(
+            caption_rows, self.state.global_step, gen, self.local_rows
+        )
         if self._cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        return self._loss_fn(h_img, h_txt, eta, expand, lex_target)
+        return self._loss_fn(h_img, h_txt, inputs)
 
     def train_step(self, caption_rows: torch.Tensor, gen: torch.Generator | None) -> StepTerms:
         """One optimisation step on the global batch of caption rows.
@@ -639,202 +496,145 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.params, clip)
             self.optimizer.step()
         self.model.clamp_temperature()
-        self.regularizer.step_once()
+        self.objective.step_once()
         self.state.global_step += 1
         return StepTerms(self.term_names, stacked)
 
-    def objective(
-        self, out: Any, caption_rows: torch.Tensor, gen: torch.Generator | None
-    ) -> dict[str, torch.Tensor]:
-        """Named loss terms of one batch of model outputs (the total under ``total``).
+    # -- validation ---------------------------------------------------------------
 
-        Single-process form of the step's loss: expansion control and the regulariser at
-        the current step, everything in float32.
+    @torch.no_grad()
+    def encode(self, split: str, eval_cfg: EvalConfig | None = None) -> EncodedSplit:
+        """Vectors of every image and caption of ``split`` from the current model.
+
+        Args:
+            split: A split of the store (``val``, ``test``).
+            eval_cfg: Pruning and batch options (default: the run's serving options).
         """
-        step = self.state.global_step
-        obj = self.cfg.objective
-        txt_sparse = out.txt_sparse.float()
-        if self.expansion is not None:
-            txt_sparse = self.expansion(txt_sparse, caption_rows, step, gen)
-        eta = torch.tensor(
-            [self.regularizer.eta_t(step), self.regularizer.eta_i(step)], device=self.device
-        )
-        return self._terms(
-            out.img_dense.float(),
-            out.txt_dense.float(),
-            prune(out.img_sparse.float(), obj.train_image_topk),
-            prune(txt_sparse, obj.train_text_topk),
-            out.tau,
-            eta,
+        return encode_split(
+            self.model,
+            self.store,
+            self.store.split(split),
+            eval_cfg if eval_cfg is not None else self.cfg.serving,
+            self.device,
+            image_feats=self.image_feats,
+            caption_feats=self.caption_feats,
+            with_sparse=self.objective.uses_sparse,
         )
 
     @torch.no_grad()
     def validate(self) -> EvalResult:
         """Evaluate the current model on the validation split."""
-        enc = encode_split(
-            self.model,
-            self.store,
-            self.val_split,
-            self.cfg.serving,
-            self.device,
-            image_feats=self.image_feats,
-            caption_feats=self.caption_feats,
-            with_sparse=self.method != "dense",
-        )
-        score_types = ("dense",) if self.method == "dense" else ("dense", "sparse", "hybrid")
-        hybrid = hybrid_weights(self.cfg, self.model)
+        w1, w2 = hybrid_weights(self.cfg, self.model)
         return evaluate_encoded(
-            enc,
-            w1=hybrid[0],
-            w2=hybrid[1],
+            self.encode(self.val_split.name),
+            w1=w1,
+            w2=w2,
             eval_cfg=self.cfg.serving,
             split_name=self.val_split.name,
-            score_types=score_types,
+            score_types=self.objective.score_types,
         )
+
+    # -- the loop -----------------------------------------------------------------
 
     def fit(self) -> TrainResult:
         """Run (or continue) training to the end; returns the selected model's summary."""
         cfg = self.cfg
-        main = self.dist.is_main
-        bar = None
-        if cfg.train.progress and main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=cfg.train.epochs,
-                initial=self.state.epoch,
-                unit="epoch",
-                desc=f"{cfg.name} [{self.method}]",
-                dynamic_ncols=True,
-            )
-        step_log = AsyncTermLog(self.term_names, self.device, self._log)
-        log_every = cfg.train.log_every
-        last_val: EvalResult | None = None
-        while not self.state.finished and self.state.epoch < cfg.train.epochs:
-            epoch = self.state.epoch + 1
-            t0 = time.perf_counter()
-            self.model.train()
-            perm, gen = self.epoch_order(epoch)
-            sums = torch.zeros(len(self.term_names), device=self.device)
-            window = torch.zeros_like(sums) if log_every else None
-            window_steps = 0
-            step_bar = self._step_bar(epoch) if bar is not None else None
-            for step in range(self.steps_per_epoch):
-                terms = self.train_step(self.batch_rows(perm, step), gen).vector
-                sums += terms
-                if step_bar is not None:
-                    self._advance_step_bar(step_bar, step, sums)
-                if window is not None:
-                    window += terms
-                    window_steps += 1
-                    if self.state.global_step % log_every == 0 and main:
-                        meta = {"type": "step", "epoch": epoch, "step": self.state.global_step}
-                        meta["lr"] = self.optimizer.param_groups[0]["lr"]
-                        step_log.push(window / window_steps, meta)
-                        window, window_steps = torch.zeros_like(sums), 0
-            step_log.flush()
-            if step_bar is not None:
-                step_bar.close()
-            seconds = time.perf_counter() - t0
-            self.state.train_seconds += seconds
-            self.state.epoch = epoch
-            means = [v / self.steps_per_epoch for v in sums.tolist()]
-            train_rec: dict[str, Any] = dict(zip(self.term_names, means))
-            train_rec.update(
-                type="train",
-                epoch=epoch,
-                step=self.state.global_step,
-                lr=self.optimizer.param_groups[0]["lr"],
-                tau=float(self.model.tau.detach()),
-                eta_t=self.regularizer.eta_t(self.regularizer.step),
-                eta_i=self.regularizer.eta_i(self.regularizer.step),
-                seconds=seconds,
-            )
-            self._log(train_rec)
-            if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
-                if main:
-                    last_val = self._validate_and_select(epoch)
-                # Rank 0 decides selection and early stopping; every rank follows.
-                self.state = self.dist.broadcast_object(self.state)
-            if epoch == cfg.train.epochs:
-                self.state.finished = True
-            if main:
-                self._checkpoint()
-            if bar is not None:
-                # Named as in metrics.jsonl: "total" is the epoch's mean of the loss minimised.
-                post = {"total": f"{train_rec['total']:.3f}"}
-                if last_val is not None:
-                    post[self.metric_name] = f"{last_val.get(self.metric_name):.2f}"
-                    post["best"] = f"{self.state.best_metric:.2f}@{self.state.best_epoch}"
-                bar.set_postfix(post)
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+        self._emit("on_fit_begin")
+        try:
+            while not self.state.finished and self.state.epoch < cfg.train.epochs:
+                epoch = self.state.epoch + 1
+                record = self._train_epoch(epoch)
+                validate = epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs
+                val = self.validate() if validate and self.dist.is_main else None
+                self._emit("on_epoch_end", epoch, record, val)
+                if validate:
+                    # Rank 0 decides selection and early stopping; every rank follows.
+                    self.state = self.dist.broadcast_object(self.state)
+                if epoch == cfg.train.epochs:
+                    self.state.finished = True
+                if self.dist.is_main:
+                    self.save_checkpoint()
+        finally:
+            self._emit("on_fit_end")
         return self.dist.run_on_main(self._finish)
 
-    def _step_bar(self, epoch: int) -> Any:
-        """The progress bar of one epoch's steps (under the epochs' bar; removed after)."""
-        from tqdm.auto import tqdm
+    def _emit(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
-        return tqdm(
-            total=self.steps_per_epoch,
-            desc=f"epoch {epoch}",
-            unit="step",
-            leave=False,
-            dynamic_ncols=True,
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        """The steps of ``epoch``; returns its ``train`` record (term means and schedule)."""
+        t0 = time.perf_counter()
+        self.model.train()
+        perm, gen = self.epoch_order(epoch)
+        sums = torch.zeros(len(self.term_names), device=self.device)
+        # Steps before the first non-finite term, counted on the device: read once, at the
+        # epoch's end, with the sums (no host-device sync per step).
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        finite_steps = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._emit("on_epoch_begin", epoch)
+        for step in range(self.steps_per_epoch):
+            terms = self.train_step(self.batch_rows(perm, step), gen).vector
+            sums += terms
+            finite &= torch.isfinite(terms).all()
+            finite_steps += finite
+            self._emit("on_step_end", epoch, step, terms, sums)
+        *totals, n_finite = torch.cat([sums, finite_steps.to(sums.dtype)[None]]).tolist()
+        self._check_finite(epoch, int(n_finite), totals)
+        means = [v / self.steps_per_epoch for v in totals]
+        seconds = time.perf_counter() - t0
+        self.state.train_seconds += seconds
+        self.state.epoch = epoch
+        record: dict[str, Any] = dict(zip(self.term_names, means))
+        record.update(
+            type="train",
+            epoch=epoch,
+            step=self.state.global_step,
+            lr=self.learning_rate,
+            tau=float(self.model.tau.detach()),
+            **self.objective.schedule_values(),
+            seconds=seconds,
+        )
+        return record
+
+    def _check_finite(self, epoch: int, finite_steps: int, sums: list[float]) -> None:
+        """Stop a diverged run before its epoch is saved (rank 0 decides for every rank).
+
+        Raises:
+            NonFiniteError: Naming the first non-finite step, the likely cause and what is
+                kept.
+        """
+        diverged = finite_steps < self.steps_per_epoch or not all(map(math.isfinite, sums))
+        diverged = self.dist.broadcast_object(diverged)
+        if not diverged:
+            return
+        step = self.state.global_step - self.steps_per_epoch + finite_steps + 1
+        value = "NaN" if any(map(math.isnan, sums)) else "infinite"
+        kept = (
+            f"epoch {self.state.epoch} is kept (the last finite checkpoint, in "
+            f"{self.run.checkpoints_dir})"
+            if self.state.epoch > 0
+            else "nothing was saved (no epoch ended with a finite loss)"
+        )
+        raise NonFiniteError(
+            f"training diverged: the loss is {value} at step {step} (epoch {epoch}); the "
+            f"likely cause is the learning rate (train.lr={self.cfg.train.lr:g}): lower it "
+            f"and train again; {kept}"
         )
 
-    def _advance_step_bar(self, step_bar: Any, step: int, sums: torch.Tensor) -> None:
-        """Advance the step bar; about 20 times an epoch it shows the running mean ``total``.
-
-        Reading the mean waits for the device, so it is done rarely.
-        """
-        step_bar.update(1)
-        every = max(1, self.steps_per_epoch // 20)
-        if (step + 1) % every == 0 and "total" in self.term_names:
-            mean = float(sums[self.term_names.index("total")]) / (step + 1)
-            step_bar.set_postfix(total=f"{mean:.3f}")
-
-    def _validate_and_select(self, epoch: int) -> EvalResult:
-        """Validate, keep the best model, and update early stopping (rank 0)."""
-        result = self.validate()
-        value = result.get(self.metric_name)
-        improved = value > self.state.best_metric
-        if improved:
-            self.state.best_metric, self.state.best_epoch = value, epoch
-            self.state.bad_epochs = 0
-            self._save_best(result)
-        else:
-            self.state.bad_epochs += 1
-        self._log(_flatten_val(result, epoch, self.state.global_step, improved))
-        if self.cfg.train.patience and self.state.bad_epochs >= self.cfg.train.patience:
-            self.state.finished = self.state.stopped_early = True
-            logger.info(
-                "early stopping at epoch %d (best %s = %.2f at epoch %d)",
-                epoch,
-                self.metric_name,
-                self.state.best_metric,
-                self.state.best_epoch,
-            )
-        return result
-
     def _finish(self) -> TrainResult:
-        selection_path = self.run_dir / "best" / "selection.json"
-        if not selection_path.is_file():
-            raise CheckpointError(f"{self.run_dir}: training ended without a selected model")
-        selection = json.loads(selection_path.read_text(encoding="utf-8"))
+        selection = self.run.read_selection()
         result = TrainResult(
-            run_dir=self.run_dir,
+            run_dir=self.run.path,
             best_epoch=self.state.best_epoch,
             best_metric=self.state.best_metric,
-            select_metric=self.metric_name,
+            select_metric=self.select_metric,
             val=selection["val"],
             epochs_run=self.state.epoch,
             stopped_early=self.state.stopped_early,
             train_seconds=self.state.train_seconds,
         )
-        atomic_write_json(
-            self.run_dir / "final.json",
+        self.run.write_final(
             {
                 "best_epoch": result.best_epoch,
                 "best_metric": result.best_metric,
@@ -846,102 +646,39 @@ class Trainer:
                 "device": str(self.device),
                 "world_size": self.dist.world_size,
                 "val": result.val,
-            },
+            }
         )
         if self.cfg.train.plot:
-            from mmsparse.train.curves import plot_curves
-
-            plot_curves(self.log_path, self.run_dir / "curves.png")
+            self.run.plot()
         return result
 
 
-def _flatten_val(result: EvalResult, epoch: int, step: int, improved: bool) -> dict[str, Any]:
-    rec: dict[str, Any] = {"type": "val", "epoch": epoch, "step": step, "selected": improved}
-    for direction, by_type in result.metrics.items():
-        for st, metrics in by_type.items():
-            for name, value in metrics.items():
-                rec[f"{direction}/{st}/{name}"] = value
-    rec.update({k: v for k, v in result.sparsity.items() if isinstance(v, float | int)})
-    return rec
+def missing_data_fix(
+    cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False
+) -> str | None:
+    """How to point ``mmsparse train`` at its features when ``data.path`` is missing.
 
+    Args:
+        cfg: The config as given (its ``data.path`` unresolved, so the environment
+            variables it reads can be named).
+        run_dir: The run directory (``--out``).
+        resume: Resuming: a run with progress keeps its recorded ``data.path``.
 
-def _prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
-    """Create the run directory or check it for resuming; returns the config to use."""
-    saved = run_dir / "config.json"
-    if saved.is_file() and not has_progress(run_dir):
-        # A start that failed before its first checkpoint (bad data, a typo in the
-        # config): nothing to protect, so the corrected command starts afresh.
-        logger.info("%s holds no completed checkpoint; starting the run afresh", run_dir)
-        save_config(cfg, saved)
-        truncate_log(run_dir / "metrics.jsonl", 0)
-        return cfg
-    if saved.is_file():
-        if not resume:
-            raise ConfigError(
-                f"{run_dir}: already holds a run; pass --resume to continue it or choose "
-                f"another --out (nothing was overwritten)"
-            )
-        diff = resume_conflicts(cfg, run_dir)
-        if diff:
-            raise ConfigError(
-                f"{saved}: --resume with a different config (keys {', '.join(diff)}); "
-                f"resume with the run's own config"
-            )
-        return cfg
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, saved)
-    return cfg
-
-
-def resume_conflicts(cfg: RunConfig, run_dir: str | Path) -> list[str]:
-    """Config keys in which ``cfg`` differs from the run saved in ``run_dir``.
-
-    Display and speed settings (``RESUME_FREE_KEYS``) may change between the sessions of a
-    run and are not listed. Empty when the configs agree or ``run_dir`` holds no run with a
-    completed checkpoint (such a start is begun afresh, see :func:`_prepare_run_dir`).
+    Returns:
+        The fix in a few words, or ``None`` when ``data.path`` is a folder.
     """
-    saved = Path(run_dir) / "config.json"
-    if not saved.is_file() or not has_progress(run_dir):
-        return []
-    old = config_from_dict(json.loads(saved.read_text(encoding="utf-8")), str(saved))
-    return [d for d in _config_diff(old.to_dict(), cfg.to_dict()) if d not in RESUME_FREE_KEYS]
-
-
-def has_progress(run_dir: str | Path) -> bool:
-    """Whether a run directory holds a completed checkpoint or a selected model."""
-    run_dir = Path(run_dir)
-    return any(
-        p.exists()
-        for p in (
-            run_dir / "checkpoints" / "latest.json",
-            run_dir / "best",
-            run_dir / "best.old",
-            run_dir / "final.json",
-        )
-    )
-
-
-def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys += _config_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            keys.append(f"{prefix}{k}")
-    return keys
-
-
-def resume_config(run_dir: str | Path) -> RunConfig:
-    """The config saved in a run directory (to resume it without the original file).
-
-    Raises:
-        CheckpointError: If the run directory has no readable config.
-    """
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir}: no run to resume (config.json not found)")
-    return config_from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
+    written = cfg.data.path
+    try:
+        path = resolve_run_paths(cfg).data.path
+    except ConfigError:  # an unset variable: that error names it already
+        return None
+    if path and Path(path).is_dir():
+        return None
+    if resume and run_dir is not None and has_progress(run_dir):
+        return "put the features back there (a resumed run keeps its data.path)"
+    names = dict.fromkeys(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", written))
+    via = "".join(f"set {name}=DIR or " for name in names)
+    return f"{via}pass --set data.path=DIR (a folder of feature files)"
 
 
 def train(
@@ -967,24 +704,21 @@ def train(
         ConfigError: If ``run_dir`` holds another run, or on a bad configuration.
         DataError: On bad input data.
         CheckpointError: On a broken checkpoint.
+        NonFiniteError: If the loss became NaN or infinite (the diverged epoch is not
+            saved; the last finite checkpoint is kept).
     """
-    run_dir = Path(run_dir)
+    run = RunDirectory(run_dir)
     cfg = resolve_run_paths(cfg)  # recorded absolute: the run works from any folder
     ctx, created = setup(cfg.train.device)
     try:
         torch.manual_seed(cfg.train.seed)
-        cfg = ctx.run_on_main(lambda: _prepare_run_dir(cfg, run_dir, resume))
-        if not resume:
-            ctx.run_on_main(lambda: _clear_checkpoints(run_dir))
+        # Rank 0 checks, locks (until the end) and prepares the folder; it alone writes.
+        cfg = ctx.run_on_main(lambda: run.start(cfg, resume))
         store = store if store is not None else load_feature_store(cfg.data)
-        trainer = Trainer(cfg, store, run_dir, dist_ctx=ctx)
+        trainer = Trainer(cfg, store, run, dist_ctx=ctx)
         if resume:
             trainer.restore()
         return trainer.fit()
     finally:
+        run.close()
         teardown(created)
-
-
-def _clear_checkpoints(run_dir: Path) -> None:
-    if (run_dir / "checkpoints").exists():
-        shutil.rmtree(run_dir / "checkpoints")

@@ -44,7 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError, MMSparseError, QueryError, require_extra
-from mmsparse.index.hits import SearchHits, check_k, check_live, check_queries
+from mmsparse.index.hits import SearchHits, check_k, check_live, check_queries, check_weights
 from mmsparse.index.manifest import IndexManifest
 from mmsparse.index.quantize import QUANTIZE_MODES, dequantize
 from mmsparse.index.quantize import quantize as quantize_docs
@@ -189,6 +189,8 @@ class Query:
         threads: Threads to search with (``None``: the engine's default).
         live: ``(n_docs,)`` bool of the rows that may be returned, or ``None`` (all).
         params: Every search parameter of the engine, given or the index's default.
+        weights: ``(w1, w2)`` of a ``hybrid`` search that replace the index's (``None``:
+            the index's, :attr:`Engine.w1` and :attr:`Engine.w2`).
     """
 
     sparse: sp.csr_matrix
@@ -198,6 +200,7 @@ class Query:
     threads: int | None
     live: np.ndarray | None
     params: dict[str, Any]
+    weights: tuple[float, float] | None = None
 
 
 # -- the contract -------------------------------------------------------------------------
@@ -440,6 +443,7 @@ class Engine(ABC):
         n_docs: int | None = None,
         vocab_size: int | None = None,
         dense_dim: int | None = None,
+        in_memory: bool = False,
     ) -> Engine:
         """Open the engine's files in ``directory``.
 
@@ -455,6 +459,9 @@ class Engine(ABC):
                 against those that do).
             vocab_size: Likewise, the sparse dimension.
             dense_dim: Likewise, the dense dimension.
+            in_memory: Read the files into the process's memory instead of memory-mapping
+                them (``mmsparse serve``: a file changed in place cannot crash the
+                process). The engines of other libraries read theirs into memory anyway.
 
         Raises:
             IndexFormatError: If the files are missing, corrupt or disagree with the sizes.
@@ -480,6 +487,7 @@ class Engine(ABC):
             verify=verify,
             w1=1.0 if w1 is None else w1,
             w2=1.0 if w2 is None else w2,
+            in_memory=in_memory,
         )
 
     def __init__(
@@ -493,10 +501,12 @@ class Engine(ABC):
         verify: bool = True,
         w1: float = 1.0,
         w2: float = 1.0,
+        in_memory: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.params = dict(params or {})
         self.verify = bool(verify)
+        self.in_memory = bool(in_memory)
         self.w1, self.w2 = float(w1), float(w2)
         self.n_docs: int = n_docs  # type: ignore[assignment]  # checked below
         self.vocab_size: int = vocab_size  # type: ignore[assignment]
@@ -565,6 +575,7 @@ class Engine(ABC):
         threads: int | None = None,
         live: np.ndarray | None = None,
         params: Mapping[str, Any] | None = None,
+        weights: tuple[float, float] | None = None,
     ) -> Query:
         """Every check of a search request, in one place (see :meth:`search_batch`).
 
@@ -600,6 +611,10 @@ class Engine(ABC):
             isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1
         ):
             raise QueryError(f"threads must be at least 1, got {threads!r}")
+        if weights is not None:
+            weights = check_weights(weights)
+            if mode != "hybrid":
+                weights = None  # only a hybrid score has weights
         given = self.check_params(params, "search")
         stored = self.stored_search_params()
         knobs = {
@@ -614,7 +629,14 @@ class Engine(ABC):
             threads=None if threads is None else int(threads),
             live=check_live(live, self.n_docs),
             params=knobs,
+            weights=weights,
         )
+
+    def hybrid_weights(self, query: Query | None = None) -> tuple[float, float]:
+        """``(w1, w2)`` of a hybrid search: the query's, else the index's."""
+        if query is not None and query.weights is not None:
+            return query.weights
+        return self.w1, self.w2
 
     def stored_search_params(self) -> dict[str, Any]:
         """The index's search defaults.
@@ -633,6 +655,7 @@ class Engine(ABC):
         mode: str = "sparse",
         threads: int | None = None,
         live: np.ndarray | None = None,
+        weights: tuple[float, float] | None = None,
         **params: Any,
     ) -> SearchHits:
         """Top-``k`` images of every query.
@@ -644,7 +667,9 @@ class Engine(ABC):
             mode: ``sparse``, ``dense`` or ``hybrid`` (see :attr:`modes`).
             threads: Threads to search with (engines with ``threads``).
             live: ``(n_docs,)`` bool: only rows where it is true are returned (deleted
-                rows of a live index); ``None`` returns any row.
+                rows of a live index, or a filter); ``None`` returns any row.
+            weights: ``(w1, w2)`` of a ``hybrid`` search, replacing the index's (finite,
+                non-negative, not both 0); ignored in the other modes.
             **params: Search parameters (see :attr:`search_params`; ``None`` or absent:
                 the index's default).
 
@@ -658,7 +683,14 @@ class Engine(ABC):
             MMSparseError: If the engine fails.
         """
         query = self.check_query(
-            sparse, k, dense=dense, mode=mode, threads=threads, live=live, params=params
+            sparse,
+            k,
+            dense=dense,
+            mode=mode,
+            threads=threads,
+            live=live,
+            params=params,
+            weights=weights,
         )
         return self.search(query)
 
@@ -707,6 +739,71 @@ class Engine(ABC):
     def doc_dense(self, row: int) -> np.ndarray | None:
         """``(1, dense_dim)`` stored dense vector of one row, or ``None`` without dense."""
         return None
+
+    def stored_vectors(self) -> tuple[sp.csr_matrix, np.ndarray | None]:
+        """Every row's stored vectors, as searched: what a merge of segments rebuilds from.
+
+        The base version reads :meth:`doc_vector` and :meth:`doc_dense` row by row.
+
+        Returns:
+            ``(n_docs, V)`` float32 CSR of the (dequantised) sparse weights, and the
+            ``(n_docs, dense_dim)`` float32 dense vectors or ``None`` without dense.
+        """
+        indptr, indices, data = [0], [], []
+        for row in range(self.n_docs):
+            terms, weights = self.doc_vector(row)
+            indices.append(np.asarray(terms, dtype=np.int64))
+            data.append(np.asarray(weights, dtype=np.float32))
+            indptr.append(indptr[-1] + len(terms))
+        csr = sp.csr_matrix(
+            (
+                np.concatenate(data) if data else np.zeros(0, np.float32),
+                np.concatenate(indices) if indices else np.zeros(0, np.int64),
+                np.asarray(indptr, dtype=np.int64),
+            ),
+            shape=(self.n_docs, self.vocab_size),
+        )
+        dense = None
+        if self.has_dense:
+            dense = np.concatenate([self.doc_dense(r) for r in range(self.n_docs)]).astype(
+                np.float32
+            )
+        return csr, dense
+
+    @classmethod
+    def params_of(cls, engine_params: Mapping[str, Any]) -> dict[str, Any]:
+        """The build and search parameters recorded in a manifest's ``engine_params``.
+
+        What :meth:`build` was given (or defaulted to), so that another segment of the
+        same index can be built alike: the declared parameters found at the top level of
+        what :meth:`_build` returned, or under its ``build`` and ``search`` keys.
+        """
+        declared = {p.name for p in (*cls.build_params, *cls.search_params)}
+        out = {k: v for k, v in engine_params.items() if k in declared}
+        for part in ("build", "search"):
+            given = engine_params.get(part)
+            if isinstance(given, Mapping):
+                out.update({k: v for k, v in given.items() if k in declared})
+        return out
+
+    def term_rows(self, term: int) -> np.ndarray:
+        """Rows whose stored sparse vector holds ``term`` (int64, increasing).
+
+        What a filter on a term is made of (``mmsparse serve``: a required term). The base
+        version reads :meth:`doc_weights` over every row, in blocks; engines with postings
+        read the term's posting list.
+
+        Raises:
+            QueryError: If the engine does not return stored weights.
+        """
+        out = []
+        block = 65536
+        col = np.array([int(term)], dtype=np.int64)
+        for start in range(0, self.n_docs, block):
+            rows = np.arange(start, min(start + block, self.n_docs), dtype=np.int64)
+            w = np.asarray(self.doc_weights(rows, col))[:, 0]
+            out.append(rows[w != 0])
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     @property
     def nbytes(self) -> int:
@@ -829,8 +926,17 @@ def dense_hint() -> str:
     return ", or ".join(always + optional) or "an engine that holds dense vectors"
 
 
-def open_engine(directory: str | Path, manifest: IndexManifest, verify: bool = True) -> Engine:
+def open_engine(
+    directory: str | Path, manifest: IndexManifest, verify: bool = True, in_memory: bool = False
+) -> Engine:
     """Open the engine of an index directory described by ``manifest``.
+
+    Args:
+        directory: The index (or segment) directory.
+        manifest: Its manifest.
+        verify: Check the files' checksums.
+        in_memory: Read the files into memory instead of memory-mapping them (see
+            :meth:`Engine.open`).
 
     Raises:
         IndexFormatError: If the manifest names no known engine, or the files are bad.
@@ -839,4 +945,4 @@ def open_engine(directory: str | Path, manifest: IndexManifest, verify: bool = T
         cls = get_engine(manifest.engine)
     except MMSparseError as exc:
         raise IndexFormatError(f"{directory}: {exc}") from None
-    return cls.open(directory, manifest, verify=verify)
+    return cls.open(directory, manifest, verify=verify, in_memory=in_memory)

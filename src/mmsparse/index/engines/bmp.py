@@ -51,6 +51,7 @@ import scipy.sparse as sp
 from mmsparse.errors import IndexFormatError, MMSparseError, require_extra
 from mmsparse.index.engines._base import BuildRequest, Engine, Param, Query, register_engine
 from mmsparse.index.hits import SearchHits, pack_hits
+from mmsparse.index.quantize import dequantize
 from mmsparse.index.quantize import quantize as quantize_docs
 from mmsparse.index.stored import load_stored, save_stored, stored_weights
 
@@ -288,3 +289,7 @@ class BmpEngine(Engine):
     def doc_weights(self, rows: np.ndarray, terms: np.ndarray) -> np.ndarray:
         """Stored (dequantised) weights of ``rows`` at ``terms``."""
         return stored_weights(self.impacts, rows, terms, self.scale)
+
+    def stored_vectors(self) -> tuple[sp.csr_matrix, np.ndarray | None]:
+        """The stored impacts, dequantised (no dense vectors)."""
+        return dequantize(self.impacts, self.scale), None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError
 from mmsparse.index.dense import DENSE_NAME, load_dense, search_dense, write_dense
@@ -45,9 +46,13 @@ class InvertedEngine(Engine):
         return params
 
     def _load(self) -> None:
-        self.index = InvertedIndex(self.directory / POSTINGS_NAME, verify=self.verify)
+        self.index = InvertedIndex(
+            self.directory / POSTINGS_NAME, verify=self.verify, in_memory=self.in_memory
+        )
         self._found(n_docs=self.index.n_docs, vocab_size=self.index.vocab_size)
-        self.dense = load_dense(self.directory, self.params, verify=self.verify)
+        self.dense = load_dense(
+            self.directory, self.params, verify=self.verify, in_memory=self.in_memory
+        )
         if self.dense is not None:
             if self.dense.shape[0] != self.n_docs:
                 raise IndexFormatError(
@@ -73,14 +78,20 @@ class InvertedEngine(Engine):
             mode=query.mode,
             index=self.index,
             sparse=query.sparse,
-            w1=self.w1,
-            w2=self.w2,
+            w1=self.hybrid_weights(query)[0],
+            w2=self.hybrid_weights(query)[1],
             live=query.live,
         )
 
     def doc_weights(self, rows: np.ndarray, terms: np.ndarray) -> np.ndarray:
         """Stored (dequantised) weights of ``rows`` at ``terms`` (from the postings)."""
         return self.index.doc_weights(rows, terms)
+
+    def term_rows(self, term: int) -> np.ndarray:
+        """The rows of the term's posting list."""
+        index = self.index
+        s, e = int(index.indptr[int(term)]), int(index.indptr[int(term) + 1])
+        return np.asarray(index.doc_ids[s:e], dtype=np.int64)
 
     def doc_vector(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """The row's terms and dequantised weights, read from the postings."""
@@ -95,3 +106,8 @@ class InvertedEngine(Engine):
         if self.dense is None:
             return None
         return np.asarray(self.dense[row], dtype=np.float32).reshape(1, -1)
+
+    def stored_vectors(self) -> tuple[sp.csr_matrix, np.ndarray | None]:
+        """The postings as a CSR of dequantised weights, and ``dense.npy`` (or ``None``)."""
+        dense = None if self.dense is None else np.array(self.dense, dtype=np.float32)
+        return self.index.to_csr(), dense

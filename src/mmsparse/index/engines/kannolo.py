@@ -153,6 +153,10 @@ class KannoloEngine(Engine):
         """Stored weights of ``rows`` at ``terms``."""
         return stored_weights(self.docs, rows, terms)
 
+    def stored_vectors(self) -> tuple[sp.csr_matrix, np.ndarray | None]:
+        """The stored vectors (no dense vectors)."""
+        return sp.csr_matrix(self.docs, dtype=np.float32, copy=True), None
+
 
 def _hits(dist: np.ndarray, ids: np.ndarray) -> list[tuple[int, float]]:
     ok = (ids >= 0) & np.isfinite(dist) & (dist > 0)

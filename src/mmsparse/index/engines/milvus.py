@@ -283,7 +283,7 @@ class MilvusEngine(Engine):
                                 limit=depth,
                             )
                         )
-                    weights = [self.w1, self.w2][: len(reqs)]
+                    weights = list(self.hybrid_weights(query))[: len(reqs)]
                     out = self.client.hybrid_search(
                         self.collection,
                         reqs=reqs,

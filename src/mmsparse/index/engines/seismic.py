@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from mmsparse.errors import IndexFormatError, require_extra
+from mmsparse.errors import IndexFormatError, QueryError, require_extra
 from mmsparse.index.engines._base import BuildRequest, Engine, Param, Query, register_engine
 from mmsparse.index.hits import SearchHits, pack_hits
 
@@ -72,11 +72,17 @@ class SeismicEngine(Engine):
             csr.data.astype(np.float32),
             csr.indptr.astype(np.int64),
         )
+        empty = np.flatnonzero(np.diff(csr.indptr) == 0)
         if added != csr.shape[0]:
             log.warning("seismic: %d images without any term were left out", csr.shape[0] - added)
         index = seismic.SeismicIndex.build_from_dataset(dataset, num_threads=threads, **build)
         index.save(str(directory / SEISMIC_NAME))
-        return {"file": SEISMIC_FILE, "build": build, "search": request.search}
+        params = {"file": SEISMIC_FILE, "build": build, "search": request.search}
+        if added == csr.shape[0] - empty.size:
+            # Seismic numbers its documents by position: the rows it left out are needed to
+            # find a row's stored vector (doc_vector, explain, merges of segments).
+            params["empty_rows"] = empty.tolist()
+        return params
 
     def _load(self) -> None:
         seismic = _seismic()
@@ -88,6 +94,20 @@ class SeismicEngine(Engine):
         except Exception as exc:  # the Rust side raises plain exceptions
             raise IndexFormatError(f"{path}: unreadable Seismic index ({exc})") from exc
         self._string = seismic.get_seismic_string()
+        # Seismic's forward index holds the rows with at least one term, by position.
+        empty = self.params.get("empty_rows")
+        stored = int(self.index.len)
+        self._position: np.ndarray | None = None
+        if empty is not None or stored == self.n_docs:
+            n = stored + len(empty or [])
+            self._position = np.full(n, -1, dtype=np.int64)
+            kept = np.setdiff1d(np.arange(n), np.asarray(empty or [], dtype=np.int64))
+            self._position[kept] = np.arange(kept.size)
+            if kept.size != stored:
+                raise IndexFormatError(
+                    f"{path}: Seismic holds {stored} images, the manifest says "
+                    f"{kept.size} with terms; rebuild the index"
+                )
 
     def _query(self, sparse: sp.csr_matrix, i: int) -> tuple[np.ndarray, np.ndarray]:
         s, e = sparse.indptr[i], sparse.indptr[i + 1]
@@ -123,13 +143,24 @@ class SeismicEngine(Engine):
                         results[int(qid)].append((int(d), float(s)))
         return pack_hits(results, k)
 
+    def _get(self, row: int) -> tuple[list[int], list[float]]:
+        """The stored vector of a row (Seismic's forward index is by position)."""
+        if self._position is None:
+            raise QueryError(
+                f"{self.directory}: this Seismic index left out images without terms and was "
+                "built before mmsparse recorded which, so its stored vectors cannot be matched "
+                "to rows; rebuild it with 'mmsparse index build' to explain its results"
+            )
+        pos = int(self._position[int(row)])
+        return ([], []) if pos < 0 else self.index.get(pos)
+
     def doc_weights(self, rows: np.ndarray, terms: np.ndarray) -> np.ndarray:
         """Stored weights (Seismic's forward index) of ``rows`` at ``terms``."""
         terms = np.asarray(terms, dtype=np.int64)
         out = np.zeros((len(rows), terms.size), dtype=np.float32)
         pos = {int(t): j for j, t in enumerate(terms)}
         for i, row in enumerate(rows):
-            comps, vals = self.index.get(int(row))
+            comps, vals = self._get(int(row))
             for c, v in zip(comps, vals):
                 j = pos.get(int(c))
                 if j is not None:
@@ -138,7 +169,7 @@ class SeismicEngine(Engine):
 
     def doc_vector(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """The row's vector from Seismic's forward index."""
-        comps, vals = self.index.get(int(row))
+        comps, vals = self._get(int(row))
         terms = np.asarray(comps, dtype=np.int64)
         order = np.argsort(terms, kind="stable")
         return terms[order], np.asarray(vals, dtype=np.float32)[order]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mmsparse.bench.serve import _percentiles, bench_serve, run_load
 from mmsparse.errors import MMSparseError
-from mmsparse.serve.bench import _percentiles, bench_serve, run_load
 
 
 def test_run_load_sends_every_query_once_and_counts_errors(server):
@@ -29,7 +29,7 @@ def test_percentiles_in_milliseconds():
         ({"clients": 0}, "at least 1"),
         ({"rounds": 0}, "at least 1"),
         ({"k": 0}, "--k must be at least 1, got 0"),
-        ({"threads": 0}, "--threads must be at least 1, got 0"),
+        ({"encoder_threads": 0}, "--encoder-threads must be at least 1, got 0"),
         ({"encoders": ["fast"]}, "unknown encoder mode 'fast'"),
     ],
 )

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """No top-level commands here (the benchmark lives under ``mmsparse bench``)."""
+from mmsparse.cli.common import add_deprecated_alias, print_json
 
 
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+def register(bench_sub: argparse._SubParsersAction) -> None:
     """Add ``mmsparse bench train`` to ``bench_sub``."""
     p = bench_sub.add_parser(
         "train",
@@ -21,7 +19,13 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         "a published-style loop (DataLoader workers, per-step .item()) is timed too. Under "
         "torchrun the step is data-parallel over the global batch.",
     )
-    p.add_argument("--scale", choices=("coco", "flickr30k", "tiny"), default="tiny")
+    p.add_argument(
+        "--scale",
+        choices=("coco", "flickr30k", "tiny"),
+        default="tiny",
+        help="dataset size of the synthetic features: MSCOCO, Flickr30k or a tiny one for a "
+        "quick check (default tiny)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--steps", type=int, default=200, help="timed steps (median over them)")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps first")
@@ -31,8 +35,18 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         default="off",
         help="train.compile of the step (reduce-overhead: CUDA graphs on a GPU)",
     )
-    p.add_argument("--amp", choices=("auto", "fp16", "bf16", "off"), default="auto")
-    p.add_argument("--fused-optimizer", choices=("auto", "on", "off"), default="auto")
+    p.add_argument(
+        "--amp",
+        choices=("auto", "fp16", "bf16", "off"),
+        default="auto",
+        help="train.amp: mixed precision of the model (auto: fp16 on CUDA, fp32 on CPU)",
+    )
+    p.add_argument(
+        "--fused-optimizer",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="train.fused_optimizer: the fused AdamW kernel (auto: where this torch has one)",
+    )
     ref = p.add_mutually_exclusive_group()
     ref.add_argument(
         "--reference",
@@ -41,13 +55,22 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
         default=None,
         help="also time the published-style loop (default at --scale tiny)",
     )
-    ref.add_argument("--no-reference", dest="reference", action="store_false")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of that loop")
+    ref.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="do not time the published-style loop (default at --scale coco and flickr30k)",
+    )
+    workers = p.add_argument(
+        "--reference-workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="DataLoader worker processes of the published-style loop (default 2)",
+    )
+    add_deprecated_alias(p, "--workers", workers)
     p.add_argument("--eval-repeats", type=int, default=3, help="timed evaluations")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic features")
-    p.add_argument(
-        "--threads", type=int, help="torch intra-op CPU threads (default: torch's choice)"
-    )
     p.add_argument(
         "--out", help="add the report to this JSON file (e.g. benchmarks/train_speed.json)"
     )
@@ -69,19 +92,16 @@ def _command(args: argparse.Namespace) -> str:
     ]
     if args.reference is not None:
         parts.append("--reference" if args.reference else "--no-reference")
-    if args.threads is not None:
+    if getattr(args, "threads", None) is not None:  # the CPU threads, when given
         parts.append(f"--threads {args.threads}")
     return " ".join(parts)
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench train``."""
-    import torch
+    from mmsparse.bench.train import bench_train, format_report, write_report
 
-    from mmsparse.bench.train_speed import bench_train, format_report, write_report
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    # The CPU threads are the command line's --threads (mmsparse.threads sets torch's pool).
     report = bench_train(
         args.scale,
         device=args.device,
@@ -91,7 +111,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         amp=args.amp,
         fused_optimizer=args.fused_optimizer,
         reference=args.reference,
-        reference_workers=args.workers,
+        reference_workers=args.reference_workers,
         eval_repeats=args.eval_repeats,
         seed=args.seed,
     )
@@ -106,9 +126,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         write_report(report, args.out)
         print(f"report added to {args.out}", file=sys.stderr)
     if args.json:
-        from mmsparse.io_utils import json_text
-
-        sys.stdout.write(json_text(report, what="stdout") + "\n")
+        print_json(report)
     else:
         print(format_report(report))
     return 0

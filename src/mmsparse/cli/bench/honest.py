@@ -6,14 +6,10 @@ import argparse
 import json
 import sys
 
-from mmsparse.cli.index_cmds import add_index_args
+from mmsparse.cli.common import add_index_args
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """No top-level commands here (the benchmark lives under ``mmsparse bench``)."""
-
-
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+def register(bench_sub: argparse._SubParsersAction) -> None:
     """Add ``mmsparse bench honest``."""
     p = bench_sub.add_parser(
         "honest",

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from mmsparse.bench.step_compare import compare_steps, format_steps, parse_variant
+from mmsparse.bench.machine import MACHINE_KEYS
+from mmsparse.bench.steps import compare_steps, format_steps, parse_variant
 from mmsparse.errors import ConfigError
 
 
@@ -42,5 +43,6 @@ def test_compare_steps_on_tiny_data(tmp_path, tiny_release):
     assert full["speedup"] == 1.0 and full["sparse_terms"] == 122
     assert 0 < small["sparse_terms"] < 122 and small["ms_per_step"] > 0
     assert "restricted" in format_steps(report)
+    assert tuple(report["machine"]) == MACHINE_KEYS
     with pytest.raises(ConfigError, match="at least one --variant"):
         compare_steps(cfg, [])

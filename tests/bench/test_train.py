@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from mmsparse.bench.train_speed import (
+from mmsparse.bench.machine import MACHINE_KEYS
+from mmsparse.bench.train import (
     Scale,
     bench_train,
     format_report,
@@ -61,8 +62,9 @@ def test_report_numbers_are_consistent():
     ev = report["eval"]
     assert (ev["n_images"], ev["n_captions"]) == (30, 60)
     assert ev["total_seconds"] >= ev["encode_seconds"]
-    assert report["device"]["type"] == "cpu" and report["device"]["torch"] == torch.__version__
-    assert report["device"]["threads"] == 1
+    assert report["device"]["type"] == "cpu" and tuple(report["machine"]) == MACHINE_KEYS
+    assert report["machine"]["torch"] == torch.__version__
+    assert report["machine"]["threads"] == 1
     assert report["settings"]["fused_adamw"] is True
     assert report["reference"]["steps_timed"] == 6
     assert report["speedup_vs_reference"] == pytest.approx(

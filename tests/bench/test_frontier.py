@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from mmsparse.bench.frontier import FrontierBench, recipe_options, run_frontier_bench
+from mmsparse.bench.machine import MACHINE_KEYS
 from mmsparse.config import RunConfig, apply_overrides
 from mmsparse.errors import ConfigError, MMSparseError
 from tests.helpers import write_bench_config
@@ -59,6 +60,7 @@ def test_frontier_pipeline_on_tiny_data(tmp_path, tiny_release):
         plot_path=tmp_path / "f.png",
     )
     rows = res["rows"]
+    assert tuple(res["machine"]) == MACHINE_KEYS
     assert rows["joint"]["seeds"] == [1, 2] and rows["d2s"]["seeds"] == [1, 2]
     assert rows["joint"]["sparsity"]["text_nnz"] <= 8
     assert "readability" in rows["joint"]

@@ -10,7 +10,6 @@ the ratio of the first variant's time to each one's (the speed-up).
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -18,8 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from mmsparse.bench.machine import load_average, machine_record
 from mmsparse.config import apply_overrides, load_config
 from mmsparse.data.store import load_feature_store
 from mmsparse.errors import ConfigError
@@ -65,11 +63,12 @@ def compare_steps(
     Raises:
         ConfigError: On no variant or a bad override.
     """
+    load_start = load_average()
     if not variants:
         raise ConfigError("bench steps needs at least one --variant")
     base = load_config(config, [*overrides, "train.progress=false", "train.plot=false"])
     store = load_feature_store(base.data)
-    from mmsparse.train.trainer import Trainer
+    from mmsparse.train import Trainer
 
     trainers = {}
     feeds = {}
@@ -77,10 +76,9 @@ def compare_steps(
         for name, ov in variants:
             cfg = apply_overrides(base, list(ov))
             trainer = Trainer(cfg, store, Path(tmp) / name)
-            perm, gen = trainer.epoch_order(1)
-            batches = [trainer.batch_rows(perm, s) for s in range(trainer.steps_per_epoch)]
+            first = list(trainer.batches(trainer.steps_per_epoch))  # epoch 1
             trainers[name] = trainer
-            feeds[name] = (batches, gen, [0])
+            feeds[name] = ([rows for rows, _ in first], first[0][1], [0])
         times: dict[str, list[float]] = {name: [] for name, _ in variants}
 
         def run(name: str, n: int, record: bool) -> None:
@@ -118,8 +116,7 @@ def compare_steps(
         "config": str(config),
         "steps": steps,
         "rounds": rounds,
-        "threads": torch.get_num_threads(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine_record(load_start),
         "variants": out,
     }
 

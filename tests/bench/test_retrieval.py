@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from mmsparse.bench.machine import MACHINE_KEYS
 from mmsparse.bench.retrieval import exact_sparse_topk, recall_at_k, synthesize_corpus
 from mmsparse.cli.main import main
 
@@ -67,6 +68,7 @@ def test_bench_command_small(tiny_run, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert json.loads(out.read_text()) == report
     assert report["n_images"] == 2000 and report["n_queries"] == 60
+    assert tuple(report["machine"]) == MACHINE_KEYS
     inv = report["engines"]["inverted"]
     assert inv["recall@10_vs_exact_sparse"] == 1.0 and inv["checked_vs_bruteforce_queries"] == 20
     for key in ("build_seconds", "bytes_per_image", "p50_ms", "p99_ms", "batch_qps"):

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
-import platform
 import signal
 import socket
 import subprocess
@@ -30,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from mmsparse.bench.machine import load_average, machine_record
 from mmsparse.errors import MMSparseError
 from mmsparse.io_utils import atomic_write_json
 
@@ -40,6 +39,11 @@ def split_captions(index_dir: str | Path) -> list[str]:
     from mmsparse.runs import load_run, load_run_data
 
     manifest = IndexManifest.load(index_dir)
+    if not manifest.split:
+        raise MMSparseError(
+            f"{index_dir}: an index of a folder of photos has no captions to send as "
+            "queries; benchmark an index of a split ('mmsparse index build RUN --split val')"
+        )
     run = load_run(manifest.run_dir)
     store = load_run_data(run, manifest.data_dir or None)
     rows = store.split(manifest.split).caption_rows
@@ -154,7 +158,7 @@ def _start_server(
     stack: contextlib.ExitStack,
     index_dir: str | Path,
     enc: str,
-    threads: int,
+    encoder_threads: int,
     clients: int,
     k: int = 10,
 ) -> tuple[subprocess.Popen, int, Path]:
@@ -164,7 +168,7 @@ def _start_server(
     log_path = tmp / "server.log"
     cmd = [
         sys.executable, "-m", "mmsparse", "serve", str(index_dir),
-        "--port", str(port), "--encoder", enc, "--threads", str(threads),
+        "--port", str(port), "--encoder", enc, "--encoder-threads", str(encoder_threads),
         "--max-pending", str(max(64, 4 * clients)), "--max-k", str(max(100, k)),
     ]  # fmt: skip
     with open(log_path, "wb") as log_fh:
@@ -189,7 +193,7 @@ def bench_serve(
     requests: int = 2000,
     k: int = 10,
     encoders: list[str] | tuple[str, ...] = ("batch", "threads"),
-    threads: int = 2,
+    encoder_threads: int = 2,
     rounds: int = 4,
     seed: int = 0,
     warmup: int = 16,
@@ -210,7 +214,9 @@ def bench_serve(
         requests: Searches in all (per encoder mode).
         k: ``k`` of every search.
         encoders: Encoder modes to measure (``batch``, ``threads``).
-        threads: Workers of the ``threads`` encoder.
+        encoder_threads: Workers of the ``threads`` encoder (``--encoder-threads``). The
+            servers compute with this process's CPU threads (``--threads``; they inherit
+            its ``OMP_NUM_THREADS``).
         rounds: Blocks of queries, each sent to every mode in turn.
         seed: Seed of the caption sample.
         warmup: Untimed requests sent first.
@@ -229,7 +235,7 @@ def bench_serve(
         ("--requests", requests),
         ("--rounds", rounds),
         ("--k", k),
-        ("--threads", threads),
+        ("--encoder-threads", encoder_threads),
     ):
         if value < 1:
             raise MMSparseError(f"{option} must be at least 1, got {value}")
@@ -250,14 +256,8 @@ def bench_serve(
         "endpoint": f"GET /api/search?q=CAPTION&k={k}&explain=true",
         "design": f"one server per encoder mode, side by side; the queries in {len(blocks)} "
         "blocks, each block sent to every mode in turn (order alternating per round)",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        },
+        "machine": machine_record(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "load_average_before": list(os.getloadavg()),
         "runs": [],
     }
     acc: dict[str, dict[str, Any]] = {
@@ -266,7 +266,7 @@ def bench_serve(
     with contextlib.ExitStack() as stack:
         servers = {}
         for enc in encoders:
-            proc, port, log_path = _start_server(stack, index_dir, enc, threads, clients, k)
+            proc, port, log_path = _start_server(stack, index_dir, enc, encoder_threads, clients, k)
             if progress:
                 print(f"starting the server (encoder={enc}) on port {port}", file=sys.stderr)
             _wait_healthy(proc, port, log_path, startup_timeout)
@@ -284,7 +284,7 @@ def bench_serve(
                         f"clients to encoder={enc}",
                         file=sys.stderr,
                     )
-                acc[enc]["load"].append(os.getloadavg()[0])
+                acc[enc]["load"].append((load_average() or [None])[0])
                 res = run_load(servers[enc][1], [queries[i] for i in block], clients, k)
                 acc[enc]["latencies"] += res["latencies"]
                 acc[enc]["errors"] += res["errors"]
@@ -299,7 +299,7 @@ def bench_serve(
             report["runs"].append(
                 {
                     "encoder": enc,
-                    "threads": threads if enc == "threads" else 1,
+                    "encoder_threads": encoder_threads if enc == "threads" else 1,
                     "clients": clients,
                     "requests": n,
                     "errors": len(a["errors"]),
@@ -312,11 +312,11 @@ def bench_serve(
                         "after": round(mem_after.get("VmRSS", float("nan")), 1),
                         "peak": round(mem_after.get("VmHWM", float("nan")), 1),
                     },
-                    "load_average_1min_at_block_starts": [round(x, 2) for x in a["load"]],
+                    "load_average_1min_at_block_starts": a["load"],
                     "server": health,
                 }
             )
-    report["load_average_after"] = list(os.getloadavg())
+    report["machine"] = machine_record(report["machine"]["load_average"]["start"])
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out), report)

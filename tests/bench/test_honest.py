@@ -18,6 +18,7 @@ from mmsparse.bench.honest import (
     rates_table,
     short_real_queries,
 )
+from mmsparse.bench.machine import MACHINE_KEYS
 from mmsparse.cli.main import main
 from mmsparse.data.vocab import Vocabulary
 from mmsparse.index import build_index
@@ -55,6 +56,7 @@ def report(tiny_index):
 def test_report_on_a_tiny_index(report):
     json.dumps(report, allow_nan=False)
     assert set(report["rates"]) == {"sparse", "dense", "hybrid"}
+    assert tuple(report["machine"]) == MACHINE_KEYS
     sets = report["sets"]
     assert sets["nonsense_symbols_s101"]["n"] == 21 and sets["val"]["n"] > 0
     for mode, per in report["rates"].items():
