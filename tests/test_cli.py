@@ -8,29 +8,11 @@ import pytest
 from mmsparse.cli.main import main
 from mmsparse.data import BackboneBundle, Vocabulary, write_feature_parquet
 from mmsparse.evaluate import metrics_from_run, read_qrels, read_run
+from tests.helpers import write_train_config
 
 
 def _config(tmp_path, data, **train):
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(
-        json.dumps(
-            {
-                "data": {"path": str(data), "bundle": str(data / "bundle")},
-                "model": {"dense_dim": 16},
-                "objective": {"q_reg": 1e-3, "d_reg": 1e-3},
-                "train": {
-                    "epochs": 2,
-                    "batch_size": 32,
-                    "lr": 3e-3,
-                    "patience": 0,
-                    "progress": False,
-                    "plot": False,
-                    **train,
-                },
-            }
-        )
-    )
-    return cfg
+    return write_train_config(tmp_path / "cfg.json", data, **{"epochs": 2, **train})
 
 
 def _run(capsys, *argv):

@@ -108,7 +108,7 @@ def test_modules_import_only_public_names_of_each_other(package):
 
 
 def test_serve_threads_as_the_encoder_pool_still_works(keep_threads, monkeypatch, capsys):
-    from mmsparse.serve import service
+    from mmsparse.serve import app, service
 
     seen = {}
 
@@ -119,7 +119,7 @@ def test_serve_threads_as_the_encoder_pool_still_works(keep_threads, monkeypatch
         seen["limits"] = limits
         raise Stop("stopped before opening the index")
 
-    monkeypatch.setattr(service, "check_port_free", lambda host, port: None)
+    monkeypatch.setattr(app, "check_port_free", lambda host, port: None)
     monkeypatch.setattr(service, "SearchService", fake_service)
     pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
     assert main(["serve", "idx", "--encoder", "threads", "--threads", "3"]) == 2

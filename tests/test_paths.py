@@ -11,6 +11,7 @@ from mmsparse.cli.main import build_parser, main
 from mmsparse.config import RunConfig, apply_overrides
 from mmsparse.errors import ConfigError
 from mmsparse.paths import expand_path, resolve_run_paths
+from tests.helpers import write_train_config
 
 
 def _run(capsys, *argv):
@@ -20,24 +21,7 @@ def _run(capsys, *argv):
 
 
 def _write_config(path, data_path, bundle_path):
-    path.write_text(
-        json.dumps(
-            {
-                "data": {"path": str(data_path), "bundle": str(bundle_path)},
-                "model": {"dense_dim": 16},
-                "objective": {"q_reg": 1e-3, "d_reg": 1e-3},
-                "train": {
-                    "epochs": 1,
-                    "batch_size": 32,
-                    "lr": 3e-3,
-                    "patience": 0,
-                    "progress": False,
-                    "plot": False,
-                },
-            }
-        )
-    )
-    return path
+    return write_train_config(path, data_path, bundle_path)
 
 
 @pytest.fixture

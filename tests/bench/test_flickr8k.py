@@ -6,28 +6,17 @@ import json
 
 from mmsparse.bench.flickr8k import Flickr8kBench, run_flickr8k_bench
 from mmsparse.bench.machine import MACHINE_KEYS
-from tests.helpers import write_bench_config
+from tests.helpers import tiny_bench_fields, write_bench_config
 
 
 def test_bench_pipeline_on_tiny_data(tmp_path, tiny_release):
-    stage0 = write_bench_config(tmp_path / "s0.json", {"method": "dense"})
     # an eval block as configs/flickr8k.json has: the runs still select on unpruned vectors
     joint = write_bench_config(
         tmp_path / "j.json",
         {"q_reg": 1e-3, "d_reg": 1e-3},
         eval={"text_topk": 4, "image_topk": 4},
     )
-    spec = Flickr8kBench(
-        data=str(tiny_release),
-        bundle=str(tiny_release / "bundle"),
-        out=str(tmp_path / "runs"),
-        stage0_config=str(stage0),
-        config=str(joint),
-        seeds=(1, 2),
-        text_topk=8,
-        image_topk=16,
-        reg_scales=(0.5, 1.0),
-    )
+    spec = Flickr8kBench(**tiny_bench_fields(tmp_path, tiny_release), config=str(joint))
     res = run_flickr8k_bench(
         spec,
         results_path=tmp_path / "r.json",

@@ -11,7 +11,7 @@ from mmsparse.bench.frontier import FrontierBench, recipe_options, run_frontier_
 from mmsparse.bench.machine import MACHINE_KEYS
 from mmsparse.config import RunConfig, apply_overrides
 from mmsparse.errors import ConfigError, MMSparseError
-from tests.helpers import write_bench_config
+from tests.helpers import tiny_bench_fields, write_bench_config
 
 
 def test_recipe_options_group_the_differences():
@@ -33,7 +33,6 @@ def test_recipe_options_group_the_differences():
 
 
 def test_frontier_pipeline_on_tiny_data(tmp_path, tiny_release):
-    stage0 = write_bench_config(tmp_path / "s0.json", {"method": "dense"})
     paper = write_bench_config(tmp_path / "paper.json", {"q_reg": 1e-3, "d_reg": 1e-3})
     recipe = write_bench_config(
         tmp_path / "recipe.json",
@@ -41,16 +40,9 @@ def test_frontier_pipeline_on_tiny_data(tmp_path, tiny_release):
         model={"dense_dim": 16, "vocab_restrict": "train-captions"},
     )
     spec = FrontierBench(
-        data=str(tiny_release),
-        bundle=str(tiny_release / "bundle"),
-        out=str(tmp_path / "runs"),
-        stage0_config=str(stage0),
+        **tiny_bench_fields(tmp_path, tiny_release),
         paper_config=str(paper),
         config=str(recipe),
-        seeds=(1, 2),
-        text_topk=8,
-        image_topk=16,
-        reg_scales=(0.5, 1.0),
         curves=("recipe",),
     )
     res = run_frontier_bench(
@@ -82,19 +74,11 @@ def test_frontier_pipeline_on_tiny_data(tmp_path, tiny_release):
 
 
 def _small_spec(tmp_path, tiny_release, out: str, jobs: int) -> FrontierBench:
-    stage0 = write_bench_config(tmp_path / "s0.json", {"method": "dense"})
     cfg = write_bench_config(tmp_path / "recipe.json", {"q_reg": 1e-3, "d_reg": 1e-3})
     return FrontierBench(
-        data=str(tiny_release),
-        bundle=str(tiny_release / "bundle"),
-        out=str(tmp_path / out),
-        stage0_config=str(stage0),
+        **tiny_bench_fields(tmp_path, tiny_release, out),
         paper_config=str(cfg),
         config=str(cfg),
-        seeds=(1, 2),
-        text_topk=8,
-        image_topk=16,
-        reg_scales=(0.5, 1.0),
         ablation=False,
         paper=False,
         curves=("recipe",),

@@ -23,7 +23,7 @@ from mmsparse.cli.main import main
 from mmsparse.data.vocab import Vocabulary
 from mmsparse.index import build_index
 from mmsparse.index.confidence import caption_word_ids, query_words
-from tests.index.conftest import flickr8k_or_skip
+from tests.helpers import flickr8k_or_skip
 from tests.serve.conftest import HashEncoder
 
 

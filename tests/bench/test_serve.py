@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mmsparse.bench.serve import _percentiles, bench_serve, run_load
+from mmsparse.bench.local_server import latency_ms
+from mmsparse.bench.serve import bench_serve, run_load
 from mmsparse.errors import MMSparseError
 
 
@@ -18,9 +19,9 @@ def test_run_load_sends_every_query_once_and_counts_errors(server):
 
 
 def test_percentiles_in_milliseconds():
-    p = _percentiles([0.001 * i for i in range(1, 101)])
+    p = latency_ms([0.001 * i for i in range(1, 101)])
     assert p["p50"] == pytest.approx(50.5) and p["p99"] == pytest.approx(99.01)
-    assert p["max"] == 100.0 and _percentiles([]) == {}
+    assert p["max"] == 100.0 and latency_ms([]) == {}
 
 
 @pytest.mark.parametrize(

@@ -199,23 +199,16 @@ def test_changed_plan_discards_shards(tiny_hf, dataset, tmp_path):
 def test_cli_extract_json(tiny_hf, dataset, tmp_path, capsys):
     img_dir, caps, _ = dataset
     (tmp_path / "val.txt").write_text("im0.png\nim1.png\n", encoding="utf-8")
+    extract = [
+        "extract",
+        *("--backend", "clip", "--model", str(tiny_hf["clip"])),
+        *("--images", str(img_dir), "--captions", str(caps)),
+    ]
     rc = main(
         [
-            "extract",
-            "--backend",
-            "clip",
-            "--model",
-            str(tiny_hf["clip"]),
-            "--images",
-            str(img_dir),
-            "--captions",
-            str(caps),
-            "--out",
-            str(tmp_path / "o"),
-            "--split-of",
-            f"val={tmp_path / 'val.txt'}",
-            "--no-progress",
-            "--json",
+            *extract,
+            *("--out", str(tmp_path / "o"), "--split-of", f"val={tmp_path / 'val.txt'}"),
+            *("--no-progress", "--json"),
         ]
     )
     assert rc == 0
@@ -224,21 +217,5 @@ def test_cli_extract_json(tiny_hf, dataset, tmp_path, capsys):
     assert report["splits"] == {"val": 2}
     assert main(["extract", "--backend", "clip", "--out", str(tmp_path / "x")]) == 2
     assert "needs --images" in capsys.readouterr().err
-    rc = main(
-        [
-            "extract",
-            "--backend",
-            "clip",
-            "--model",
-            str(tiny_hf["clip"]),
-            "--images",
-            str(img_dir),
-            "--captions",
-            str(caps),
-            "--out",
-            str(tmp_path / "y"),
-            "--split-of",
-            "val",
-        ]
-    )
+    rc = main([*extract, "--out", str(tmp_path / "y"), "--split-of", "val"])
     assert rc == 2 and "NAME=FILE" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,6 @@ from mmsparse.config import RunConfig, apply_overrides
 from mmsparse.data import SyntheticSpec, make_synthetic, write_release
 from mmsparse.io_utils import atomic_write_text
 from mmsparse.model.model import SparseDenseModel
-
-REPO = Path(__file__).resolve().parents[2]
-FLICKR8K = Path(os.environ.get("MMSPARSE_FLICKR8K", REPO.parent / "shared" / "flickr8k"))
 
 SPEC = SyntheticSpec(
     n_train=60,
@@ -72,13 +68,6 @@ def tiny_run(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     np.random.seed(0)  # noqa: NPY002 - keeps any legacy numpy RNG use deterministic
-
-
-def flickr8k_or_skip() -> Path:
-    """The shared Flickr8k directory, or skip the test with the reason."""
-    if not (FLICKR8K / "dataset_meta.json").is_file():
-        pytest.skip(f"Flickr8k features not found at {FLICKR8K} (set MMSPARSE_FLICKR8K)")
-    return FLICKR8K
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from mmsparse.bench.local_server import free_port
 from mmsparse.index.build import build_index
 from mmsparse.index.manifest import IndexManifest
 from mmsparse.index.search import Searcher
@@ -137,12 +138,6 @@ def test_milvus_lite_hybrid_matches_mmsparse(tiny_run, tmp_path, exact):
     # Rebuilding over the same index replaces the collection.
     build_index(tiny_run, out, engine="milvus", image_topk=5, progress=False)
     assert IndexManifest.load(out).options.image_topk == 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @needs_milvus

@@ -86,7 +86,7 @@ def test_cli_build_from_a_messy_folder(photo_run, tmp_path, capsys):
 
 
 def test_serve_shows_the_folder_files(photo_run, tmp_path):
-    from mmsparse.serve.service import BadRequest, SearchService
+    from mmsparse.serve import BadRequest, SearchService
 
     root = _messy(tmp_path / "photos")
     out = tmp_path / "index"

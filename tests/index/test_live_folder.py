@@ -63,7 +63,7 @@ def test_ids_of_added_photos_inside_and_outside_the_folder(folder_index, tmp_pat
     assert read_current(index).image_roots == {"camera/": str(elsewhere.resolve())}
     assert (index / ADDED_FEATURES_DIR).is_dir()
 
-    from mmsparse.serve.service import BadRequest, SearchService
+    from mmsparse.serve import BadRequest, SearchService
 
     svc = SearchService(index, warm_up=False, reload_interval=0)
     try:

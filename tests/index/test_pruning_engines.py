@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from mmsparse.errors import MMSparseError
 from mmsparse.index.engines import get_engine
 from mmsparse.index.quantize import quantize
-from tests.index.conftest import flickr8k_or_skip
+from tests.helpers import flickr8k_vectors
 
 needs_bmp = pytest.mark.skipif(importlib.util.find_spec("bmp") is None, reason="bmp missing")
 needs_kannolo = pytest.mark.skipif(
@@ -163,19 +163,8 @@ def test_kannolo_bad_input(tmp_path):
 @needs_kannolo
 def test_pruning_engines_on_flickr8k_vectors(tmp_path):
     from mmsparse.bench.retrieval import exact_sparse_topk, recall_at_k
-    from mmsparse.data import load_feature_store
-    from mmsparse.index.encode import encode_vectors
-    from mmsparse.model.model import SparseDenseModel
 
-    root = flickr8k_or_skip()
-    store = load_feature_store(root)
-    val = store.split("val")
-    model = SparseDenseModel(
-        d_img=store.d_img, d_txt=store.d_txt, dense_dim=64, d_word=32, vocab_size=5000
-    )
-    model.init_weights(0)
-    _, docs = encode_vectors(model, store.image_feats[val.image_rows], "image", topk=120)
-    _, queries = encode_vectors(model, store.caption_feats[val.caption_rows[:100]], "text", topk=25)
+    docs, queries = flickr8k_vectors(100)
     _check_bmp_exact(built("bmp", tmp_path / "bmp", docs), docs, queries, 10)
     if importlib.util.find_spec("numba") is not None:
         from mmsparse.index.blockmax import BlockMaxIndex

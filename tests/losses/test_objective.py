@@ -17,6 +17,7 @@ from mmsparse.config import ObjectiveConfig
 from mmsparse.errors import ConfigError
 from mmsparse.losses import METHODS, ExpansionControl, Objective, padded_token_ids, term_names
 from mmsparse.model.model import ModelOutput, SparseDenseModel
+from tests.helpers import WHAT_TRAINS
 from tests.losses.test_joint import _H, _batch, _nce, _softmax_rows, reference
 
 # The names and order metrics.jsonl has always had (old runs and resume rely on them).
@@ -60,16 +61,7 @@ def test_logged_term_names_and_order_are_unchanged(method):
     assert term_names(_cfg(method, sparse_scale="learned")) == LOGGED[method] + extra[1:]
 
 
-@pytest.mark.parametrize(
-    "method,dense,sparse,tau",
-    [
-        ("joint", True, True, True),
-        ("no_distill", True, True, True),
-        ("frozen_dense", False, True, True),
-        ("d2s", False, True, False),
-        ("dense", True, False, True),
-    ],
-)
+@pytest.mark.parametrize("method,dense,sparse,tau", WHAT_TRAINS)
 def test_the_table_says_what_trains(method, dense, sparse, tau):
     m = SparseDenseModel(d_img=4, d_txt=3, dense_dim=2, d_word=2, vocab_size=5, sparse_scale=True)
     params = METHODS[method].set_trainable(m)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import zlib
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmsparse.bench.local_server import free_port
 from mmsparse.index import build_index
 from mmsparse.index.manifest import read_docs
 from tests.index.conftest import SPEC, make_run
@@ -58,13 +58,6 @@ def image_bytes(colour=(200, 40, 40), size=(48, 40), fmt="PNG") -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, colour).save(buf, fmt)
     return buf.getvalue()
-
-
-def free_port() -> int:
-    """A free TCP port of 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(app):

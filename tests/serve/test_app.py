@@ -14,7 +14,8 @@ import scipy.sparse as sp
 from mmsparse.errors import IndexFormatError, MMSparseError
 from mmsparse.index import Searcher
 from mmsparse.serve import SearchService, ServeLimits, create_app
-from mmsparse.serve.service import BadRequest, Overloaded, http_error
+from mmsparse.serve.params import BadRequest, Overloaded, http_error
+from mmsparse.serve.served import Served
 from tests.serve.conftest import HashEncoder
 
 TestClient = pytest.importorskip(
@@ -170,7 +171,7 @@ def test_dense_and_hybrid_rank_exactly_by_the_stored_vectors(client, mode):
     q = "a dog runs on the beach"
     data = client.get("/api/search", params={"q": q, "k": 8, "mode": mode}).json()
     assert data["mode"] == mode and len(data["hits"]) == 8
-    q_dense, q_sparse = svc._encode_texts([q])
+    q_dense, q_sparse = svc.searcher.encode_text([q])
     scores = _brute_force(svc, q_dense, q_sparse, mode)
     expect = np.lexsort((np.arange(scores.size), -scores))[:8]
     assert [h["image_id"] for h in data["hits"]] == [svc.searcher.image_ids[r] for r in expect]
@@ -233,18 +234,15 @@ def test_k_above_the_index_size_is_lowered_with_a_note(client):
     assert len(data["hits"]) == 40 and any("larger than the index" in n for n in data["notes"])
 
 
-class EmptyVectorService(SearchService):
-    """A service whose queries encode to an empty sparse vector (no known term)."""
-
-    def _encode_texts(self, texts):
-        v = self.manifest.vocab_size
-        return np.zeros((len(texts), 16), np.float32), sp.csr_matrix(
-            (len(texts), v), dtype=np.float32
-        )
+def empty_vectors(searcher, texts):
+    """Queries that encode to an empty sparse vector (no known term)."""
+    v = searcher.manifest.vocab_size
+    return np.zeros((len(texts), 16), np.float32), sp.csr_matrix((len(texts), v), dtype=np.float32)
 
 
-def test_query_with_no_known_term_is_an_empty_result_with_a_note(served_index):
-    svc = EmptyVectorService(served_index, text_encoder=HashEncoder())
+def test_query_with_no_known_term_is_an_empty_result_with_a_note(served_index, monkeypatch):
+    monkeypatch.setattr(Searcher, "encode_text", empty_vectors)
+    svc = SearchService(served_index, text_encoder=HashEncoder())
     with TestClient(create_app(service=svc)) as c:
         resp = c.get("/api/search?q=zzzz")
     assert resp.status_code == 200
@@ -347,15 +345,14 @@ def test_batch_encoder_encodes_concurrent_queries_together(served_index):
     svc.close()
 
 
-class BrokenService(SearchService):
-    """A service whose engine fails with an unexpected exception (a bug)."""
-
-    def _search_vectors(self, *args, **kwargs):
-        raise RuntimeError("boom\nwith a second line")
+def broken_search(*args, **kwargs):
+    """An engine that fails with an unexpected exception (a bug)."""
+    raise RuntimeError("boom\nwith a second line")
 
 
-def test_a_bug_is_a_one_line_500_and_library_errors_are_400(served_index):
-    svc = BrokenService(served_index, text_encoder=HashEncoder())
+def test_a_bug_is_a_one_line_500_and_library_errors_are_400(served_index, monkeypatch):
+    monkeypatch.setattr(Served, "search_vectors", broken_search)
+    svc = SearchService(served_index, text_encoder=HashEncoder())
     with TestClient(create_app(service=svc), raise_server_exceptions=False) as c:
         assert_error(c.get("/api/search?q=dog"), 500, "internal error (RuntimeError: boom with")
     status, body, headers = http_error(MMSparseError("bad\nrun"))

@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from mmsparse.bench.local_server import free_port
+from mmsparse.bench.photos import Load
 from mmsparse.index.generations import IndexLock, collect_garbage, read_current
 from mmsparse.index.live import add_vectors, optimize_index, remove_images
 from mmsparse.index.manifest import IndexManifest, read_docs
@@ -52,7 +53,7 @@ def test_the_service_switches_generations_between_requests(index):
     svc = SearchService(index, text_encoder=HashEncoder(), reload_interval=0)
     try:
         assert svc.generation == 0 and svc.info()["generation"] == 0
-        with svc._use() as held:  # a request in flight on generation 0
+        with svc.generations.hold() as held:  # a request in flight on generation 0
             _, ids = add_found_by(svc, index, ["zebra unicorn parade"], gc_grace_s=0)
             assert svc.check_generation() is True
             assert svc.generation == 1 and held.number == 0
@@ -86,7 +87,7 @@ def test_a_generation_that_fails_to_open_is_logged_once_and_the_old_kept(index, 
         add_found_by(svc, index, ["red kite"], gc_grace_s=0)
         segment = index / read_current(index).segments[-1].path
         (segment / "postings.mmsi").write_bytes(b"broken")  # a damaged new segment
-        with caplog.at_level(logging.WARNING, logger="mmsparse.serve.service"):
+        with caplog.at_level(logging.WARNING, logger="mmsparse.serve.generations"):
             assert svc.check_generation() is False
             assert svc.check_generation() is False  # the same files: not tried again
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -107,7 +108,7 @@ def test_files_rewritten_in_place_are_not_read_again_until_they_hold_still(index
         data = postings.read_bytes()
         with open(postings, "r+b") as fh:  # the same inode, cut short (SIGBUS with a map)
             fh.truncate(4096)
-        with caplog.at_level(logging.INFO, logger="mmsparse.serve.service"):
+        with caplog.at_level(logging.INFO, logger="mmsparse.serve.generations"):
             assert svc.check_generation() is False  # changed: wait for it to hold still
             again = asyncio_run(svc.search("a dog on the beach", k=5))
             assert again["hits"] == before["hits"]  # answered from the copy in memory
@@ -130,60 +131,6 @@ def test_files_rewritten_in_place_are_not_read_again_until_they_hold_still(index
 # -- a real server under load -------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Load:
-    """Client threads sending searches until stopped; every failure is kept."""
-
-    def __init__(self, port: int, clients: int, queries: list[str]) -> None:
-        self.port, self.queries = port, queries
-        self.failures: list[str] = []
-        self.answers = 0
-        self.generations: set[int] = set()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
-
-    def _client(self, seed: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        i = seed
-        while not self._stop.is_set():
-            q = self.queries[i % len(self.queries)]
-            i += 1
-            path = "/api/search?" + urllib.parse.urlencode({"q": q, "k": 5})
-            try:
-                conn.request("GET", path)
-                resp = conn.getresponse()
-                body = resp.read()
-                ok = resp.status == 200
-                gen = json.loads(body).get("generation") if ok else None
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                ok, body, gen = False, repr(exc).encode(), None
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            with self._lock:
-                self.answers += 1
-                if ok:
-                    self.generations.add(gen)
-                else:
-                    self.failures.append(body[:200].decode(errors="replace"))
-        conn.close()
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
-
-
 def _wait_for(predicate, timeout=30.0):
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -202,7 +149,7 @@ def test_a_server_answers_every_request_while_the_index_changes(index):
     encoder = HashEncoder()
     svc = SearchService(index, text_encoder=encoder, reload_interval=0.05)
     app = create_app(service=svc)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -220,7 +167,7 @@ def test_a_server_answers_every_request_while_the_index_changes(index):
         return out
 
     try:
-        with Load(port, 4, queries) as load:
+        with Load(port, 4, queries, k=5) as load:
             assert _wait_for(lambda: load.answers > 20)
             _, ids = add_found_by(svc, index, texts, gc_grace_s=0)
             assert _wait_for(lambda: svc.generation == 1)
@@ -256,7 +203,7 @@ def test_serve_survives_its_index_rewritten_in_place(index, tmp_path):
     """Measured before the change: ``mmsparse serve`` died of SIGBUS (exit status 135, no
     log line) at the first search after postings.mmsi was truncated in place. Now it keeps
     answering from its copy in memory, logs the change, and stops normally."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "serve.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     cmd = [sys.executable, "-m", "mmsparse", "serve", str(index), "--port", str(port)]
@@ -334,7 +281,7 @@ def test_the_page_shows_photos_added_while_it_is_open(index, tmp_path):
     from mmsparse.serve import create_app
 
     svc = SearchService(index, text_encoder=HashEncoder(), reload_interval=0.05)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(service=svc), host="127.0.0.1", port=port, log_level="warning")
     )

@@ -13,14 +13,8 @@ import pytest
 import scipy.sparse as sp
 
 from mmsparse.serve import SearchService, ServeLimits, create_app
-from mmsparse.serve.queries import (
-    QueryInputError,
-    apply_edits,
-    decode_upload,
-    parse_terms,
-    sniff_image_type,
-    terms_spec,
-)
+from mmsparse.serve.queries import QueryInputError, apply_edits, parse_terms, terms_spec
+from mmsparse.serve.uploads import decode_upload, sniff_image_type
 from tests.serve.conftest import ColourImageEncoder, HashEncoder, image_bytes, start_server
 from tests.serve.test_app import assert_error
 

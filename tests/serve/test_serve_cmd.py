@@ -11,7 +11,8 @@ import pytest
 
 from mmsparse.cli.main import main
 from mmsparse.errors import MMSparseError
-from mmsparse.serve import service
+from mmsparse.serve.app import check_port_free
+from mmsparse.serve.limits import ServeLimits
 
 uvicorn = pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 
@@ -68,7 +69,7 @@ def test_busy_port_is_one_error_line_before_serving(served_index, busy_port, cap
 def test_port_taken_after_the_check_is_still_one_error_line(
     served_index, busy_port, monkeypatch, capsys
 ):
-    monkeypatch.setattr("mmsparse.serve.service.check_port_free", lambda host, port: None)
+    monkeypatch.setattr("mmsparse.serve.app.check_port_free", lambda host, port: None)
     assert main(["serve", str(served_index), "--port", str(busy_port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
@@ -81,13 +82,13 @@ def test_check_port_free(busy_port):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         free = sock.getsockname()[1]
-    service.check_port_free("127.0.0.1", free)  # bound but closed again: free
+    check_port_free("127.0.0.1", free)  # bound but closed again: free
     with pytest.raises(MMSparseError, match=f"port {busy_port} on 127.0.0.1 is already in use"):
-        service.check_port_free("127.0.0.1", busy_port)
+        check_port_free("127.0.0.1", busy_port)
     with pytest.raises(MMSparseError, match="--host no-such-host.invalid: unknown host"):
-        service.check_port_free("no-such-host.invalid", free)
+        check_port_free("no-such-host.invalid", free)
     with pytest.raises(MMSparseError, match="--host 192.0.2.1 is not an address of this machine"):
-        service.check_port_free("192.0.2.1", free)
+        check_port_free("192.0.2.1", free)
 
 
 @pytest.mark.parametrize(
@@ -95,4 +96,4 @@ def test_check_port_free(busy_port):
 )
 def test_serve_limits_below_one_are_refused(field):
     with pytest.raises(MMSparseError, match=f"serve limit {field} must be an integer of at least"):
-        service.ServeLimits(**{field: 0})
+        ServeLimits(**{field: 0})

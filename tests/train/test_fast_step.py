@@ -12,20 +12,12 @@ from mmsparse.data import make_synthetic
 from mmsparse.losses import SparsityRegularizer
 from mmsparse.train import StepTerms, Trainer, train
 from mmsparse.train.step import AsyncTermLog, make_optimizer, use_fused_adamw
-from tests.helpers import TINY
+from tests.helpers import TINY, TINY_OVERRIDES
 
 SPEC = TINY
 BASE = [
-    "model.dense_dim=16",
-    "train.batch_size=32",
-    "train.lr=3e-3",
-    "train.epochs=3",
-    "train.progress=false",
-    "train.plot=false",
-    "train.patience=0",
+    *TINY_OVERRIDES,
     "train.device=cpu",
-    "objective.q_reg=1e-3",
-    "objective.d_reg=1e-3",
     "objective.expansion_control=true",
     "objective.expansion_p0=0.5",
 ]
@@ -33,13 +25,7 @@ PLAIN = ["train.compile=off", "train.fused_optimizer=off", "train.amp=off"]
 STEPS = 30
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, busy CPU more threads only wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

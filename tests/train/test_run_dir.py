@@ -11,7 +11,7 @@ import pytest
 from mmsparse.config import RunConfig, apply_overrides
 from mmsparse.errors import ConfigError
 from mmsparse.train import train
-from tests.helpers import TINY_OVERRIDES
+from tests.helpers import TINY_OVERRIDES, write_train_config
 
 
 def _cfg(*extra):
@@ -132,24 +132,7 @@ T.train(load_config(sys.argv[1]), sys.argv[2])
 
 def test_two_trainings_into_one_folder_at_once(tmp_path, tiny_release):
     """The second (here a --resume) gets a one-line error; the first's records agree."""
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(
-        json.dumps(
-            {
-                "data": {"path": str(tiny_release), "bundle": str(tiny_release / "bundle")},
-                "model": {"dense_dim": 16},
-                "objective": {"q_reg": 1e-3, "d_reg": 1e-3},
-                "train": {
-                    "epochs": 4,
-                    "batch_size": 32,
-                    "lr": 3e-3,
-                    "patience": 0,
-                    "progress": False,
-                    "plot": False,
-                },
-            }
-        )
-    )
+    cfg = write_train_config(tmp_path / "cfg.json", tiny_release, epochs=4)
     run, gate = tmp_path / "run", tmp_path / "go"
     first = subprocess.Popen(
         [sys.executable, "-c", _FIRST, str(cfg), str(run), str(gate)],

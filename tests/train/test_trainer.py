@@ -14,7 +14,7 @@ from mmsparse.config import RunConfig, apply_overrides
 from mmsparse.errors import ConfigError, DataError
 from mmsparse.model import SparseDenseModel
 from mmsparse.train import Trainer, lr_factor, set_trainable, train
-from tests.helpers import TINY_OVERRIDES
+from tests.helpers import TINY_OVERRIDES, WHAT_TRAINS, write_train_config
 
 
 def _cfg(*extra):
@@ -32,16 +32,7 @@ def test_lr_schedule_warmup_then_linear_decay():
     assert lr_factor(0, 10, 0.0) == 1.0
 
 
-@pytest.mark.parametrize(
-    "method,dense,sparse,tau",
-    [
-        ("joint", True, True, True),
-        ("no_distill", True, True, True),
-        ("frozen_dense", False, True, True),
-        ("d2s", False, True, False),
-        ("dense", True, False, True),
-    ],
-)
+@pytest.mark.parametrize("method,dense,sparse,tau", WHAT_TRAINS)
 def test_what_trains_per_method(method, dense, sparse, tau):
     m = SparseDenseModel(d_img=4, d_txt=3, dense_dim=2, d_word=2, vocab_size=5)
     set_trainable(m, method)
@@ -200,24 +191,7 @@ def _untimed(record):
 
 
 def test_sigkill_then_resume_from_the_command_line(tmp_path, tiny_release):
-    cfg = tmp_path / "cfg.json"
-    cfg.write_text(
-        json.dumps(
-            {
-                "data": {"path": str(tiny_release), "bundle": str(tiny_release / "bundle")},
-                "model": {"dense_dim": 16},
-                "objective": {"q_reg": 1e-3, "d_reg": 1e-3},
-                "train": {
-                    "epochs": 6,
-                    "batch_size": 32,
-                    "lr": 3e-3,
-                    "patience": 0,
-                    "progress": False,
-                    "plot": False,
-                },
-            }
-        )
-    )
+    cfg = write_train_config(tmp_path / "cfg.json", tiny_release, epochs=6)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "mmsparse", "train", "--config", str(cfg), "--json"]
     subprocess.run([*cmd, "--out", str(tmp_path / "ref")], check=True, env=env, capture_output=True)

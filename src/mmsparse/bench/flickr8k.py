@@ -135,38 +135,29 @@ def run_flickr8k_bench(
 
     stage0 = out / f"dense-backbone-s{main_seed}"
     if spec.variants:
-        for mode in ("official", "joint", "detached"):
-            if mode == o.distill_teacher:
-                continue
+        ec = "true" if not o.expansion_control else "false"
+        variants = [
+            *(
+                (f"joint-teacher-{mode}", "teacher", f"objective.distill_teacher={mode}")
+                for mode in ("official", "joint", "detached")
+                if mode != o.distill_teacher
+            ),
+            ("no-distill", "ablation", "objective.method=no_distill"),
+            ("frozen-final-layer", "ablation", "objective.method=frozen_dense"),
+            (
+                f"joint-expansion-{'on' if ec == 'true' else 'off'}",
+                "expansion",
+                f"objective.expansion_control={ec}",
+            ),
+        ]
+        for name, group, override in variants:
             run(
-                f"joint-teacher-{mode}",
-                "teacher",
-                derived(joint_base, main_seed, stage0, f"objective.distill_teacher={mode}"),
+                name,
+                group,
+                derived(joint_base, main_seed, stage0, override),
                 main_seed,
                 ("dense", "sparse", "hybrid"),
             )
-        run(
-            "no-distill",
-            "ablation",
-            derived(joint_base, main_seed, stage0, "objective.method=no_distill"),
-            main_seed,
-            ("dense", "sparse", "hybrid"),
-        )
-        run(
-            "frozen-final-layer",
-            "ablation",
-            derived(joint_base, main_seed, stage0, "objective.method=frozen_dense"),
-            main_seed,
-            ("dense", "sparse", "hybrid"),
-        )
-        ec = "true" if not o.expansion_control else "false"
-        run(
-            f"joint-expansion-{'on' if ec == 'true' else 'off'}",
-            "expansion",
-            derived(joint_base, main_seed, stage0, f"objective.expansion_control={ec}"),
-            main_seed,
-            ("dense", "sparse", "hybrid"),
-        )
 
     curve: dict[str, list[dict[str, float]]] = {"d2s": [], "joint": []}
     for method in ("d2s", "joint"):

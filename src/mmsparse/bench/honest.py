@@ -292,9 +292,9 @@ def honest_benchmark(
 
     load_start = load_average()
 
-    searcher = Searcher(index_dir, run_dir=run_dir, data=data, bundle=bundle)
-    if text_encoder is not None:
-        searcher._text_encoder = text_encoder
+    searcher = Searcher(
+        index_dir, run_dir=run_dir, data=data, bundle=bundle, text_encoder=text_encoder
+    )
     try:
         report = _benchmark(searcher, n_nonsense, compare, progress)
         report["machine"] = machine_record(load_start)

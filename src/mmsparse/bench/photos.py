@@ -31,8 +31,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from mmsparse.bench.local_server import free_port, latency_ms, start_server, wait_healthy
 from mmsparse.bench.machine import load_average, machine_record
 from mmsparse.errors import MMSparseError
 from mmsparse.io_utils import atomic_write_json
@@ -74,12 +73,6 @@ def photo_captions(images: Path, captions: Path) -> dict[str, list[str]]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -98,15 +91,6 @@ def _get(port: int, path: str, timeout: float = 60.0) -> tuple[int, dict[str, An
         return resp.status, json.loads(resp.read() or b"{}")
     finally:
         conn.close()
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=np.float64) * 1000
-    if a.size == 0:
-        return {}
-    out = {f"p{p}": round(float(np.percentile(a, p)), 2) for p in (50, 90, 99)}
-    out.update(mean=round(float(a.mean()), 2), max=round(float(a.max()), 2))
-    return out
 
 
 class Load:
@@ -165,6 +149,31 @@ class Load:
         for t in self._threads:
             t.join(120)
 
+    def __enter__(self) -> Load:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def answers(self) -> int:
+        """Requests answered so far (failed ones too)."""
+        with self._lock:
+            return len(self.records)
+
+    @property
+    def failures(self) -> list[str]:
+        """What went wrong with each failed request so far."""
+        with self._lock:
+            return [err for _, _, ok, _, err in self.records if not ok]
+
+    @property
+    def generations(self) -> set[int]:
+        """The generations that answered so far."""
+        with self._lock:
+            return {g for _, _, ok, g, _ in self.records if ok and g is not None}
+
 
 def _phase(records: list[tuple[float, float, bool, int | None, str]], t0: float, t1: float):
     picked = [r for r in records if t0 <= r[0] < t1]
@@ -176,7 +185,7 @@ def _phase(records: list[tuple[float, float, bool, int | None, str]], t0: float,
         "failed": len(failed),
         "failed_examples": sorted(set(failed))[:5],
         "requests_per_s": round(len(picked) / wall, 2),
-        "latency_ms": _percentiles([r[1] for r in picked]),
+        "latency_ms": latency_ms([r[1] for r in picked]),
         "generations": sorted({r[3] for r in picked if r[3] is not None}),
     }
 
@@ -307,35 +316,16 @@ def bench_photos(
              "--engine", engine, "--device", device, "--batch-size", str(batch_size), "--json"],
             "index build",
         )  # fmt: skip
-        port = _free_port()
+        port = free_port()
         log_path = root / "serve.log"
-        with open(log_path, "wb") as log_fh:
-            server = subprocess.Popen(
-                [*mm, "serve", str(index), "--port", str(port),
-                 "--max-pending", str(max(64, 4 * clients)), "--max-k", str(max(100, k))],
-                stdout=log_fh, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-        def stop_server() -> None:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-
-        stack.callback(stop_server)
-        t_wait = time.time()
-        while True:
-            if server.poll() is not None:
-                tail = log_path.read_text(errors="replace").strip().splitlines()
-                raise MMSparseError(f"the server exited: {tail[-1] if tail else 'no output'}")
-            with contextlib.suppress(OSError):
-                if _get(port, "/healthz", timeout=5)[0] == 200:
-                    break
-            if time.time() - t_wait > startup_timeout:
-                raise MMSparseError(f"the server did not answer within {startup_timeout:.0f} s")
-            time.sleep(0.25)
+        server = start_server(
+            stack,
+            [*mm, "serve", str(index), "--port", str(port),
+             "--max-pending", str(max(64, 4 * clients)), "--max-k", str(max(100, k))],
+            log_path,
+            stop_timeout=30,
+        )  # fmt: skip
+        wait_healthy(server, port, log_path, startup_timeout)
         gen0 = _get(port, "/healthz")[1]["generation"]
         queries = [c for name in base for c in caps[name]]
         queries = [queries[i] for i in rng.permutation(len(queries))]

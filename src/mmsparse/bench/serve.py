@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mmsparse.bench.local_server import free_port, latency_ms, start_server, wait_healthy
 from mmsparse.bench.machine import load_average, machine_record
 from mmsparse.errors import MMSparseError
 from mmsparse.io_utils import atomic_write_json
@@ -50,12 +49,6 @@ def split_captions(index_dir: str | Path) -> list[str]:
     return [store.caption_texts[int(r)] for r in rows]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rss_mb(pid: int) -> dict[str, float]:
     """Resident memory (VmRSS) and its peak (VmHWM) of a process, in MB (Linux)."""
     out: dict[str, float] = {}
@@ -73,40 +66,6 @@ def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
     conn.request("GET", path)
     resp = conn.getresponse()
     return resp.status, resp.read()
-
-
-def _wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, timeout: float) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            lines = log_path.read_text(errors="replace").strip().splitlines()
-            raise MMSparseError(
-                f"the server exited with status {proc.returncode}: "
-                f"{lines[-1] if lines else 'no output'}"
-            )
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            status, _ = _get(conn, "/healthz")
-            conn.close()
-            if status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise MMSparseError(f"the server did not answer /healthz within {timeout:.0f} s")
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=np.float64) * 1000
-    if a.size == 0:
-        return {}
-    return {
-        "p50": round(float(np.percentile(a, 50)), 2),
-        "p90": round(float(np.percentile(a, 90)), 2),
-        "p99": round(float(np.percentile(a, 99)), 2),
-        "mean": round(float(a.mean()), 2),
-        "max": round(float(a.max()), 2),
-    }
 
 
 def run_load(
@@ -163,7 +122,7 @@ def _start_server(
     k: int = 10,
 ) -> tuple[subprocess.Popen, int, Path]:
     """Start ``mmsparse serve`` with one encoder mode; the stack stops it."""
-    port = _free_port()
+    port = free_port()
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
     log_path = tmp / "server.log"
     cmd = [
@@ -171,18 +130,7 @@ def _start_server(
         "--port", str(port), "--encoder", enc, "--encoder-threads", str(encoder_threads),
         "--max-pending", str(max(64, 4 * clients)), "--max-k", str(max(100, k)),
     ]  # fmt: skip
-    with open(log_path, "wb") as log_fh:
-        proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT)
-
-    def stop() -> None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    stack.callback(stop)
+    proc = start_server(stack, cmd, log_path, stop_timeout=20)
     return proc, port, log_path
 
 
@@ -269,7 +217,7 @@ def bench_serve(
             proc, port, log_path = _start_server(stack, index_dir, enc, encoder_threads, clients, k)
             if progress:
                 print(f"starting the server (encoder={enc}) on port {port}", file=sys.stderr)
-            _wait_healthy(proc, port, log_path, startup_timeout)
+            wait_healthy(proc, port, log_path, startup_timeout)
             servers[enc] = (proc, port)
         mem_before = {}
         for enc, (proc, port) in servers.items():
@@ -306,7 +254,7 @@ def bench_serve(
                     "error_examples": sorted(set(a["errors"]))[:5],
                     "wall_s": round(a["wall_s"], 3),
                     "requests_per_s": round(n / a["wall_s"], 2),
-                    "latency_ms": _percentiles(a["latencies"]),
+                    "latency_ms": latency_ms(a["latencies"]),
                     "memory_mb": {
                         "before": round(mem_before[enc].get("VmRSS", float("nan")), 1),
                         "after": round(mem_after.get("VmRSS", float("nan")), 1),

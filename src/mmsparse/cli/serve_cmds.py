@@ -105,8 +105,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run ``mmsparse serve``."""
     uvicorn = require_extra("uvicorn", "serve", "mmsparse serve")
     require_extra("fastapi", "serve", "mmsparse serve")
-    from mmsparse.serve.app import ENV_CONFIG, create_app
-    from mmsparse.serve.service import SearchService, ServeLimits, check_port_free
+    from mmsparse.serve.app import ENV_CONFIG, check_port_free, create_app
+    from mmsparse.serve.limits import ServeLimits
+    from mmsparse.serve.service import SearchService
 
     threads = encoder_threads(args, uses_pool=args.encoder == "threads")
     # Every count is at least 1: with --max-k 0 or --max-pending 0 the server started and

@@ -161,6 +161,29 @@ class Backend:
         """The JSON description of this backend (stored in the bundle)."""
         raise NotImplementedError
 
+    def _bundle(
+        self, vocab: Vocabulary, word_embeddings: np.ndarray, projections: dict[str, np.ndarray]
+    ) -> BackboneBundle:
+        """The :class:`BackboneBundle` of these parts (named, with its :meth:`extraction`)."""
+        return BackboneBundle(
+            name=self.name,
+            vocab=vocab,
+            word_embeddings=word_embeddings,
+            projections=projections,
+            extraction=self.extraction(),
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """The fields every :meth:`extraction` starts with: format, backend, sizes, tags."""
+        return {
+            "format": EXTRACTION_FORMAT,
+            "backend": self.name,
+            "d_img": self.d_img,
+            "d_txt": self.d_txt,
+            "image_tag": self.image_tag,
+            "text_tag": self.text_tag,
+        }
+
     def preprocess(self, image: Any) -> np.ndarray:
         """One RGB ``PIL.Image`` to a ``(3, H, W)`` float32 model input."""
         raise NotImplementedError
@@ -242,12 +265,7 @@ class EffnetMiniLM(Backend):
     def extraction(self) -> dict[str, Any]:
         """Everything needed to recompute the features (see ``docs/extract.md``)."""
         return {
-            "format": EXTRACTION_FORMAT,
-            "backend": self.name,
-            "d_img": self.d_img,
-            "d_txt": self.d_txt,
-            "image_tag": self.image_tag,
-            "text_tag": self.text_tag,
+            **self.identity(),
             "image": {
                 "model": "efficientnet-lite0 (ImageNet)",
                 "packages": {
@@ -339,13 +357,7 @@ class EffnetMiniLM(Backend):
         tokenizer, model = self._load_text()
 
         def run() -> np.ndarray:
-            enc = tokenizer(
-                list(texts),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
+            enc = tokenize_texts(tokenizer, texts, self.max_length, self.device)
             hidden = model(**enc).last_hidden_state  # (B, T, 384)
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             summed = (hidden * mask).sum(dim=1)
@@ -365,13 +377,7 @@ class EffnetMiniLM(Backend):
                 f"{self.minilm_dir()}: the word-embedding matrix has {emb.shape[0]} rows but "
                 f"vocab.txt has {len(vocab)} terms"
             )
-        return BackboneBundle(
-            name=self.name,
-            vocab=vocab,
-            word_embeddings=np.ascontiguousarray(emb, dtype=np.float32),
-            projections={},
-            extraction=self.extraction(),
-        )
+        return self._bundle(vocab, np.ascontiguousarray(emb, dtype=np.float32), {})
 
 
 class _HFBackend(Backend):
@@ -474,12 +480,7 @@ class _HFBackend(Backend):
             )
         }
         return {
-            "format": EXTRACTION_FORMAT,
-            "backend": self.name,
-            "d_img": self.d_img,
-            "d_txt": self.d_txt,
-            "image_tag": self.image_tag,
-            "text_tag": self.text_tag,
+            **self.identity(),
             "model": {
                 "path": str(self.model_path.resolve()),  # type: ignore[union-attr]
                 "class": self.model_class,
@@ -514,13 +515,7 @@ class _HFBackend(Backend):
 
     def _tokenize(self, texts: list[str]) -> Any:
         _, tokenizer, _ = self._load()
-        return tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        ).to(self.device)
+        return tokenize_texts(tokenizer, texts, self.max_length, self.device)
 
     def _vocab_and_embeddings(self, emb: Any) -> tuple[Vocabulary, np.ndarray]:
         _, tokenizer, _ = self._load()
@@ -581,13 +576,7 @@ class Blip(_HFBackend):
             for name in ("text_proj", "vision_proj")
             for part in ("weight", "bias")
         }
-        return BackboneBundle(
-            name=self.name,
-            vocab=vocab,
-            word_embeddings=emb,
-            projections=projections,
-            extraction=self.extraction(),
-        )
+        return self._bundle(vocab, emb, projections)
 
 
 class Clip(_HFBackend):
@@ -642,13 +631,17 @@ class Clip(_HFBackend):
             )
             projections[f"{ours}.weight"] = weight
             projections[f"{ours}.bias"] = bias
-        return BackboneBundle(
-            name=self.name,
-            vocab=vocab,
-            word_embeddings=emb,
-            projections=projections,
-            extraction=self.extraction(),
-        )
+        return self._bundle(vocab, emb, projections)
+
+
+def tokenize_texts(tokenizer: Any, texts: list[str], max_length: int, device: Any) -> Any:
+    """A batch of texts tokenised as every backend records it.
+
+    Padded to the longest text, cut at ``max_length`` tokens, as tensors on ``device``.
+    """
+    return tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    ).to(device)
 
 
 def json_safe(value: Any) -> Any:

@@ -63,7 +63,6 @@ from mmsparse.index.verdict import (
     Calibration,
     QueryWords,
     Verdict,
-    _quantiles,
     assess,
     caption_word_ids,
     index_identity,
@@ -175,6 +174,11 @@ def top_scores(
             if len(scores):
                 out[s + i] = float(scores[0])
     return out
+
+
+def _quantiles(scores: np.ndarray) -> list[float]:
+    """The scores' percentiles at :data:`LEVELS` (a calibration's quantiles of a class)."""
+    return [float(v) for v in np.percentile(np.asarray(scores, dtype=np.float64), LEVELS)]
 
 
 def calibrate(

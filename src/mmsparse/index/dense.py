@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from mmsparse.errors import IndexFormatError
 from mmsparse.index.hits import SearchHits
-from mmsparse.index.manifest import file_sha256
+from mmsparse.io_utils import file_sha256
 
 DENSE_NAME = "dense.npy"
 

@@ -127,7 +127,7 @@ def build_folder_index(
         >>> sorted(rep.manifest.folder["seconds"])  # doctest: +SKIP
         ['backbone', 'decode', 'heads', 'images', 'index', 'list', 'load', 'total']
     """
-    from mmsparse.extract import encode_folder, load_image_backend
+    from mmsparse.extract import encode_folder
     from mmsparse.runs import hybrid_weights, load_run, resolve_device, run_extraction
 
     t_start = time.perf_counter()
@@ -151,13 +151,7 @@ def build_folder_index(
             "(train on features made by 'mmsparse extract' to index photos; index a split "
             "of its data with --split instead)"
         )
-    backend = load_image_backend(extraction, device=str(dev))
-    if backend.d_img != run.model.d_img:
-        raise MMSparseError(
-            f"{run_dir}: backbone {backend.name} gives {backend.d_img}-d image features "
-            f"but the run's image head takes {run.model.d_img}"
-        )
-    backend.load_image_model()
+    backend = _load_backbone(run, run_dir, extraction, dev)
     seconds = {"load": round(time.perf_counter() - t_start, 3)}
 
     feats = encode_folder(
@@ -312,13 +306,13 @@ def add_images(
             is taken, or an id is there with ``existing="error"``.
         DataError: If the folder is missing.
     """
-    from mmsparse.extract import encode_folder, list_image_folder, load_image_backend
+    from mmsparse.extract import encode_folder, list_image_folder
     from mmsparse.index.generations import GC_GRACE_S, IndexLock
     from mmsparse.index.live import (
         EXISTING,
         MERGE_FACTOR,
         LiveReport,
-        _State,
+        LiveState,
         add_vectors_locked,
         engine_of,
     )
@@ -336,7 +330,7 @@ def add_images(
     folder = folder.resolve()
     prefix, roots = _added_ids(index_dir, collection, folder, name)
     with IndexLock(index_dir, "index add"):
-        state = _State(index_dir)
+        state = LiveState(index_dir)
         live = state.live_rows()
         run_dir = run_dir or collection.run_dir
         run = _index_run(index_dir, collection, run_dir, resolve_device(device))
@@ -368,13 +362,7 @@ def add_images(
             )
             return report
         t0 = time.perf_counter()
-        backend = load_image_backend(extraction, device=str(resolve_device(device)))
-        if backend.d_img != run.model.d_img:
-            raise MMSparseError(
-                f"{run_dir}: backbone {backend.name} gives {backend.d_img}-d image features "
-                f"but the run's image head takes {run.model.d_img}"
-            )
-        backend.load_image_model()
+        backend = _load_backbone(run, run_dir, extraction, resolve_device(device))
         seconds = {"load": round(time.perf_counter() - t0, 3)}
         skip_known = existing == "skip"
         feats = encode_folder(
@@ -489,6 +477,20 @@ def _index_run(index_dir: Path, collection: IndexManifest, run_dir: str | Path, 
             "photos added with it would not match (rebuild the index with 'mmsparse index build')"
         )
     return run
+
+
+def _load_backbone(run: Any, run_dir: Any, extraction: dict[str, Any], device: Any) -> Any:
+    """The run's backbone image encoder, its weights loaded, checked against the run."""
+    from mmsparse.extract import load_image_backend
+
+    backend = load_image_backend(extraction, device=str(device))
+    if backend.d_img != run.model.d_img:
+        raise MMSparseError(
+            f"{run_dir}: backbone {backend.name} gives {backend.d_img}-d image features "
+            f"but the run's image head takes {run.model.d_img}"
+        )
+    backend.load_image_model()
+    return backend
 
 
 def _cache_key(folder: Path) -> str:

@@ -5,7 +5,7 @@ The library behind ``mmsparse index add``, ``index remove``, ``index optimize`` 
 (:mod:`mmsparse.index.generations`): new images go into a new immutable **segment** (a
 complete engine directory over them), removed images into a new **deletion file**, and
 ``CURRENT`` is switched atomically, so a running ``mmsparse serve`` changes from one
-complete generation to the next between two requests (:mod:`mmsparse.serve.service`).
+complete generation to the next between two requests (:mod:`mmsparse.serve.generations`).
 
 * :func:`add_vectors` adds already encoded image vectors (``add_images``, in
   :mod:`mmsparse.index.folder`, encodes a folder of photos first). An id already in the
@@ -123,8 +123,13 @@ class LiveReport:
         return asdict(self)
 
 
-class _State:
-    """The current generation of a locked index, with every segment's ids and deletions."""
+class LiveState:
+    """The current generation of a locked index, with every segment's ids and deletions.
+
+    Read under the index's lock (:class:`~mmsparse.index.generations.IndexLock`) by the
+    operations that publish a new generation (here, and ``add_images`` of
+    :mod:`mmsparse.index.folder`).
+    """
 
     def __init__(self, index_dir: Path) -> None:
         self.index_dir = index_dir
@@ -192,7 +197,7 @@ def _manifest_fields(collection: IndexManifest) -> dict[str, Any]:
 
 
 def _build_segment(
-    state: _State,
+    state: LiveState,
     sparse: sp.csr_matrix,
     dense: np.ndarray | None,
     image_ids: list[str],
@@ -235,7 +240,7 @@ def _build_segment(
 
 
 def _next_generation(
-    state: _State,
+    state: LiveState,
     refs: list[SegmentRef],
     deleted: list[np.ndarray],
     *,
@@ -275,7 +280,7 @@ def _next_generation(
     )
 
 
-def _publish(state: _State, gen: Generation, report: LiveReport) -> _State:
+def _publish(state: LiveState, gen: Generation, report: LiveReport) -> LiveState:
     """Publish ``gen`` (converting an index as built on its first change) and re-read."""
     index_dir = state.index_dir
     first = not is_live(index_dir)
@@ -293,7 +298,7 @@ def _publish(state: _State, gen: Generation, report: LiveReport) -> _State:
     report.published.append(gen.generation)
     if first:
         _adopt_calibration(index_dir, state.collection, classic_identity, report)
-    return _State(index_dir)
+    return LiveState(index_dir)
 
 
 def _adopt_calibration(
@@ -357,14 +362,14 @@ def merge_candidates(sizes: list[int], merge_factor: int = MERGE_FACTOR) -> list
 
 
 def _merge(
-    state: _State,
+    state: LiveState,
     which: list[int],
     report: LiveReport,
     *,
     operation: str,
     progress: bool,
     before_publish: Callable[[Generation], None] | None = None,
-) -> _State:
+) -> LiveState:
     """Merge adjacent segments ``which`` into one (deleted rows dropped) and publish.
 
     ``before_publish`` is called with the new generation, written but not yet published.
@@ -421,7 +426,9 @@ def _merge(
     return _publish(state, gen, report)
 
 
-def _auto_merge(state: _State, report: LiveReport, merge_factor: int, progress: bool) -> _State:
+def _auto_merge(
+    state: LiveState, report: LiveReport, merge_factor: int, progress: bool
+) -> LiveState:
     while True:
         which = merge_candidates([r.n_live for r in state.gen.segments], merge_factor)
         if which is None:
@@ -429,7 +436,7 @@ def _auto_merge(state: _State, report: LiveReport, merge_factor: int, progress: 
         state = _merge(state, which, report, operation="merge", progress=progress)
 
 
-def _finish(state: _State, report: LiveReport, gc_grace_s: float) -> LiveReport:
+def _finish(state: LiveState, report: LiveReport, gc_grace_s: float) -> LiveReport:
     report.garbage = collect_garbage(state.index_dir, grace_s=gc_grace_s)
     gen = state.gen
     report.generation = gen.generation
@@ -559,7 +566,7 @@ def add_vectors_locked(
     if existing not in EXISTING:
         raise MMSparseError(f"existing must be one of {', '.join(EXISTING)}, got {existing!r}")
     t0 = time.perf_counter()
-    state = _State(index_dir)
+    state = LiveState(index_dir)
     cls = engine_of(state.collection, "add")
     sparse, dense, image_ids, filenames = check_vectors(
         state.collection, sparse, dense, image_ids, filenames, stores_dense(cls, state.collection)
@@ -643,7 +650,7 @@ def remove_images(
     engine_of(IndexManifest.load(index_dir), "remove")
     with IndexLock(index_dir, "index remove"):
         t0 = time.perf_counter()
-        state = _State(index_dir)
+        state = LiveState(index_dir)
         ids = list(dict.fromkeys(str(i) for i in image_ids))
         live = state.live_rows()
         unknown = [i for i in ids if i not in live]
@@ -693,7 +700,7 @@ def image_files(index_dir: str | Path) -> dict[Path, str]:
         MMSparseError: If the index has no photo folder to find files in.
     """
     index_dir = Path(index_dir)
-    state = _State(index_dir)
+    state = LiveState(index_dir)
     c = state.collection
     own = getattr(c, "images_dir", "") or ""
     if not own and c.data_dir and (Path(c.data_dir) / "images").is_dir():
@@ -775,7 +782,7 @@ def optimize_index(
     engine_of(IndexManifest.load(index_dir), "optimize")
     with IndexLock(index_dir, "index optimize"):
         t0 = time.perf_counter()
-        state = _State(index_dir)
+        state = LiveState(index_dir)
         report = LiveReport(
             index=str(index_dir), operation="optimize", generation=state.gen.generation
         )

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mmsparse.errors import CheckpointError, IndexFormatError
-from mmsparse.io_utils import atomic_write_json, read_json
+from mmsparse.io_utils import atomic_write_json, file_sha256, read_json
 
 INDEX_FORMAT = "mmsparse-index"
 INDEX_VERSION = 1
@@ -175,15 +175,6 @@ class IndexManifest:
         except (KeyError, TypeError) as exc:
             raise IndexFormatError(f"{path}: incomplete index manifest ({exc})") from exc
         return manifest
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def run_fingerprint(run_dir: str | Path) -> str:

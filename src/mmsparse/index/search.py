@@ -406,13 +406,20 @@ class Searcher:
     def assess(self, text: str, result: SearchResult) -> Verdict:
         """The verdict on a text query's result (see :mod:`mmsparse.index.confidence`)."""
         top = result.hits[0].score if result.hits else None
-        if self.calibration is None and self._known is None and self.vocab is not None:
+        known = None if self.calibration is not None or self.vocab is None else self.known_ids()
+        return assess(text, top, result.mode, self.vocab, self.calibration, known)
+
+    def known_ids(self) -> set[int]:
+        """Ids of the run's known words: the calibration's, else the head's whole words."""
+        if self.calibration is not None:
+            return self.calibration.known_set
+        if self._known is None and self.vocab is not None:
             from mmsparse.index.verdict import vocabulary_word_ids
 
             term_ids = getattr(self.run.model, "term_ids", None)  # the head's terms only
             ids = None if term_ids is None else term_ids.cpu().numpy()
             self._known = set(vocabulary_word_ids(self.vocab, ids).tolist())
-        return assess(text, top, result.mode, self.vocab, self.calibration, self._known)
+        return self._known or set()
 
     def search_vectors(
         self,

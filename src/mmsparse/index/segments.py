@@ -31,6 +31,7 @@ import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,49 @@ def file_stamp(path: Path) -> tuple[int, int, int] | None:
     return (int(st.st_ino), int(st.st_size), int(st.st_mtime_ns))
 
 
+class Holders:
+    """The holders of something that is closed once retired and let go by the last one.
+
+    Thread-safe (a segment shared by the views of several generations, a generation held
+    by the requests in flight).
+
+    Args:
+        close: Called once, when it is retired and nobody holds it.
+        retired: Retired from the start: closed as soon as its holders drop to none.
+    """
+
+    def __init__(self, close: Callable[[], Any], *, retired: bool = False) -> None:
+        self._close = close
+        self._retired = retired
+        self._count = 0
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """One holder more."""
+        with self._lock:
+            self._count += 1
+
+    def release(self) -> None:
+        """One holder less; a retired thing is closed with the last one."""
+        with self._lock:
+            self._count -= 1
+        self._close_if_done()
+
+    def retire(self) -> None:
+        """No new holder; closed now if none holds it, else with the last one."""
+        with self._lock:
+            self._retired = True
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        with self._lock:
+            done = self._retired and self._count <= 0 and not self._closed
+            self._closed = self._closed or done
+        if done:
+            self._close()
+
+
 class OpenSegment:
     """One segment of an index, opened: its engine, manifest, ids and file names.
 
@@ -93,8 +137,7 @@ class OpenSegment:
             self.directory, self.manifest, verify=verify, in_memory=in_memory
         )
         self.stamps = {p: file_stamp(p) for p in self.files()}
-        self._users = 0
-        self._lock = threading.Lock()
+        self._holders = Holders(self.engine.close, retired=True)
 
     def files(self) -> list[Path]:
         """Its manifest, document list and engine files (those that exist)."""
@@ -107,16 +150,11 @@ class OpenSegment:
 
     def acquire(self) -> None:
         """One view more."""
-        with self._lock:
-            self._users += 1
+        self._holders.acquire()
 
     def release(self) -> None:
         """One view less; the engine is closed with the last one."""
-        with self._lock:
-            self._users -= 1
-            last = self._users <= 0
-        if last:
-            self.engine.close()
+        self._holders.release()
 
 
 class SegmentedEngine:
@@ -216,30 +254,9 @@ class SegmentedEngine:
         query.live = live
         return query
 
-    def search_batch(
-        self,
-        sparse: sp.spmatrix | np.ndarray,
-        k: int,
-        *,
-        dense: np.ndarray | None = None,
-        mode: str = "sparse",
-        threads: int | None = None,
-        live: np.ndarray | None = None,
-        weights: tuple[float, float] | None = None,
-        **params: Any,
-    ) -> SearchHits:
-        """Top-``k`` live images of every query (see :meth:`Engine.search_batch`)."""
-        query = self.check_query(
-            sparse,
-            k,
-            dense=dense,
-            mode=mode,
-            threads=threads,
-            live=live,
-            params=params,
-            weights=weights,
-        )
-        return self.search(query)
+    #: Top-``k`` live images of every query: :meth:`Engine.search_batch`'s checks
+    #: (:meth:`check_query` here, over global rows), then :meth:`search`.
+    search_batch = Engine.search_batch
 
     def hybrid_weights(self, query: Query | None = None) -> tuple[float, float]:
         """``(w1, w2)`` of a hybrid search: the query's, else the index's."""

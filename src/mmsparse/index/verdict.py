@@ -365,10 +365,6 @@ def _round(x: float) -> float:
     return float(f"{float(x):.7g}")
 
 
-def _quantiles(scores: np.ndarray) -> list[float]:
-    return [float(v) for v in np.percentile(np.asarray(scores, dtype=np.float64), LEVELS)]
-
-
 # -- the verdict -------------------------------------------------------------------------
 
 

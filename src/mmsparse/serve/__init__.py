@@ -7,6 +7,8 @@ query encoder off the event loop, bounded in-flight requests). See docs/serving.
 """
 
 from mmsparse.serve.app import create_app
-from mmsparse.serve.service import BadRequest, Overloaded, SearchService, ServeLimits
+from mmsparse.serve.limits import ServeLimits
+from mmsparse.serve.params import BadRequest, Overloaded
+from mmsparse.serve.service import SearchService
 
 __all__ = ["BadRequest", "Overloaded", "SearchService", "ServeLimits", "create_app"]

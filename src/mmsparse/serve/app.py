@@ -18,14 +18,9 @@ from typing import Any, Literal
 
 from mmsparse import __version__
 from mmsparse.errors import MMSparseError, require_extra
-from mmsparse.serve.service import (
-    BadRequest,
-    SearchService,
-    ServeLimits,
-    check_utf8_query_string,
-    http_error,
-    one_line,
-)
+from mmsparse.serve.limits import ServeLimits
+from mmsparse.serve.params import BadRequest, check_utf8_query_string, http_error, one_line
+from mmsparse.serve.service import SearchService
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +57,8 @@ def create_app(
         text_encoder: Replaces the run's text encoder (an object with ``encode(texts)``).
         image_encoder: Replaces the run's backbone image encoder for uploaded images (an
             object with ``encode_images(list[PIL.Image]) -> (N, d_img)``).
-        encoder: ``batch`` or ``threads`` (see :mod:`mmsparse.serve.service`).
-        limits: :class:`~mmsparse.serve.service.ServeLimits` (caps and queue bound).
+        encoder: ``batch`` or ``threads`` (see :mod:`mmsparse.serve.workers`).
+        limits: :class:`~mmsparse.serve.limits.ServeLimits` (caps and queue bound).
         service: An already opened service (then the index arguments are ignored).
         cors_origins: Origins other sites' pages may call the API from (``*``: any);
             none by default.
@@ -72,7 +67,7 @@ def create_app(
         warm_up: Run the warm-up searches when the application starts (``/readyz`` is
             503 until they have run).
         reload_interval: Seconds between two looks for a new generation of the index
-            (0: never; see :mod:`mmsparse.serve.service`).
+            (0: never; see :mod:`mmsparse.serve.generations`).
 
     Returns:
         A FastAPI application; ``app.state.service`` is its
@@ -537,6 +532,53 @@ class _StrictUtf8:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Check that a server can listen on ``host:port`` now (bind a socket and close it).
+
+    Every address ``host`` resolves to is tried as the server will bind it (with
+    ``SO_REUSEADDR``, so a port left in ``TIME_WAIT`` by a stopped server is free).
+
+    Raises:
+        MMSparseError: One line naming the address and the option that fixes it: the port
+            is in use, needs privileges, or the host is unknown or not of this machine.
+    """
+    import errno
+    import socket
+
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        raise MMSparseError(f"--host {host}: unknown host ({exc}); give another --host") from None
+    bound = 0
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                bound += 1
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                continue  # as asyncio does: an address family this machine lacks (::1)
+            if exc.errno == errno.EADDRINUSE:
+                raise MMSparseError(
+                    f"port {port} on {host} is already in use (another server?); choose "
+                    "another --port"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise MMSparseError(
+                    f"no permission to listen on {where} (ports below 1024 need root); "
+                    "choose another --port"
+                ) from None
+            raise MMSparseError(f"cannot listen on {where}: {exc.strerror}") from None
+    if not bound:
+        raise MMSparseError(f"--host {host} is not an address of this machine; give another --host")
 
 
 def enable_faulthandler() -> None:

@@ -21,6 +21,7 @@ a word piece (``##...``), and a known word of the run's training captions (``kno
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,25 +32,11 @@ from mmsparse.index.search import Searcher, SearchResult
 MISSING_LISTED = 12  # query terms an image lacks, listed per hit (all are counted)
 
 
-def _finite(x: float | None) -> float | None:
+def finite(x: float | None) -> float | None:
+    """``x`` as a float, ``0.0`` for NaN or infinity (strict JSON); ``None`` stays."""
     if x is None:
         return None
     return float(x) if math.isfinite(x) else 0.0
-
-
-def known_ids(searcher: Searcher) -> set[int]:
-    """Ids of the run's known words (the calibration's, else the head's whole words)."""
-    if searcher.calibration is not None:
-        return searcher.calibration.known_set
-    known = getattr(searcher, "_known", None)
-    if known is None and searcher.vocab is not None:
-        from mmsparse.index.verdict import vocabulary_word_ids
-
-        term_ids = getattr(searcher.run.model, "term_ids", None)
-        ids = None if term_ids is None else term_ids.cpu().numpy()
-        known = set(vocabulary_word_ids(searcher.vocab, ids).tolist())
-        searcher._known = known
-    return known or set()
 
 
 def assess(searcher: Searcher, text: str, result: SearchResult, words_only: bool = False) -> Any:
@@ -63,7 +50,7 @@ def assess(searcher: Searcher, text: str, result: SearchResult, words_only: bool
     from mmsparse.index.verdict import assess as assess_words
 
     top = result.hits[0].score if result.hits else None
-    return assess_words(text, top, result.mode, searcher.vocab, None, known_ids(searcher))
+    return assess_words(text, top, result.mode, searcher.vocab, None, searcher.known_ids())
 
 
 def breakdown(
@@ -92,7 +79,7 @@ def query_terms_json(
     typed: set[int] = set()
     if text and vocab is not None and getattr(vocab, "named", False):
         typed = set(vocab.encode(text))
-    known = known_ids(searcher) if vocab is not None else set()
+    known = searcher.known_ids() if vocab is not None else set()
     order = np.lexsort((orig.indices, -orig.data))
     out = []
     for j in order.tolist():
@@ -101,8 +88,8 @@ def query_terms_json(
         out.append(
             {
                 "term": name,
-                "weight": _finite(float(now.get(t, 0.0))),
-                "original_weight": _finite(float(orig.data[j])),
+                "weight": finite(float(now.get(t, 0.0))),
+                "original_weight": finite(float(orig.data[j])),
                 "in_query": t in typed,
                 "word_piece": name.startswith("##"),
                 "known": t in known,
@@ -112,15 +99,19 @@ def query_terms_json(
 
 
 def result_json(
-    svc: Any,
+    searcher: Searcher,
     result: SearchResult,
     explain: bool,
     *,
     searched: sp.csr_matrix,
     original: sp.csr_matrix,
     text: str | None,
+    image_url: Callable[[str], str | None],
 ) -> dict[str, Any]:
-    """The JSON-ready answer of one search (hits already cut to the page asked for)."""
+    """The JSON-ready answer of one search (hits already cut to the page asked for).
+
+    ``image_url(filename)`` is a hit's image URL (``None``: none to show).
+    """
     mode = result.mode
     hits = []
     for hit in result.hits:
@@ -128,16 +119,16 @@ def result_json(
             "rank": hit.rank,
             "image_id": hit.image_id,
             "filename": hit.filename,
-            "url": svc._image_url(hit.filename),
-            "score": _finite(hit.score),
+            "url": image_url(hit.filename),
+            "score": finite(hit.score),
         }
         if explain:
             terms = [
                 {
                     "term": t,
-                    "query_weight": _finite(qw),
-                    "image_weight": _finite(dw),
-                    "contribution": _finite(c),
+                    "query_weight": finite(qw),
+                    "image_weight": finite(dw),
+                    "contribution": finite(c),
                 }
                 for t, qw, dw, c in hit.terms or []
             ]
@@ -146,17 +137,17 @@ def result_json(
             )
             item["terms"] = terms
             item["shared_terms"] = hit.shared_terms
-            item["sparse_score"] = _finite(float(sum(t["contribution"] for t in terms)))
-            item["dense_score"] = _finite(hit.dense_score)
-            item["parts"] = {key: _finite(v) for key, v in parts.items()}
-            item["explained"] = _finite(explained)
+            item["sparse_score"] = finite(float(sum(t["contribution"] for t in terms)))
+            item["dense_score"] = finite(hit.dense_score)
+            item["parts"] = {key: finite(v) for key, v in parts.items()}
+            item["explained"] = finite(explained)
             item["missing_terms"] = [
-                {"term": t, "query_weight": _finite(w)}
+                {"term": t, "query_weight": finite(w)}
                 for t, w in (hit.missing_terms or [])[:MISSING_LISTED]
             ]
             item["n_missing"] = hit.n_missing
         hits.append(item)
-    m = svc.manifest
+    m = searcher.manifest
     weights = result.weights
     formula = {
         "sparse": "sparse score S_s = q · d (the sum of the shared terms' contributions)",
@@ -169,13 +160,99 @@ def result_json(
         "engine": result.engine,
         "score": {
             "formula": formula,
-            "w1": None if weights is None else _finite(weights[0]),
-            "w2": None if weights is None else _finite(weights[1]),
-            "default_w1": _finite(m.w1),
-            "default_w2": _finite(m.w2),
+            "w1": None if weights is None else finite(weights[0]),
+            "w2": None if weights is None else finite(weights[1]),
+            "default_w1": finite(m.w1),
+            "default_w2": finite(m.w2),
         },
-        "query_terms": query_terms_json(svc.searcher, searched, original, text),
+        "query_terms": query_terms_json(searcher, searched, original, text),
         "n_query_terms": int(sp.csr_matrix(original).nnz),
         "hits": hits,
         "notes": list(result.notes),
+    }
+
+
+def edit_notes(edits: list[Any], mode: str, live: np.ndarray | None, served: Any) -> list[str]:
+    """The notes of an edited query: how many images its filter admits, and dense mode.
+
+    Args:
+        edits: The query's :class:`~mmsparse.serve.queries.TermEdit` list.
+        mode: The search mode.
+        live: The filter mask the search ran with.
+        served: The :class:`~mmsparse.serve.served.Served` generation searched.
+    """
+    notes = []
+    if any(e.require or e.exclude for e in edits):
+        notes.append(
+            f"filtered: {served.count_live(live)} of {served.manifest.n_images} images hold "
+            "every required term and no excluded one"
+        )
+    if mode == "dense" and any(e.factor is not None for e in edits):
+        notes.append(
+            "the dense score is not made of words: term weights do not change it (the "
+            "required and excluded terms still filter)"
+        )
+    return notes
+
+
+def add_verdict(out: dict[str, Any], verdict: Any, *, edited: bool, force: bool) -> None:
+    """Put a text query's verdict in the answer ``out`` (``None``: not a text query).
+
+    A ``no_match`` verdict empties the hits unless ``force``; a flagged verdict, and an
+    edited query's verdict, get a note.
+    """
+    if verdict is not None and edited and verdict.verdict != "no_match":
+        out["notes"].append(
+            "edited query: the confidence verdict judges its words only (its scores "
+            "are not comparable with the calibration's real queries)"
+        )
+    out["confidence"] = None if verdict is None else verdict.to_dict()
+    if verdict is not None and verdict.flagged:
+        hide = verdict.verdict == "no_match" and not force and out["hits"]
+        out["notes"].append(
+            verdict.note() + ("; no image shown (force=1 shows the closest)" if hide else "")
+        )
+        if hide:
+            out["hits"] = []
+            out["more"] = False
+
+
+def like_note(image_id: str, mode: str, include_self: bool) -> str:
+    """The note of a search by an indexed image (what of it is the query)."""
+    what = {
+        "sparse": "its indexed sparse vector",
+        "dense": "its indexed dense vector",
+        "hybrid": "its indexed dense and sparse vectors",
+    }[mode]
+    return f"more like image {image_id}: {what} is the query" + (
+        "" if include_self else " (the image itself is left out; include_self=1 keeps it)"
+    )
+
+
+def image_terms_json(
+    served: Any, row: int, terms: np.ndarray, weights: np.ndarray, k: int, url: str | None
+) -> dict[str, Any]:
+    """``/api/images/{id}/terms``: an image's ``k`` heaviest indexed terms.
+
+    Args:
+        served: The :class:`~mmsparse.serve.served.Served` generation of the image.
+        row: The image's row.
+        terms: Its term ids, as stored.
+        weights: Their weights.
+        k: Terms listed.
+        url: The image's URL.
+    """
+    order = np.lexsort((terms, -weights))
+    searcher = served.searcher
+    vocab = searcher.vocab
+    return {
+        "image_id": searcher.image_ids[row],
+        "filename": searcher.filenames[row],
+        "url": url,
+        "n_terms": int(terms.size),
+        "generation": served.number,
+        "terms": [
+            {"term": vocab.term(int(terms[j])), "weight": finite(float(weights[j]))}
+            for j in order[:k]
+        ],
     }
