@@ -45,6 +45,8 @@ def test_exact_topk_and_recall():
 def test_bench_command_small(tiny_run, tmp_path, capsys):
     engines = [
         "inverted",
+        "inverted-uint8",
+        "inverted-uint16",
         "inverted-blockmax",
         "bmp",
         "faiss-flat",
@@ -72,6 +74,10 @@ def test_bench_command_small(tiny_run, tmp_path, capsys):
     for key in ("build_seconds", "bytes_per_image", "p50_ms", "p99_ms", "batch_qps"):
         assert inv[key] > 0
     assert inv["postings_per_query"] > 0
+    for mode, floor in (("uint8", 0.8), ("uint16", 0.97)):  # exact on the quantised vectors
+        quant = report["engines"][f"inverted-{mode}"]
+        assert floor <= quant["recall@10_vs_exact_sparse"] <= 1.0 and quant["p50_ms"] > 0
+        assert quant["postings_per_query"] == inv["postings_per_query"]
     if importlib.util.find_spec("numba") is not None:
         own = report["engines"]["inverted-blockmax"]
         assert own["recall@10_vs_exact_sparse"] == 1.0 and own["identical_to_inverted"]

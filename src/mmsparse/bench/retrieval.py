@@ -30,8 +30,12 @@ The measurements (per engine)
     top-10 (faiss ``IndexFlatIP``); for the exact sparse engines the postings (or forward
     index entries) read per query.
 
-    Exact engines: ``inverted`` (score accumulation over every posting of every query term),
-    ``inverted-blockmax`` (our block-max pruning, :mod:`mmsparse.index.blockmax`) and
+    Exact engines: ``inverted`` (score accumulation over every posting of every query term;
+    its build time includes the dense columns of the longest lists, built in memory, see
+    :mod:`mmsparse.index.kernels`), ``inverted-uint8`` and ``inverted-uint16`` (the same
+    engine on 8- or 16-bit integer impacts: exact on the quantised vectors, recall against
+    the float ranking), ``inverted-blockmax`` (our block-max pruning,
+    :mod:`mmsparse.index.blockmax`) and
     ``bmp`` (Block-Max Pruning at 8-bit impacts, :mod:`mmsparse.index.engines.bmp`). The
     last two search one query at a time and stop after ``serial_budget`` seconds (at least
     20 queries): their recall and throughput are over the queries they answered.
@@ -70,6 +74,8 @@ log = logging.getLogger(__name__)
 
 BENCH_ENGINES = (
     "inverted",
+    "inverted-uint8",
+    "inverted-uint16",
     "inverted-blockmax",
     "bmp",
     "seismic",
@@ -78,7 +84,9 @@ BENCH_ENGINES = (
     "faiss-flat",
     "faiss-hnsw",
 )
-DEFAULT_ENGINES = tuple(e for e in BENCH_ENGINES if e != "milvus")
+DEFAULT_ENGINES = tuple(
+    e for e in BENCH_ENGINES if e not in ("milvus", "inverted-uint8", "inverted-uint16")
+)
 DEFAULT_SEISMIC_BUILD: dict[str, Any] = {
     "n_postings": 4000,
     "centroid_fraction": 0.1,
@@ -92,8 +100,10 @@ DEFAULT_SEISMIC_SEARCH: tuple[tuple[int, float], ...] = (
     (30, 1.0),
     (50, 1.0),
 )
-DEFAULT_HNSW: dict[str, int] = {"M": 32, "efConstruction": 80}
-DEFAULT_HNSW_EF: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024)
+# efConstruction 80 capped recall@10 at 0.91 on the synthetic million (200: 0.974 at efSearch
+# 1024, 0.994 at 4096; docs/benchmarks.md, "The exact engine")
+DEFAULT_HNSW: dict[str, int] = {"M": 32, "efConstruction": 200}
+DEFAULT_HNSW_EF: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
 DEFAULT_KANNOLO: dict[str, int] = {"m": 32, "ef_construction": 100}
 DEFAULT_KANNOLO_EF: tuple[int, ...] = (10, 20, 40, 80, 160, 320, 640)
 RECALL_TARGETS = (0.95, 0.99)
@@ -174,17 +184,25 @@ def exact_sparse_topk(
     csc.sort_indices()
     q = sp.csr_matrix(queries, dtype=np.float32)
     q.sort_indices()
+    backend = kernels.resolve_backend("auto")
+    indptr = csc.indptr.astype(np.int64)
+    doc_ids = csc.indices.astype(np.int32)
+    weights = csc.data.astype(np.float32)
+    dense = None
+    if backend == "numba":
+        dense = kernels.dense_columns(indptr, doc_ids, weights, docs.shape[0])
     rows, _ = kernels.search_csr(
-        kernels.resolve_backend("auto"),
-        csc.indptr.astype(np.int64),
-        csc.indices.astype(np.int32),
-        csc.data.astype(np.float32),
+        backend,
+        indptr,
+        doc_ids,
+        weights,
         docs.shape[0],
         q.indptr.astype(np.int64),
         q.indices.astype(np.int64),
         q.data.astype(np.float32),
         k,
         threads,
+        dense=dense,
     )
     return rows
 
@@ -497,6 +515,12 @@ def bench_retrieval(
             report, work_dir, sparse, q_sparse, budgets, "inverted" in engines, progress
         )
         save()
+        for mode in ("uint8", "uint16"):
+            if f"inverted-{mode}" in engines:
+                _bench_inverted_quantized(
+                    report, work_dir, sparse, q_sparse, truth_sparse, budgets, mode, progress
+                )
+                save()
         if "faiss-flat" in engines or "faiss-hnsw" in engines:
             _bench_faiss(
                 report,
@@ -620,8 +644,8 @@ def _bench_inverted(
     t0 = time.perf_counter()
     path = work / "inverted" / "postings.mmsi"
     write_postings(path, sparse)
+    index = InvertedIndex(path, verify=True).prepare()  # dense columns of the longest lists
     build = time.perf_counter() - t0
-    index = InvertedIndex(path, verify=True)
     index.search_batch(q_sparse[:2], K)  # warm-up: numba load and thread pool start
     index.search_batch(q_sparse[:1], K, threads=1)
     _log(progress, "inverted: exact top-%d of %d queries", K, q_sparse.shape[0])
@@ -652,6 +676,7 @@ def _bench_inverted(
             "n_images": n,
             "build_seconds": _sig(build),
             "bytes_per_image": round(index.nbytes / n, 1),
+            "dense_columns_bytes_per_image": round(index.dense_bytes / n, 1),
             **lat,
             "batch_qps": round(q_sparse.shape[0] / batch_s, 1),
             "batch_threads": os.cpu_count(),
@@ -661,6 +686,52 @@ def _bench_inverted(
             "backend": index.backend,
         }
     return truth
+
+
+def _bench_inverted_quantized(
+    report: dict[str, Any],
+    work: Path,
+    sparse: sp.csr_matrix,
+    q_sparse: sp.csr_matrix,
+    truth: np.ndarray,
+    budgets: dict[str, Any],
+    mode: str,
+    progress: bool,
+) -> None:
+    """``inverted`` on integer impacts (``uint8``/``uint16``): exact on the quantised vectors."""
+    from mmsparse.index.inverted import InvertedIndex, write_postings
+
+    name = f"inverted-{mode}"
+    n = sparse.shape[0]
+    _log(progress, "%s: building %d images", name, n)
+    t0 = time.perf_counter()
+    path = work / name / "postings.mmsi"
+    write_postings(path, sparse, quantize_mode=mode)
+    index = InvertedIndex(path, verify=True).prepare()
+    build = time.perf_counter() - t0
+    index.search_batch(q_sparse[:2], K)
+    index.search_batch(q_sparse[:1], K, threads=1)
+    t0 = time.perf_counter()
+    hits = index.search_batch(q_sparse, K)
+    batch_s = time.perf_counter() - t0
+    rows_q = [q_sparse[i] for i in range(budgets["n_lat"])]
+    lat = _latency(
+        lambda i: index.search_batch(rows_q[i], K, threads=1), budgets["n_lat"], budgets["lat_s"]
+    )
+    report["engines"][name] = {
+        "kind": f"sparse, exact at {mode} impacts (float queries)",
+        "n_images": n,
+        "build_seconds": _sig(build),
+        "bytes_per_image": round(index.nbytes / n, 1),
+        "dense_columns_bytes_per_image": round(index.dense_bytes / n, 1),
+        **lat,
+        "batch_qps": round(q_sparse.shape[0] / batch_s, 1),
+        "batch_threads": os.cpu_count(),
+        "recall@10_vs_exact_sparse": round(recall_at_k(hits.rows, truth), 4),
+        "postings_per_query": round(float(postings_per_query(sparse, q_sparse).mean())),
+        "backend": index.backend,
+    }
+    path.unlink()
 
 
 def _bench_blockmax(

@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit
 
-from mmsparse.index._numba_kernels import push, sift_down
+from mmsparse.index._numba_kernels import pop_all, push
 
 
 @njit(cache=True)
@@ -44,6 +44,7 @@ def blockmax_query(
     order = np.argsort(-ub[cand])
     # 2. Score whole blocks, best bound first, until the k-th score beats the next bound.
     n = 0
+    thr = np.float32(0.0)  # the heap's worst once full (push is costly: _numba_kernels doc)
     scored = 0
     for i in range(n_cand):
         b = cand[order[i]]
@@ -60,18 +61,14 @@ def blockmax_query(
                 if q != 0.0:
                     s += q * f_weights[p]
             read += f_indptr[d + 1] - f_indptr[d]
-            if s > 0.0:
+            # blocks are not visited in row order: an equal score may still enter (lower row)
+            if s > 0.0 and s >= thr:
                 n = push(hs, hd, n, k, s, d)
+                if n == k:
+                    thr = hs[0]
     for i in range(n_cand):
         ub[cand[i]] = 0.0
     for j in range(qt.size):
         qdense[qt[j]] = 0.0
-    m = n
-    while m > 0:
-        out_s[m - 1] = hs[0]
-        out_r[m - 1] = hd[0]
-        m -= 1
-        hs[0] = hs[m]
-        hd[0] = hd[m]
-        sift_down(hs, hd, m, 0)
+    pop_all(hs, hd, n, out_r, out_s)
     return n, read, scored

@@ -49,7 +49,7 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--engines",
         default="inverted,inverted-blockmax,bmp,seismic,kannolo,faiss-flat,faiss-hnsw",
-        help="comma-separated subset to run (also: milvus)",
+        help="comma-separated subset to run (also: milvus, inverted-uint8, inverted-uint16)",
     )
     for flag, what in (
         ("--seismic", "seismic build parameter, e.g. --seismic n_postings=6000"),
@@ -64,7 +64,9 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
         default="3:0.7,5:0.8,10:0.9,20:0.9,30:1.0,50:1.0",
         help="seismic query_cut:heap_factor sweep, in increasing recall order",
     )
-    g.add_argument("--hnsw-ef", default="16,32,64,128,256,512,1024", help="faiss efSearch sweep")
+    g.add_argument(
+        "--hnsw-ef", default="16,32,64,128,256,512,1024,2048", help="faiss efSearch sweep"
+    )
     g.add_argument("--kannolo-ef", default="10,20,40,80,160,320,640", help="ef_search sweep")
     g.add_argument(
         "--kannolo-images", type=int, default=100_000, help="kannolo graph on at most this many"
