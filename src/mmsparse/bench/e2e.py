@@ -21,8 +21,6 @@ everything else it runs: take them on a quiet machine (the report records the lo
 
 from __future__ import annotations
 
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -32,6 +30,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from mmsparse.bench.machine import load_average, machine_record
 from mmsparse.errors import MissingExtraError, MMSparseError
 from mmsparse.io_utils import atomic_write_json
 
@@ -92,7 +91,7 @@ def bench_end_to_end(
     if not sizes or min(sizes) < 1 or n_queries < 1:
         raise MMSparseError("--sizes must be positive integers and --n-queries at least 1")
     torch.set_num_threads(1)
-    load_start = os.getloadavg()
+    load_start = load_average()
     run = load_run(run_dir)
     store = load_run_data(run, data)
     model, ev = run.model, run.config.serving
@@ -158,12 +157,7 @@ def bench_end_to_end(
         "seed": seed,
         "text_topk": ev.text_topk,
         "image_topk": ev.image_topk,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "load_average_start": [round(x, 2) for x in load_start],
-        },
+        "machine": machine_record(load_start),
         "sizes": {},
     }
     if dense_skip:
@@ -222,7 +216,7 @@ def bench_end_to_end(
             report["sizes"][str(int(n))] = entry
             if out:
                 atomic_write_json(out, report)
-    report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["machine"] = machine_record(load_start)
     if out:
         atomic_write_json(out, report)
     return report
