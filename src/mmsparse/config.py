@@ -94,6 +94,15 @@ class ModelConfig:
             through one input map per modality (``U_img``, ``U_txt``; the LayerNorm and
             ``V`` stay shared), so the sparse vectors are not limited to what the dense
             vector keeps, and the sparse losses never move the dense heads.
+        query_encoder: How a text query becomes a sparse vector: ``head`` (the paper: the
+            text encoder's features through the dense and sparse heads) or ``lookup``, an
+            extension (inference-free queries, as OpenSearch's doc-only models and
+            V-SPLADE): a caption is its own word pieces, each with one learned weight per
+            term (:mod:`mmsparse.losses.inference_free`); serving then needs only the
+            tokenizer, never the text encoder, and has no dense query side (no dense or
+            hybrid search).
+        query_weights: Initial per-term weights of ``query_encoder=lookup``: ``idf`` (the
+            BM25 IDF of the training captions) or ``binary`` (1 for every term).
     """
 
     d_img: int | None = None
@@ -108,6 +117,8 @@ class ModelConfig:
     sparse_init: Literal["random", "token-lstsq", "dense-compose"] = "random"
     vocab_restrict: Literal["none", "train-captions", "train-captions-content"] = "none"
     sparse_input: Literal["dense", "features"] = "dense"
+    query_encoder: Literal["head", "lookup"] = "head"
+    query_weights: Literal["idf", "binary"] = "idf"
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,8 @@ class ObjectiveConfig:
             linearly to 0.
         reg: The sparsity regulariser: ``l1`` (the paper: batch mean of row sums) or
             ``flops`` (SPLADE's FLOPS regulariser ``sum_v (mean_b z_bv)^2``, which
-            penalises the terms many vectors share); same weights and warm-up.
+            penalises the terms many vectors share) or ``df-flops`` (FLOPS weighted by each
+            term's document frequency, ``df_alpha``, ``df_beta``); same weights and warm-up.
         train_text_topk: Train as you serve: keep only the k largest activations of every
             caption vector in the training forward pass (gradients flow through the kept
             ones); ``None``: off.
@@ -150,6 +162,21 @@ class ObjectiveConfig:
         contrastive_weight: ``beta`` in the joint objective's ``loss = (beta L + L') / 2``:
             the weight of the hard-label contrastive part ``L`` against the distillation
             part ``L'`` (an extension; 1 is the paper, 0 trains on distillation alone).
+        reg_text: The regulariser of caption (query) vectors when it differs from ``reg``:
+            ``l1``, ``flops`` or ``df-flops``; ``None``: ``reg``.
+        reg_image: The same for image (document) vectors (e.g. ``l1`` on queries with
+            ``flops`` on images; ``df-flops``: FLOPS weighted by each term's document
+            frequency, :mod:`mmsparse.losses.postings`).
+        df_alpha: DF-FLOPS: the document-frequency share at which a term's penalty is half
+            of FLOPS's (in ``(0, 1)``).
+        df_beta: DF-FLOPS: the steepness of the penalty around ``df_alpha`` (``> 0``).
+        gate_weight: Caption-gated image supervision (an extension after V-SPLADE): the
+            weight of ``gate(Z_img, G)``, the activation of an image outside the word
+            pieces of all of its training captions; ``0``: off.
+        topk_anneal_factor: The training cap (``train_text_topk``, ``train_image_topk``)
+            starts at this multiple of its value and falls linearly to it (after CSRv2);
+            ``1``: a fixed cap.
+        topk_anneal_frac: Share of the steps over which the annealed cap reaches its value.
     """
 
     method: Method = "joint"
@@ -164,7 +191,7 @@ class ObjectiveConfig:
     expansion_control: bool = False
     expansion_p0: float = 1.0
     expansion_decay_frac: float = 1.0
-    reg: Literal["l1", "flops"] = "l1"
+    reg: Literal["l1", "flops", "df-flops"] = "l1"
     train_text_topk: int | None = None
     train_image_topk: int | None = None
     sparse_scale: Literal["none", "learned"] = "none"
@@ -172,6 +199,13 @@ class ObjectiveConfig:
     sparse_stop_grad: bool = False
     lexical_weight: float = 0.0
     contrastive_weight: float = 1.0
+    reg_text: Literal["l1", "flops", "df-flops"] | None = None
+    reg_image: Literal["l1", "flops", "df-flops"] | None = None
+    df_alpha: float = 0.1
+    df_beta: float = 2.0
+    gate_weight: float = 0.0
+    topk_anneal_factor: float = 1.0
+    topk_anneal_frac: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -217,6 +251,9 @@ class TrainConfig:
         tau_lr_scale: Learning rate of the temperature ``tau`` as a multiple of ``lr``;
             ``0`` keeps it at the ``model.init_from`` fit (with ``dense_lr_scale`` 0 the
             teacher's dense part is then exactly the stage-0 model, as in D2S).
+        query_lr_scale: Learning rate of the per-term query weights of
+            ``model.query_encoder=lookup`` as a multiple of ``lr``; ``0`` keeps them at
+            their initial values (``model.query_weights``).
     """
 
     epochs: int = 200
@@ -241,6 +278,7 @@ class TrainConfig:
     sparse_lr_scale: float = 1.0
     dense_lr_scale: float = 1.0
     tau_lr_scale: float = 1.0
+    query_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -484,6 +522,28 @@ def validate_config(cfg: RunConfig, where: str = "<config>") -> None:
         (cfg.train.sparse_lr_scale > 0, "train.sparse_lr_scale must be > 0"),
         (cfg.train.dense_lr_scale >= 0, "train.dense_lr_scale must be non-negative"),
         (cfg.train.tau_lr_scale >= 0, "train.tau_lr_scale must be non-negative"),
+        (cfg.train.query_lr_scale >= 0, "train.query_lr_scale must be non-negative"),
+        (
+            0 < cfg.objective.df_alpha < 1,
+            "objective.df_alpha must lie in (0, 1) (the DF share of half penalty)",
+        ),
+        (cfg.objective.df_beta > 0, "objective.df_beta must be > 0"),
+        (cfg.objective.gate_weight >= 0, "objective.gate_weight must be non-negative"),
+        (
+            cfg.objective.topk_anneal_factor >= 1,
+            "objective.topk_anneal_factor must be at least 1 (1: a fixed cap)",
+        ),
+        (0 < cfg.objective.topk_anneal_frac <= 1, "objective.topk_anneal_frac must lie in (0, 1]"),
+        (
+            cfg.model.query_encoder == "head" or not cfg.objective.expansion_control,
+            "objective.expansion_control masks caption vectors to their own terms, which "
+            "model.query_encoder=lookup queries already are: switch one off",
+        ),
+        (
+            cfg.model.query_encoder == "head" or cfg.objective.method != "dense",
+            "model.query_encoder=lookup needs a sparse method (objective.method=dense "
+            "trains no sparse vectors)",
+        ),
         (
             cfg.model.sparse_init != "dense-compose" or cfg.model.sparse_input == "features",
             "model.sparse_init=dense-compose starts the feature maps from the dense heads: "

@@ -13,10 +13,12 @@ A run directory written by :func:`mmsparse.train.train` looks like::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mmsparse.config import EvalConfig, RunConfig, config_from_dict
@@ -118,6 +120,7 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
         tau_max=cfg.model.tau_max,
         sparse_scale=cfg.objective.sparse_scale == "learned",
         sparse_input=cfg.model.sparse_input,
+        query_encoder=cfg.model.query_encoder,
     )
     if model.log_sparse_scale is not None:
         with torch.no_grad():
@@ -141,6 +144,7 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
         model.restrict_vocabulary(
             restricted_term_ids(vocab, indptr, indices, train_rows, cfg.model.vocab_restrict)
         )
+    init_query = False  # whether init_from carried the query weights
     if cfg.model.init_from:
         src = checkpoint_dir(cfg.model.init_from)
         init = SparseDenseModel.from_pretrained(src)
@@ -159,6 +163,12 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
                 tensors[key] = value  # a start without the scale keeps sparse_scale_init
         if model.log_sparse_scale is None:
             tensors.pop("log_sparse_scale", None)  # a learned scale is not carried over
+        if model.query_weight is None:
+            tensors.pop("query_weight", None)
+        elif "query_weight" in tensors:
+            init_query = True
+        else:
+            tensors["query_weight"] = model.query_weight.detach().clone()
         if init.sparse_input != model.sparse_input:
             # Other input maps (e.g. a stage-0 fit's U for a head reading features): this
             # model's own freshly initialised maps are kept.
@@ -167,6 +177,8 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
                 del tensors[key]
             tensors.update({k: v for k, v in own.items() if k.startswith("sparse_head.U")})
         model.load_tensors(tensors, where=str(src / "model.safetensors"))
+    if model.query_weight is not None and not init_query:
+        init_query_weights(model, store, cfg)
     if cfg.model.sparse_init == "dense-compose":  # needs sparse_input=features (config check)
         compose_sparse_inputs(model, cfg.train.seed)
     if cfg.model.sparse_init == "token-lstsq":
@@ -174,6 +186,46 @@ def build_model(cfg: RunConfig, store: FeatureStore) -> SparseDenseModel:
     # Special tokens ([CLS], [SEP], [PAD], [unused80] ...) are never sparse terms.
     model.block_terms(store.vocabulary(model.vocab_size).special_ids)
     return model
+
+
+def caption_doc_freq(
+    store: FeatureStore, vocab: Vocabulary, rows: Sequence[int] | np.ndarray
+) -> np.ndarray:
+    """``(len(vocab),)`` number of the captions ``rows`` in which each term occurs."""
+    indptr, indices = store.caption_token_ids(vocab)
+    rows = np.asarray(rows, dtype=np.int64)
+    starts, ends = indptr[rows], indptr[rows + 1]
+    picked = np.concatenate([indices[a:b] for a, b in zip(starts, ends)] or [np.zeros(0, np.int64)])
+    return np.bincount(picked, minlength=len(vocab))
+
+
+@torch.no_grad()
+def init_query_weights(model: SparseDenseModel, store: FeatureStore, cfg: RunConfig) -> None:
+    """Start the lookup's per-term weights ``w`` as ``model.query_weights`` says.
+
+    ``idf``: the BM25 IDF of the training captions (:func:`mmsparse.losses.inference_free.idf`);
+    ``binary``: 1 for every term.
+
+    Raises:
+        ConfigError: For ``idf`` without a named vocabulary (captions cannot be counted).
+    """
+    assert model.query_weight is not None
+    if cfg.model.query_weights == "binary":
+        model.query_weight.fill_(1.0)
+        return
+    from mmsparse.losses.inference_free import idf
+
+    vocab = store.vocabulary(model.vocab_size)
+    if not vocab.named:
+        raise ConfigError(
+            "model.query_weights=idf needs a named vocabulary (a backbone bundle with "
+            "vocab.txt); use model.query_weights=binary"
+        )
+    rows = store.split(cfg.data.train_splits, allow_missing=True).caption_rows
+    weights = idf(caption_doc_freq(store, vocab, rows), len(rows))
+    if model.term_ids is not None:
+        weights = weights[model.term_ids.cpu().numpy()]
+    model.query_weight.copy_(torch.from_numpy(weights).to(model.query_weight))
 
 
 @torch.no_grad()

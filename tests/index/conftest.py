@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mmsparse.config import RunConfig, apply_overrides
 from mmsparse.data import SyntheticSpec, make_synthetic, write_release
@@ -25,8 +26,14 @@ SPEC = SyntheticSpec(
 )
 
 
-def make_run(root: Path, *, seed: int = 0, w1: float = 0.4, w2: float = 0.6) -> Path:
-    """A run directory (config + best checkpoint) over synthetic data, without training."""
+def make_run(
+    root: Path, *, seed: int = 0, w1: float = 0.4, w2: float = 0.6, lookup: bool = False
+) -> Path:
+    """A run directory (config + best checkpoint) over synthetic data, without training.
+
+    ``lookup``: a run with inference-free queries (``model.query_encoder=lookup``) whose
+    per-term weights are drawn from ``seed`` (some of them negative: those terms weigh 0).
+    """
     store = make_synthetic(SPEC)
     data = root / "data"
     write_release(store, data, "synth")
@@ -40,6 +47,7 @@ def make_run(root: Path, *, seed: int = 0, w1: float = 0.4, w2: float = 0.6) -> 
             "model.dense_dim=16",
             f"objective.w1={w1}",
             f"objective.w2={w2}",
+            f"model.query_encoder={'lookup' if lookup else 'head'}",
         ],
     )
     model = SparseDenseModel(
@@ -48,8 +56,13 @@ def make_run(root: Path, *, seed: int = 0, w1: float = 0.4, w2: float = 0.6) -> 
         dense_dim=16,
         d_word=SPEC.d_word,
         vocab_size=store.bundle.vocab_size,
+        query_encoder="lookup" if lookup else "head",
     )
     model.init_weights(seed, word_embeddings=store.bundle.word_embeddings)
+    if model.query_weight is not None:
+        rng = np.random.default_rng(seed)
+        with torch.no_grad():
+            model.query_weight.copy_(torch.from_numpy(rng.uniform(-0.5, 3.0, model.n_terms)))
     run = root / "run"
     model.save_pretrained(
         run / "best",

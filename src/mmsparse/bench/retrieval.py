@@ -52,6 +52,7 @@ The measurements (per engine)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -453,6 +454,13 @@ def bench_retrieval(
         threshold=ev.threshold,
         progress=progress,
     )
+    if run.model.inference_free:
+        # Inference-free queries: the captions' own terms looked up (the dense queries stay
+        # the dense head's, the faiss baseline).
+        from mmsparse.evaluate.retrieval import lookup_split_queries
+
+        q_cfg = dataclasses.replace(ev, text_topk=text_topk)
+        q_sparse = lookup_split_queries(run.model, store, q_rows, q_cfg).numpy()
     q_sparse = sp.csr_matrix(q_sparse, dtype=np.float32)
     q_sparse.sort_indices()
     sparse, dense = synthesize_corpus(img_sparse, img_dense, n_images, seed=seed, progress=progress)

@@ -165,7 +165,10 @@ def encode_split(
 
     ``image_feats`` / ``caption_feats`` may pass the store's features already resident on
     the device (the trainer does), to avoid copying them again every epoch. With
-    ``with_sparse=False`` only dense vectors are computed (dense-only evaluation).
+    ``with_sparse=False`` only dense vectors are computed (dense-only evaluation). A model
+    with inference-free queries (``model.query_encoder=lookup``) gets its caption sparse
+    vectors from the captions' own terms (:func:`lookup_split_queries`), not from the
+    caption features.
     """
     eval_cfg = eval_cfg or EvalConfig()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -199,6 +202,8 @@ def encode_split(
         device=device,
         with_sparse=with_sparse,
     )
+    if with_sparse and model.inference_free:
+        txt_sparse = lookup_split_queries(model, store, split.caption_rows, eval_cfg, device)
     return EncodedSplit(
         image_dense=img_dense,
         image_sparse=img_sparse,
@@ -208,6 +213,29 @@ def encode_split(
         image_ids=[store.image_ids[i] for i in split.image_rows],
         caption_ids=[store.caption_ids[i] for i in split.caption_rows],
     )
+
+
+@torch.no_grad()
+def lookup_split_queries(
+    model: SparseDenseModel,
+    store: FeatureStore,
+    caption_rows: np.ndarray,
+    eval_cfg: EvalConfig | None = None,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Inference-free sparse vectors ``(n, V)`` of captions of the store, from their terms.
+
+    The captions are tokenised with the store's vocabulary (the Karpathy ``tokens``, else
+    the raw text) and looked up in the model's per-term weights, then pruned as
+    ``eval_cfg`` says.
+    """
+    eval_cfg = eval_cfg or EvalConfig()
+    indptr, indices = store.caption_token_ids(store.vocabulary(model.vocab_size))
+    terms = [indices[indptr[r] : indptr[r + 1]] for r in np.asarray(caption_rows)]
+    q = model.encode_query_terms(terms)
+    if device is not None:
+        q = q.to(device)
+    return prune(q, eval_cfg.text_topk, eval_cfg.threshold)
 
 
 def _base_scores(

@@ -240,10 +240,11 @@ def calibrate(
         else:
             n1 = len(refs.texts["1"])
             if n1:
-                vectors["1"] = (dense[:n1], sparse[:n1])
+                vectors["1"] = (None if dense is None else dense[:n1], sparse[:n1])
             if len(texts) > n1:
-                vectors["2"] = (dense[n1:], sparse[n1:])
-            encoder = type(searcher.text_encoder).__name__
+                vectors["2"] = (None if dense is None else dense[n1:], sparse[n1:])
+            inference_free = getattr(searcher, "inference_free", False)
+            encoder = "lookup" if inference_free else type(searcher.text_encoder).__name__
     modes = list(searcher.modes)  # sparse, and dense and hybrid where the index holds dense
     quantiles: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
     counts: dict[str, dict[str, int]] = {m: {} for m in modes}
@@ -272,7 +273,10 @@ def calibrate(
     )
 
 
-def _encode_in_batches(searcher: Any, texts: list[str], progress: bool) -> tuple[np.ndarray, Any]:
+def _encode_in_batches(
+    searcher: Any, texts: list[str], progress: bool
+) -> tuple[np.ndarray | None, Any]:
+    """Query vectors of ``texts``, 256 at a time (dense ``None``: inference-free queries)."""
     import scipy.sparse as sp
 
     starts = range(0, len(texts), 256)
@@ -285,7 +289,8 @@ def _encode_in_batches(searcher: Any, texts: list[str], progress: bool) -> tuple
         d, q = searcher.encode_text(texts[s : s + 256])
         dense_parts.append(d)
         sparse_parts.append(q)
-    return np.concatenate(dense_parts), sp.vstack(sparse_parts, format="csr")
+    dense = None if any(d is None for d in dense_parts) else np.concatenate(dense_parts)
+    return dense, sp.vstack(sparse_parts, format="csr")
 
 
 def calibrate_index(

@@ -28,10 +28,26 @@ Float weights are written as they are (both engines keep 9 significant bits). Fe
 names are the vocabulary terms with ``%`` written ``%25`` and ``.`` written ``%2E``, because
 both engines read a dot in a feature name as an object path; queries must use the same
 escaping (:func:`feature_name`).
+
+A run with inference-free queries (``model.query_encoder=lookup``) exports its query side
+as OpenSearch's doc-only mode expects it (both ``opensearch`` and ``elasticsearch``)::
+
+    OUT/idf.json                    {term: weight}: the run's per-term query weights (the
+                                    lookup table of a doc-only tokenizer model), terms of
+                                    weight 0 left out
+    OUT/example_query.json          the first caption's lookup vector as a sparse search
+    OUT/example_neural_sparse_query.json   (opensearch) the same as a ``neural_sparse``
+                                    query with ``query_tokens``
+
+Its queries have no dense side, so no kNN example is written. To let OpenSearch tokenise
+raw text itself, register a ``SPARSE_TOKENIZE`` model from the run's tokenizer
+(``tokenizer.json`` of the text backbone) and this ``idf.json``, and query with
+``query_text`` and its ``model_id`` (docs/serving.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -194,10 +210,14 @@ def write_bulk(
     filenames: list[str],
     terms: list[str],
     queries: sp.csr_matrix,
-    query_dense: np.ndarray,
+    query_dense: np.ndarray | None,
     index_name: str,
 ) -> dict[str, Any]:
-    """Write ``mapping.json``, ``bulk.ndjson`` and ``example_query.json``."""
+    """Write ``mapping.json``, ``bulk.ndjson`` and ``example_query.json``.
+
+    ``query_dense`` ``None`` (inference-free queries): no kNN example; OpenSearch gets a
+    ``neural_sparse`` example with ``query_tokens`` instead.
+    """
     lines = []
     for i, image_id in enumerate(image_ids):
         lines.append(
@@ -215,10 +235,17 @@ def write_bulk(
     files = ["mapping.json", "bulk.ndjson"]
     if queries.shape[0]:
         q = _vector_dict(queries, 0, terms, integer=False, escape=True)
-        sparse_q, dense_q = example_queries(fmt, q, [round(float(x), 6) for x in query_dense[0]])
+        dense0 = [] if query_dense is None else [round(float(x), 6) for x in query_dense[0]]
+        sparse_q, dense_q = example_queries(fmt, q, dense0)
         atomic_write_json(out / "example_query.json", sparse_q)
-        atomic_write_json(out / "example_knn_query.json", dense_q)
-        files += ["example_query.json", "example_knn_query.json"]
+        files.append("example_query.json")
+        if query_dense is not None:
+            atomic_write_json(out / "example_knn_query.json", dense_q)
+            files.append("example_knn_query.json")
+        elif fmt == "opensearch":
+            neural = {"size": 10, "query": {"neural_sparse": {"sparse": {"query_tokens": q}}}}
+            atomic_write_json(out / "example_neural_sparse_query.json", neural)
+            files.append("example_neural_sparse_query.json")
     return {
         "files": files,
         "index_name": index_name,
@@ -229,6 +256,29 @@ def write_bulk(
             f"--data-binary @{out}/bulk.ndjson",
         ],
     }
+
+
+def write_idf(out: Path, model: Any, terms: list[str]) -> dict[str, Any]:
+    """Write ``idf.json``, the per-term query weights of an inference-free run.
+
+    The format of OpenSearch's doc-only models: one JSON object mapping each term, as the
+    tokenizer writes it, to its weight ``relu(w)``; terms of weight 0 are left out (a query
+    term missing from the table scores nothing there either).
+
+    Returns:
+        ``{"idf": {"file", "terms", "escaped_terms"}}``: ``escaped_terms`` counts the terms
+        with ``.`` or ``%``, whose document feature names are escaped
+        (:func:`feature_name`) and which OpenSearch's own tokenizer path therefore cannot
+        match (``query_tokens`` with escaped names can).
+    """
+    import torch
+
+    w = torch.relu(model.query_weight.detach().float()).cpu().numpy()
+    ids = model.term_ids.cpu().numpy() if model.term_ids is not None else np.arange(w.size)
+    table = {terms[int(i)]: round(float(x), 6) for i, x in zip(ids, w) if x > 0}
+    atomic_write_json(out / "idf.json", table)
+    escaped = sum(1 for t in table if feature_name(t) != t)
+    return {"idf": {"file": "idf.json", "terms": len(table), "escaped_terms": escaped}}
 
 
 def check_export_out(out: Path, overwrite: bool = False) -> None:
@@ -315,13 +365,23 @@ def export_run(
     dense, sparse = encode_vectors(
         run.model, store.image_feats[sp_.image_rows], "image", topk=topk, threshold=thr
     )
-    q_dense, q_sparse = encode_vectors(
-        run.model,
-        store.caption_feats[sp_.caption_rows],
-        "text",
-        topk=ev.text_topk if text_topk is None else text_topk,
-        threshold=thr,
-    )
+    q_topk = ev.text_topk if text_topk is None else text_topk
+    q_dense: np.ndarray | None
+    if run.model.inference_free:
+        from mmsparse.evaluate.retrieval import lookup_split_queries
+
+        q_dense = None
+        q_cfg = dataclasses.replace(ev, text_topk=q_topk, threshold=thr)
+        q = lookup_split_queries(run.model, store, sp_.caption_rows, q_cfg)
+        q_sparse = sp.csr_matrix(q.numpy())
+    else:
+        q_dense, q_sparse = encode_vectors(
+            run.model,
+            store.caption_feats[sp_.caption_rows],
+            "text",
+            topk=q_topk,
+            threshold=thr,
+        )
     image_ids = [store.image_ids[i] for i in sp_.image_rows]
     filenames = [store.image_filenames[i] for i in sp_.image_rows]
     query_ids = [store.caption_ids[i] for i in sp_.caption_rows]
@@ -335,6 +395,10 @@ def export_run(
         info = write_bulk(
             out, fmt, sparse, dense, image_ids, filenames, terms, q_sparse, q_dense, index_name
         )
+        if run.model.inference_free:
+            extra = write_idf(out, run.model, terms)
+            info["files"].append("idf.json")
+            info.update(extra)
     info = {
         "format": fmt,
         "run_dir": str(Path(run_dir).resolve()),
@@ -342,8 +406,9 @@ def export_run(
         "n_images": len(image_ids),
         "n_queries": len(query_ids),
         "image_topk": topk,
-        "text_topk": ev.text_topk if text_topk is None else text_topk,
+        "text_topk": q_topk,
         "threshold": thr,
+        "query_encoder": "lookup" if run.model.inference_free else "head",
         **info,
     }
     atomic_write_json(out / "export.json", info)

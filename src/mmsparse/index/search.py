@@ -19,7 +19,11 @@ Documented behaviour on unusual input:
 - ``k <= 0`` is an error; ``k`` larger than the index is lowered to the index size, with a note;
 - a query vector of another vocabulary size is refused (:class:`IndexFormatError`);
 - an index built with pruning options other than the run's evaluation options is served
-  as built (its options win) and a note names the difference.
+  as built (its options win) and a note names the difference;
+- a run with inference-free queries (``model.query_encoder=lookup``) encodes a text as
+  its own word pieces with the run's per-term weights: only its vocabulary is read, the
+  text encoder is never loaded, queries are not cut, and there is no dense query side
+  (``dense`` and ``hybrid`` modes are an error naming the option).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from mmsparse.errors import DataError, IndexFormatError, MMSparseError
+from mmsparse.errors import DataError, IndexFormatError, MMSparseError, QueryError
 from mmsparse.index.hits import check_k
 from mmsparse.index.manifest import run_fingerprint, vocab_sha256
 from mmsparse.index.segments import IndexView, open_view
@@ -313,6 +317,20 @@ class Searcher:
             raise MMSparseError("this Searcher was opened without its run (load_run=False)")
         return self.run
 
+    @property
+    def inference_free(self) -> bool:
+        """Whether the run's text queries are term lookups (no text encoder, no dense side)."""
+        return self.run is not None and self.run.model.inference_free
+
+    def _encode_terms(self, term_ids: list[Any]) -> tuple[None, sp.csr_matrix]:
+        """Inference-free query vectors of tokenised queries (full-vocabulary ids)."""
+        from mmsparse.sparse.ops import prune
+
+        run = self._require_run()
+        ev = run.config.serving
+        q = prune(run.model.encode_query_terms(term_ids), ev.text_topk, ev.threshold)
+        return None, sp.csr_matrix(q.numpy())
+
     def _encode_feats(self, feats: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
         from mmsparse.index.encode import encode_vectors
 
@@ -322,9 +340,15 @@ class Searcher:
             run.model, feats, "text", topk=ev.text_topk, threshold=ev.threshold, batch_size=256
         )
 
-    def encode_text(self, texts: list[str]) -> tuple[np.ndarray, sp.csr_matrix]:
-        """Dense and sparse query vectors of raw texts (through the run's text encoder)."""
+    def encode_text(self, texts: list[str]) -> tuple[np.ndarray | None, sp.csr_matrix]:
+        """Dense and sparse query vectors of raw texts (through the run's text encoder).
+
+        For a run with inference-free queries the texts are only tokenised with the run's
+        vocabulary and looked up; the dense vectors are then ``None``.
+        """
         run = self._require_run()
+        if run.model.inference_free:
+            return self._encode_terms([self.vocab.encode(t) for t in texts])
         if self._text_encoder is None:
             extraction = self._extraction(run)
             if extraction:
@@ -380,7 +404,12 @@ class Searcher:
 
     @property
     def modes(self) -> tuple[str, ...]:
-        """Search modes this index serves (``dense``/``hybrid`` where it holds dense)."""
+        """Search modes this index serves (``dense``/``hybrid`` where it holds dense).
+
+        Only ``sparse`` with a run whose queries are inference-free (no dense query side).
+        """
+        if self.inference_free:
+            return ("sparse",)
         return self.engine.modes
 
     def doc_vector(self, row: int) -> tuple[np.ndarray, np.ndarray]:
@@ -399,6 +428,9 @@ class Searcher:
         """
         store = self.store()
         rows = [store.caption_row(c) for c in caption_ids]
+        if self.inference_free:
+            indptr, indices = store.caption_token_ids(store.vocabulary(self.run.model.vocab_size))
+            return self._encode_terms([indices[indptr[r] : indptr[r + 1]] for r in rows])
         return self._encode_feats(store.caption_feats[rows])
 
     # -- search ---------------------------------------------------------------------------
@@ -460,6 +492,12 @@ class Searcher:
                 engine parameter.
             IndexFormatError: If the query vectors are of another vocabulary.
         """
+        if mode != "sparse" and dense is None and self.inference_free:
+            raise QueryError(
+                f"mode={mode} needs a dense query vector, and this run's queries are "
+                "inference-free (model.query_encoder=lookup: no text encoder, no dense "
+                "query side); search with mode=sparse"
+            )
         k = check_k(k)
         notes = list(self.notes)
         n = self.manifest.n_images
@@ -594,7 +632,9 @@ class Searcher:
                 ) from None
             check_k(k)
             self._require_run()
-            text, was_cut = cap_query(text.strip(), self.vocab)
+            text, was_cut = text.strip(), False
+            if not self.inference_free:  # a lookup has no length limit
+                text, was_cut = cap_query(text, self.vocab)
             if was_cut:
                 cut_note = (
                     f"query cut to its first {len(text.split())} words "

@@ -40,13 +40,16 @@ def lexical_grounding(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 
 def lexical_pair(
-    img_logits: torch.Tensor, txt_logits: torch.Tensor, target: torch.Tensor
+    img_logits: torch.Tensor, txt_logits: torch.Tensor | None, target: torch.Tensor
 ) -> torch.Tensor:
     """``(lex(X_img, M) + lex(X_txt, M)) / 2``: the lexical term of matched pairs.
 
     Args:
         img_logits: ``(B, V)`` logits of the images.
-        txt_logits: ``(B, V)`` logits of their captions (row ``i`` describes image ``i``).
+        txt_logits: ``(B, V)`` logits of their captions (row ``i`` describes image ``i``);
+            ``None`` for inference-free (lookup) captions, which have no logits: their half
+            is 0, so an image's term weighs what it weighs in the full model.
         target: ``(B, V)`` 0/1 content words of each pair's caption.
     """
-    return (lexical_grounding(img_logits, target) + lexical_grounding(txt_logits, target)) / 2
+    lex_txt = lexical_grounding(txt_logits, target) if txt_logits is not None else 0.0
+    return (lexical_grounding(img_logits, target) + lex_txt) / 2

@@ -11,12 +11,15 @@ The total that training minimises (METHOD.md, plus the options of ``ObjectiveCon
 - ``R`` is the sparsity regulariser with its quadratic warm-up
   (:func:`~mmsparse.losses.regularizer.sparsity_terms`, weights ``eta_t``, ``eta_i`` of the
   step), for every method that trains the sparse head;
-- the optional terms (:data:`OPTION_TERMS`: lexical grounding, the learned sparse scale)
-  follow when the config switches them on.
+- the optional terms (:data:`OPTION_TERMS`: lexical grounding, the learned sparse scale,
+  the caption gate) follow when the config switches them on.
 
 Before the terms, caption vectors may be masked by expansion control
 (:class:`~mmsparse.losses.expansion.ExpansionControl`) and every sparse vector capped to
-its ``objective.train_*_topk`` heaviest terms (train as you serve).
+its ``objective.train_*_topk`` heaviest terms (train as you serve; annealed from a larger
+cap with ``objective.topk_anneal_factor``). With inference-free queries
+(``model.query_encoder=lookup``) the caption vectors are the model's lookup of each
+caption's own terms (:attr:`StepInputs.query_mask`), not its sparse head's output.
 
 Adding a method is one :class:`Method` row in :data:`METHODS` plus its ranking function
 (and its name in :data:`mmsparse.config.Method`); adding a term is one :class:`OptionTerm`
@@ -39,6 +42,7 @@ from mmsparse.errors import ConfigError
 from mmsparse.losses.expansion import ExpansionControl, padded_token_ids, token_mask
 from mmsparse.losses.joint import d2s_objective, dense_objective, joint_objective
 from mmsparse.losses.lexical import lexical_pair
+from mmsparse.losses.postings import annealed_topk, caption_gate
 from mmsparse.losses.regularizer import SparsityRegularizer, sparsity_terms
 from mmsparse.sparse.ops import prune
 
@@ -74,8 +78,10 @@ class Vectors(NamedTuple):
         sparse_scale: ``s`` of ``S_s = s · Z_img Z_txt^T`` (``1`` unless learned).
         eta: ``(2,)`` regulariser weights ``(eta_t, eta_i)`` of the step.
         img_logits: ``(b, V)`` pre-activation logits of this process's images, if asked.
-        txt_logits: ``(b, V)`` the same of its captions.
+        txt_logits: ``(b, V)`` the same of its captions (``None`` for lookup captions).
         lexical_target: ``(b, V)`` 0/1 content words of this process's captions, if asked.
+        gate: ``(B, V)`` 0/1 terms each image of the global batch may activate (the word
+            pieces of all of its training captions), if asked.
     """
 
     img_dense: torch.Tensor
@@ -88,6 +94,7 @@ class Vectors(NamedTuple):
     img_logits: torch.Tensor | None = None
     txt_logits: torch.Tensor | None = None
     lexical_target: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
 
 
 RankingFn = Callable[[Vectors, ObjectiveConfig], dict[str, torch.Tensor]]
@@ -231,9 +238,13 @@ def method_spec(name: str) -> Method:
 
 
 def _lexical(v: Vectors, o: ObjectiveConfig) -> torch.Tensor:
-    assert v.img_logits is not None and v.txt_logits is not None
-    assert v.lexical_target is not None
+    assert v.img_logits is not None and v.lexical_target is not None
     return lexical_pair(v.img_logits, v.txt_logits, v.lexical_target)
+
+
+def _gate(v: Vectors, o: ObjectiveConfig) -> torch.Tensor:
+    assert v.gate is not None
+    return caption_gate(v.img_sparse, v.gate)
 
 
 def _sparse_scale(v: Vectors, o: ObjectiveConfig) -> torch.Tensor:
@@ -253,6 +264,8 @@ class OptionTerm:
         needs_logits: ``compute`` reads the sparse head's pre-activation logits.
         needs_content_words: ``compute`` reads each caption's content words
             (:attr:`Vectors.lexical_target`; needs a named vocabulary).
+        needs_image_terms: ``compute`` reads the terms of all of each image's training
+            captions (:attr:`Vectors.gate`; needs a named vocabulary).
     """
 
     name: str
@@ -262,6 +275,7 @@ class OptionTerm:
     weight: Callable[[ObjectiveConfig], float] | None = None
     needs_logits: bool = False
     needs_content_words: bool = False
+    needs_image_terms: bool = False
 
 
 OPTION_TERMS: tuple[OptionTerm, ...] = (
@@ -279,6 +293,14 @@ OPTION_TERMS: tuple[OptionTerm, ...] = (
         key="objective.sparse_scale=learned",
         enabled=lambda o: o.sparse_scale == "learned",
         compute=_sparse_scale,
+    ),
+    OptionTerm(
+        "gate",
+        key="objective.gate_weight > 0",
+        enabled=lambda o: o.gate_weight > 0,
+        compute=_gate,
+        weight=lambda o: o.gate_weight,
+        needs_image_terms=True,
     ),
 )
 
@@ -307,11 +329,19 @@ class StepInputs(NamedTuple):
         expansion: Expansion control's ``(masked, keep)`` for this process's captions, or
             ``None`` (off, or probability 0).
         lexical_target: ``(b, V)`` content words of this process's captions, or ``None``.
+        query_mask: ``(b, V)`` 0/1 terms of this process's captions, the model's lookup
+            input (``model.query_encoder=lookup``), or ``None``.
+        gate: ``(B, V)`` terms each image of the global batch may activate, or ``None``.
+        topk: The step's training caps ``(text, image)`` when annealed, else ``None``
+            (``objective.train_*_topk``).
     """
 
     eta: torch.Tensor
     expansion: tuple[torch.Tensor, torch.Tensor] | None
     lexical_target: torch.Tensor | None
+    query_mask: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
+    topk: tuple[int | None, int | None] | None = None
 
 
 class Objective:
@@ -326,6 +356,11 @@ class Objective:
             when the vocabulary has no names (expansion control and lexical grounding then
             refuse to start).
         device: The training device (tables of token ids and regulariser weights).
+        query_lookup: The model's queries are lookups of their own terms
+            (``model.query_encoder=lookup``): :meth:`step_inputs` gives each caption's terms.
+        image_terms: ``() -> (indptr, indices)``: for every caption row, the terms of all
+            of its image's training captions as the head's columns (the caption gate);
+            ``None`` when the vocabulary has no names.
 
     Raises:
         ConfigError: If an option needs what the run lacks (a named vocabulary, a head
@@ -347,8 +382,11 @@ class Objective:
         total_steps: int,
         caption_terms: CaptionTerms | None = None,
         device: torch.device | str = "cpu",
+        query_lookup: bool = False,
+        image_terms: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.total_steps = total_steps
         self.method = method_spec(cfg.method)
         self.n_terms = n_terms
         self.device = torch.device(device)
@@ -356,7 +394,14 @@ class Objective:
         self.options = tuple(t for t in OPTION_TERMS if sparse and t.enabled(cfg))
         self.term_names = term_names(cfg)
         self.regularizer = SparsityRegularizer(
-            cfg.q_reg, cfg.d_reg, total_steps, cfg.reg_warmup_frac, kind=cfg.reg
+            cfg.q_reg,
+            cfg.d_reg,
+            total_steps,
+            cfg.reg_warmup_frac,
+            kind=cfg.reg_text or cfg.reg,
+            kind_img=cfg.reg_image or cfg.reg,
+            df_alpha=cfg.df_alpha,
+            df_beta=cfg.df_beta,
         )
         self._eta_table: torch.Tensor | None = None
         self._eta = torch.zeros(2, device=self.device)
@@ -377,6 +422,23 @@ class Objective:
         if need is not None:
             indptr, indices = self._caption_terms(caption_terms, need.key, content_only=True)
             self.lexical_ids = padded_token_ids(indptr, indices, pad=n_terms).to(self.device)
+        # Inference-free queries: every caption's own terms, the model's lookup input.
+        self.query_ids: torch.Tensor | None = None
+        if query_lookup and sparse:
+            key = "model.query_encoder=lookup"
+            indptr, indices = self._caption_terms(caption_terms, key)
+            self.query_ids = padded_token_ids(indptr, indices, pad=n_terms).to(self.device)
+        # The caption gate: the terms of all of each caption's image's training captions.
+        self.gate_ids: torch.Tensor | None = None
+        need = next((t for t in self.options if t.needs_image_terms), None)
+        if need is not None:
+            if image_terms is None:
+                raise ConfigError(
+                    f"{need.key} needs a named vocabulary (a backbone bundle with vocab.txt): "
+                    "an image's captions must map to vocabulary ids"
+                )
+            indptr, indices = image_terms()
+            self.gate_ids = padded_token_ids(indptr, indices, pad=n_terms).to(self.device)
 
     @property
     def uses_sparse(self) -> bool:
@@ -455,10 +517,45 @@ class Objective:
         expansion = None
         if self.expansion is not None:
             expansion = self.expansion.draw(caption_rows, step, generator, local)
-        target = None
+        target = query_mask = gate = None
         if self.lexical_ids is not None:
             target = token_mask(self.lexical_ids[caption_rows[local]], self.n_terms)
-        return StepInputs(self.eta(step), expansion, target)
+        if self.query_ids is not None:
+            query_mask = token_mask(self.query_ids[caption_rows[local]], self.n_terms)
+        if self.gate_ids is not None:  # the images of the global batch (after gathering)
+            gate = token_mask(self.gate_ids[caption_rows], self.n_terms)
+        return StepInputs(
+            self.eta(step), expansion, target, query_mask, gate, self.train_topk(step)
+        )
+
+    def train_topk(self, step: int) -> tuple[int | None, int | None] | None:
+        """The training caps ``(text, image)`` at ``step`` when annealed, else ``None``.
+
+        ``objective.topk_anneal_factor`` times each cap, falling linearly to it over
+        ``objective.topk_anneal_frac`` of the steps
+        (:func:`~mmsparse.losses.postings.annealed_topk`).
+        """
+        cfg = self.cfg
+        if cfg.topk_anneal_factor <= 1:
+            return None
+        return (
+            annealed_topk(
+                cfg.train_text_topk,
+                step,
+                self.total_steps,
+                cfg.topk_anneal_factor,
+                cfg.topk_anneal_frac,
+                self.n_terms,
+            ),
+            annealed_topk(
+                cfg.train_image_topk,
+                step,
+                self.total_steps,
+                cfg.topk_anneal_factor,
+                cfg.topk_anneal_frac,
+                self.n_terms,
+            ),
+        )
 
     # -- the terms ------------------------------------------------------------------
 
@@ -490,8 +587,9 @@ class Objective:
             if inputs.expansion is not None:
                 txt_sparse = ExpansionControl.apply(txt_sparse, inputs.expansion)
             # Train as you serve: only the k heaviest terms of each vector score.
-            txt_sparse = prune(txt_sparse, cfg.train_text_topk)
-            img_sparse = prune(img_sparse, cfg.train_image_topk)
+            k_txt, k_img = inputs.topk or (cfg.train_text_topk, cfg.train_image_topk)
+            txt_sparse = prune(txt_sparse, k_txt)
+            img_sparse = prune(img_sparse, k_img)
         if gather is not None:
             img_dense, txt_dense = gather(img_dense), gather(txt_dense)
             if self.uses_sparse:
@@ -507,6 +605,7 @@ class Objective:
             out.img_logits,
             out.txt_logits,
             inputs.lexical_target,
+            inputs.gate,
         )
         return self.terms(vectors)
 
@@ -516,7 +615,18 @@ class Objective:
         terms = dict(self.method.ranking(v, cfg))
         total = terms["loss"]
         if self.uses_sparse:
-            terms.update(sparsity_terms(v.txt_sparse, v.img_sparse, v.eta[0], v.eta[1], cfg.reg))
+            terms.update(
+                sparsity_terms(
+                    v.txt_sparse,
+                    v.img_sparse,
+                    v.eta[0],
+                    v.eta[1],
+                    cfg.reg_text or cfg.reg,
+                    cfg.reg_image or cfg.reg,
+                    cfg.df_alpha,
+                    cfg.df_beta,
+                )
+            )
             total = total + terms["reg"]
         terms["total"] = total
         for option in self.options:

@@ -35,14 +35,27 @@ def flops_reg(Z: torch.Tensor) -> torch.Tensor:
 
 
 REGULARIZERS = {"l1": l1, "flops": flops_reg}
+REG_KINDS = ("l1", "flops", "df-flops")
 
 
-def sparsity_penalty(Z: torch.Tensor, kind: str = "l1") -> torch.Tensor:
-    """The sparsity penalty ``objective.reg`` names (``l1`` or ``flops``) of ``Z``."""
+def sparsity_penalty(
+    Z: torch.Tensor, kind: str = "l1", df_alpha: float = 0.1, df_beta: float = 2.0
+) -> torch.Tensor:
+    """The sparsity penalty ``objective.reg`` names of ``Z``.
+
+    ``l1``, ``flops`` or ``df-flops`` (:func:`mmsparse.losses.postings.df_flops` with
+    ``df_alpha`` and ``df_beta``).
+    """
+    if kind == "df-flops":
+        from mmsparse.losses.postings import df_flops
+
+        return df_flops(Z, df_alpha, df_beta)
     try:
         return REGULARIZERS[kind](Z)
     except KeyError:
-        raise ValueError(f"objective.reg must be one of l1, flops; got {kind!r}") from None
+        raise ValueError(
+            f"objective.reg must be one of {', '.join(REG_KINDS)}; got {kind!r}"
+        ) from None
 
 
 def sparsity_terms(
@@ -51,8 +64,11 @@ def sparsity_terms(
     eta_t: torch.Tensor | float,
     eta_i: torch.Tensor | float,
     kind: str = "l1",
+    kind_img: str | None = None,
+    df_alpha: float = 0.1,
+    df_beta: float = 2.0,
 ) -> dict[str, torch.Tensor]:
-    """``R = (eta_t · reg(Z_txt) + eta_i · reg(Z_img)) / 2`` with its logged parts.
+    """``R = (eta_t · reg_t(Z_txt) + eta_i · reg_i(Z_img)) / 2`` with its logged parts.
 
     Args:
         Z_txt: ``(B, V)`` caption (query) sparse vectors.
@@ -60,16 +76,19 @@ def sparsity_terms(
         eta_t: Weight of the captions' penalty at this step (a float or a 0-d tensor: the
             trainer reads it from a device table).
         eta_i: Weight of the images' penalty.
-        kind: ``reg``: ``l1`` or ``flops`` (``objective.reg``).
+        kind: ``reg_t`` of the captions: ``l1``, ``flops`` or ``df-flops``
+            (``objective.reg_text``, else ``objective.reg``).
+        kind_img: ``reg_i`` of the images (``objective.reg_image``); ``None``: ``kind``.
+        df_alpha: DF-FLOPS's ``alpha`` (``objective.df_alpha``).
+        df_beta: DF-FLOPS's ``beta`` (``objective.df_beta``).
 
     Returns:
-        ``reg`` = R, and ``l1_txt``, ``l1_img`` (logged whatever ``kind`` is).
+        ``reg`` = R, and ``l1_txt``, ``l1_img`` (logged whatever the kinds are).
     """
+    kind_img = kind if kind_img is None else kind_img
     l1_txt, l1_img = l1(Z_txt), l1(Z_img)
-    if kind == "l1":
-        p_txt, p_img = l1_txt, l1_img
-    else:
-        p_txt, p_img = sparsity_penalty(Z_txt, kind), sparsity_penalty(Z_img, kind)
+    p_txt = l1_txt if kind == "l1" else sparsity_penalty(Z_txt, kind, df_alpha, df_beta)
+    p_img = l1_img if kind_img == "l1" else sparsity_penalty(Z_img, kind_img, df_alpha, df_beta)
     return {"reg": (eta_t * p_txt + eta_i * p_img) / 2, "l1_txt": l1_txt, "l1_img": l1_img}
 
 
@@ -100,7 +119,11 @@ class SparsityRegularizer:
         d_reg: Maximum weight ``eta_i`` of image (document) vectors.
         total_steps: All training steps of the run.
         warmup_frac: ``T`` as a fraction of ``total_steps`` (0.2 in the published configs).
-        kind: The penalty: ``l1`` (the paper) or ``flops`` (``objective.reg``).
+        kind: The captions' penalty: ``l1`` (the paper), ``flops`` or ``df-flops``
+            (``objective.reg_text``, else ``objective.reg``).
+        kind_img: The images' penalty (``objective.reg_image``); ``None``: ``kind``.
+        df_alpha: DF-FLOPS's ``alpha``.
+        df_beta: DF-FLOPS's ``beta``.
 
     Example:
         >>> reg = SparsityRegularizer(q_reg=1.0, d_reg=2.0, total_steps=10, warmup_frac=0.2)
@@ -115,13 +138,20 @@ class SparsityRegularizer:
         total_steps: int,
         warmup_frac: float = 0.2,
         kind: str = "l1",
+        kind_img: str | None = None,
+        df_alpha: float = 0.1,
+        df_beta: float = 2.0,
     ) -> None:
-        if kind not in REGULARIZERS:
-            raise ValueError(f"objective.reg must be one of l1, flops; got {kind!r}")
+        kind_img = kind if kind_img is None else kind_img
+        for k in (kind, kind_img):
+            if k not in REG_KINDS:
+                raise ValueError(f"objective.reg must be one of {', '.join(REG_KINDS)}; got {k!r}")
         T = round(warmup_frac * total_steps)
         self.eta_t = QuadraticWarmup(q_reg, T)
         self.eta_i = QuadraticWarmup(d_reg, T)
         self.kind = kind
+        self.kind_img = kind_img
+        self.df = (df_alpha, df_beta)
         self.total_steps = total_steps
         self.step = 0
 
@@ -131,7 +161,15 @@ class SparsityRegularizer:
         Returns:
             ``reg`` = R, ``l1_txt``, ``l1_img`` (tensors).
         """
-        return sparsity_terms(Z_txt, Z_img, self.eta_t(self.step), self.eta_i(self.step), self.kind)
+        return sparsity_terms(
+            Z_txt,
+            Z_img,
+            self.eta_t(self.step),
+            self.eta_i(self.step),
+            self.kind,
+            self.kind_img,
+            *self.df,
+        )
 
     def weight_table(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """``(max(1, total_steps), 2)`` float32 ``(eta_t, eta_i)`` of every step, on ``device``.

@@ -36,6 +36,7 @@ from mmsparse.io_utils import (
 
 MODEL_FORMAT = "mmsparse-model"
 SPARSE_INPUTS = ("dense", "features")
+QUERY_ENCODERS = ("head", "lookup")
 BLOCKED_LOGIT = -1e4  # finite in fp16 and bf16; relu gives 0 and no gradient
 SCALE_LOG_LIMIT = float(np.log(100.0))
 MODEL_VERSION = 1
@@ -169,6 +170,9 @@ class SparseDenseModel(nn.Module):
         sparse_input: What the sparse head reads: ``dense`` (the normalised dense vector
             ``e``, the paper) or ``features`` (the backbone features ``h``, one input map
             per modality; ``model.sparse_input``).
+        query_encoder: ``head`` (text queries through the heads, the paper) or ``lookup``
+            (inference-free: a query is its own terms, each weighted by the learned
+            ``query_weight``, see :meth:`encode_query_terms`; ``model.query_encoder``).
 
     Example:
         >>> model = SparseDenseModel(d_img=8, d_txt=6, dense_dim=4, d_word=5, vocab_size=10)
@@ -190,13 +194,19 @@ class SparseDenseModel(nn.Module):
         term_ids: np.ndarray | torch.Tensor | None = None,
         sparse_scale: bool = False,
         sparse_input: str = "dense",
+        query_encoder: str = "head",
     ) -> None:
         super().__init__()
         if sparse_input not in SPARSE_INPUTS:
             raise ValueError(
                 f"sparse_input must be one of {', '.join(SPARSE_INPUTS)}, got {sparse_input!r}"
             )
+        if query_encoder not in QUERY_ENCODERS:
+            raise ValueError(
+                f"query_encoder must be one of {', '.join(QUERY_ENCODERS)}, got {query_encoder!r}"
+            )
         self.sparse_input = sparse_input
+        self.query_encoder = query_encoder
         self.d_img, self.d_txt, self.dense_dim = d_img, d_txt, dense_dim
         self.d_word, self.vocab_size = d_word, vocab_size
         self.tau_min, self.tau_max = tau_min, tau_max
@@ -217,6 +227,10 @@ class SparseDenseModel(nn.Module):
         self.log_sparse_scale: nn.Parameter | None = None
         if sparse_scale:
             self.log_sparse_scale = nn.Parameter(torch.zeros(()))
+        # w of inference-free queries (model.query_encoder=lookup): one weight per head term.
+        self.query_weight: nn.Parameter | None = None
+        if query_encoder == "lookup":
+            self.query_weight = nn.Parameter(torch.ones(n_terms))
 
     # -- construction -----------------------------------------------------------------
 
@@ -309,6 +323,9 @@ class SparseDenseModel(nn.Module):
         with torch.no_grad():
             V.weight.copy_(old.weight[ids.to(old.weight.device)])
         self.sparse_head.V = V
+        if self.query_weight is not None:
+            kept = self.query_weight.detach()[ids.to(self.query_weight.device)].clone()
+            self.query_weight = nn.Parameter(kept)
         self.register_buffer("term_ids", ids.to(old.weight.device))
         self.n_terms = int(ids.numel())
         if getattr(self, "_blocked_ids", None) is not None:
@@ -343,6 +360,64 @@ class SparseDenseModel(nn.Module):
         """Parameters of the dense heads (the final layer)."""
         return [*self.text_proj.parameters(), *self.vision_proj.parameters()]
 
+    @property
+    def inference_free(self) -> bool:
+        """Whether text queries are term lookups (``model.query_encoder=lookup``)."""
+        return self.query_weight is not None
+
+    def query_vectors(self, token_mask: torch.Tensor) -> torch.Tensor:
+        """Inference-free query vectors from ``(B, n_terms)`` 0/1 term masks (the head's columns).
+
+        ``q = M · relu(w)`` (:func:`mmsparse.losses.inference_free.lookup_queries`);
+        blocked terms (special tokens) weigh 0.
+
+        Raises:
+            ValueError: If the model has no lookup (``query_encoder=head``).
+        """
+        from mmsparse.losses.inference_free import lookup_queries
+
+        if self.query_weight is None:
+            raise ValueError("this model encodes queries with its heads (query_encoder=head)")
+        q = lookup_queries(token_mask, self.query_weight)
+        blocked = self.sparse_head.blocked
+        if blocked is not None:
+            q = q.masked_fill(blocked, 0.0)
+        return q
+
+    def term_columns(self, term_ids: np.ndarray) -> np.ndarray:
+        """The head's column of every full-vocabulary id (``-1``: not a term of the head)."""
+        ids = np.asarray(term_ids, dtype=np.int64)
+        ok = (ids >= 0) & (ids < self.vocab_size)
+        if self.term_ids is None:
+            return np.where(ok, ids, -1)
+        kept = self.term_ids.cpu().numpy()
+        pos = np.searchsorted(kept, np.clip(ids, 0, None)).clip(max=kept.size - 1)
+        return np.where(ok & (kept[pos] == ids), pos, -1)
+
+    def encode_query_terms(self, term_ids: list[list[int]] | list[np.ndarray]) -> torch.Tensor:
+        """Inference-free sparse vectors of queries given as full-vocabulary term ids.
+
+        Each query is the set of its terms (repeats count once; terms the head does not
+        have are dropped), weighted by ``relu(w)``: no network runs.
+
+        Args:
+            term_ids: One list of vocabulary ids per query (a tokenizer's output).
+
+        Returns:
+            ``(B, vocab_size)`` float32 tensor at full vocabulary ids, on the model's device.
+        """
+        if self.query_weight is None:
+            raise ValueError("this model encodes queries with its heads (query_encoder=head)")
+        device = self.query_weight.device
+        mask = torch.zeros(len(term_ids), self.n_terms, device=device)
+        for row, ids in enumerate(term_ids):
+            cols = self.term_columns(np.asarray(ids, dtype=np.int64))
+            cols = cols[cols >= 0]
+            if cols.size:
+                mask[row, torch.from_numpy(cols).to(device)] = 1.0
+        with torch.no_grad():
+            return self.expand_terms(self.query_vectors(mask))
+
     # -- forward ----------------------------------------------------------------------
 
     def encode_text(self, h_txt: torch.Tensor | np.ndarray) -> EncoderOutput:
@@ -366,6 +441,7 @@ class SparseDenseModel(nn.Module):
         with_sparse: bool = True,
         sparse_stop_grad: bool = False,
         with_logits: bool = False,
+        query_mask: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Encode matched rows of image and caption features (the training view).
 
@@ -378,6 +454,9 @@ class SparseDenseModel(nn.Module):
                 (``objective.sparse_stop_grad``): the sparse losses do not move the dense
                 heads.
             with_logits: Also return the sparse head's pre-activation logits.
+            query_mask: ``(B, n_terms)`` 0/1 terms of each caption: with inference-free
+                queries (``query_encoder=lookup``) the caption sparse vectors are their
+                lookup :meth:`query_vectors` (no caption logits), not the head's output.
 
         Returns:
             :class:`ModelOutput` with the four vector sets and ``tau``; the sparse vectors
@@ -393,9 +472,12 @@ class SparseDenseModel(nn.Module):
         x_img = self.sparse_head.logits(self._sparse_source(h_i, e_img, sparse_stop_grad), "image")
         x_txt = self.sparse_head.logits(self._sparse_source(h_t, e_txt, sparse_stop_grad), "text")
         z_img, z_txt = torch.log1p(torch.relu(x_img)), torch.log1p(torch.relu(x_txt))
+        x_txt_out: torch.Tensor | None = x_txt
+        if query_mask is not None:
+            z_txt, x_txt_out = self.query_vectors(query_mask), None
         if not with_logits:
             return ModelOutput(e_img, e_txt, z_img, z_txt, self.tau)
-        return ModelOutput(e_img, e_txt, z_img, z_txt, self.tau, x_img, x_txt)
+        return ModelOutput(e_img, e_txt, z_img, z_txt, self.tau, x_img, x_txt_out)
 
     def _sparse_source(
         self, h: torch.Tensor, e: torch.Tensor, stop_grad: bool = False
@@ -439,6 +521,7 @@ class SparseDenseModel(nn.Module):
             "vocab_restricted": self.term_ids is not None,
             "sparse_scale": self.log_sparse_scale is not None,
             "sparse_input": self.sparse_input,
+            "query_encoder": "lookup" if self.query_weight is not None else "head",
         }
 
     def save_pretrained(
@@ -523,6 +606,7 @@ class SparseDenseModel(nn.Module):
                 term_ids=term_ids,
                 sparse_scale=bool(cfg.get("sparse_scale", False)),
                 sparse_input=str(cfg.get("sparse_input", "dense")),
+                query_encoder=str(cfg.get("query_encoder", "head")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{directory / CONFIG_NAME}: bad model config ({exc})") from exc

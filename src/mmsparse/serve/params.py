@@ -148,15 +148,27 @@ def cut_chars(text: str, max_chars: int) -> tuple[str, bool]:
     return cut[:max_chars].rstrip(), True
 
 
-def check_mode(mode: str | None, engine: Any) -> str:
+def check_mode(mode: str | None, engine: Any, inference_free: bool = False) -> str:
     """A valid search mode for an index's engine (``sparse`` when absent).
 
+    Args:
+        mode: The mode asked for.
+        engine: The index's engine (it says which modes it serves).
+        inference_free: Whether the run's queries are term lookups (no dense query side).
+
     Raises:
-        BadRequest: On an unknown mode, or dense/hybrid on a sparse-only engine.
+        BadRequest: On an unknown mode, dense/hybrid on a sparse-only engine, or dense/hybrid
+            with an inference-free run.
     """
     mode = "sparse" if mode in (None, "") else str(mode)
     if mode not in SEARCH_MODES:
         raise BadRequest(f"unknown mode {mode[:40]!r} (sparse, dense or hybrid)")
+    if mode != "sparse" and inference_free:
+        raise BadRequest(
+            f"mode={mode} needs a dense query vector, and this run's queries are "
+            "inference-free (model.query_encoder=lookup: no text encoder, no dense query "
+            "side); use mode=sparse"
+        )
     try:
         return engine.check_mode(mode)
     except MMSparseError as exc:

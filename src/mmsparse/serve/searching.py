@@ -89,7 +89,7 @@ class SearchParams:
                 f"offset + k must be at most {limits.max_depth} (results are ranked "
                 f"{limits.max_depth} deep), got {offset_ + k_}"
             )
-        mode_ = check_mode(mode, searcher.engine)
+        mode_ = check_mode(mode, searcher.engine, searcher.inference_free)
         explain_ = parse_bool("explain", explain, True)
         force_ = parse_bool("force", force, False)
         self_ = parse_bool("include_self", include_self, False)
@@ -202,7 +202,9 @@ class SearchRunner:
             elif uploaded is not None:
                 sparse, dense = uploaded.sparse, uploaded.dense
             else:
-                text, piece_cut = cap_query(text, served.searcher.vocab)
+                piece_cut = False
+                if not served.searcher.inference_free:  # a lookup has no length limit
+                    text, piece_cut = cap_query(text, served.searcher.vocab)
                 if piece_cut:
                     notes.append(
                         f"query cut to its first {len(text.split())} words ({MAX_QUERY_PIECES} "

@@ -386,6 +386,7 @@ class SearchService:
                 "quantize": m.options.quantize,
             },
             "modes": list(served.searcher.modes),
+            "query_encoder": "lookup" if served.searcher.inference_free else "head",
             "text_search": self.runner.text_error is None,
             "text_search_error": self.runner.text_error,
             "image_search": self.uploads.available,

@@ -75,7 +75,12 @@ class BatchEncoder:
             self.batches += 1
             self.encoded += len(live)
             for i, (_, fut) in enumerate(live):
-                fut.set_result((dense[i : i + 1], sparse[i]))
+                # dense is None for inference-free queries (no dense query side). A failure
+                # here goes to the request: the loop must live on, or later requests hang.
+                try:
+                    fut.set_result((None if dense is None else dense[i : i + 1], sparse[i]))
+                except BaseException as exc:
+                    fut.set_exception(exc)
 
     def stats(self) -> dict[str, Any]:
         """``{"mode": "batch", "batches", "queries"}``: the batches and queries encoded."""

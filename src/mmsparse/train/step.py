@@ -121,8 +121,9 @@ def param_groups(
 
     The sparse head runs at ``train.sparse_lr_scale`` times the rate, the dense heads at
     ``train.dense_lr_scale`` times it, ``tau`` at ``train.tau_lr_scale`` times it (its own
-    group only when that is not 1, so that older runs' optimizers still load), the rest
-    (the sparse scale) at the rate itself.
+    group only when that is not 1, so that older runs' optimizers still load), the lookup's
+    per-term query weights (``model.query_encoder=lookup``) at ``train.query_lr_scale``
+    times it, the rest (the sparse scale) at the rate itself.
 
     Args:
         model: The :class:`~mmsparse.model.SparseDenseModel`.
@@ -133,11 +134,14 @@ def param_groups(
     group_of.update({id(p): "dense" for p in model.dense_parameters()})
     if train_cfg.tau_lr_scale != 1.0:
         group_of[id(model.tau)] = "tau"
+    if getattr(model, "query_weight", None) is not None:
+        group_of[id(model.query_weight)] = "query"
     scales = {
         "dense": train_cfg.dense_lr_scale,
         "rest": 1.0,
         "sparse": train_cfg.sparse_lr_scale,
         "tau": train_cfg.tau_lr_scale,
+        "query": train_cfg.query_lr_scale,
     }
     members: dict[str, list[torch.nn.Parameter]] = {name: [] for name in scales}
     for p in params:

@@ -200,6 +200,43 @@ def caption_term_columns(
     return np.cumsum(new_indptr), column[indices[ok]]
 
 
+def image_term_columns(
+    store: FeatureStore,
+    caption_terms: tuple[np.ndarray, np.ndarray],
+    train_rows: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every caption row, the terms of all of its image's training captions (CSR).
+
+    The caption gate's mask (``objective.gate_weight``): the union of the head's columns
+    of the training captions of each image, looked up by caption row, so a batch of caption
+    rows gathers its images' masks directly. Captions of images without a training caption
+    get an empty row.
+
+    Args:
+        store: The features (``caption_image``).
+        caption_terms: Every caption's terms (:func:`caption_term_columns`).
+        train_rows: The training caption rows.
+    """
+    indptr, indices = caption_terms
+    rows = np.asarray(train_rows, dtype=np.int64)
+    images = store.caption_image[rows]
+    lengths = np.diff(indptr)[rows]
+    cols = np.concatenate([indices[indptr[r] : indptr[r + 1]] for r in rows] or [[]])
+    pairs = np.unique(np.stack([np.repeat(images, lengths), cols.astype(np.int64)], 1), axis=0)
+    n_images = len(store.image_ids)
+    img_indptr = np.zeros(n_images + 1, dtype=np.int64)
+    np.add.at(img_indptr, pairs[:, 0] + 1, 1)
+    img_indptr = np.cumsum(img_indptr)
+    # caption row -> its image's union
+    cap_img = np.asarray(store.caption_image, dtype=np.int64)
+    lens = img_indptr[cap_img + 1] - img_indptr[cap_img]
+    out_indptr = np.concatenate([[0], np.cumsum(lens)])
+    out = np.concatenate(
+        [pairs[img_indptr[i] : img_indptr[i + 1], 1] for i in cap_img] or [np.zeros(0, np.int64)]
+    )
+    return out_indptr, out
+
+
 class Trainer:
     """Trains one run (see the module docstring); use :func:`train` for the usual entry.
 
@@ -274,6 +311,8 @@ class Trainer:
             total_steps=self.total_steps,
             caption_terms=self._caption_terms if self.vocab.named else None,
             device=self.device,
+            query_lookup=self.model.inference_free,
+            image_terms=self._image_terms if self.vocab.named else None,
         )
         self.term_names = self.objective.term_names
         self.params = self.objective.set_trainable(self.model)
@@ -289,6 +328,11 @@ class Trainer:
 
     def _caption_terms(self, content_only: bool) -> tuple[np.ndarray, np.ndarray]:
         return caption_term_columns(self.store, self.vocab, self.model.term_ids, content_only)
+
+    def _image_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        return image_term_columns(
+            self.store, self._caption_terms(False), self.train_split.caption_rows
+        )
 
     @property
     def learning_rate(self) -> float:
@@ -431,6 +475,7 @@ class Trainer:
                 with_sparse=self.objective.uses_sparse,
                 sparse_stop_grad=self.cfg.objective.sparse_stop_grad,
                 with_logits=self.objective.with_logits,
+                query_mask=inputs.query_mask,
             )
         terms = self.objective(
             out,

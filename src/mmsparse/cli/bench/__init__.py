@@ -13,6 +13,7 @@ import importlib
 
 #: The bench commands, in the order of ``mmsparse bench --help``.
 BENCH_COMMANDS = (
+    "e2e",
     "flickr8k",
     "frontier",
     "honest",
