@@ -106,7 +106,7 @@ def bench_end_to_end(
     encoder_error = None
     if encoder is None and (dense or not lookup):
         try:
-            encoder = load_text_encoder(Searcher._extraction(run))
+            encoder = load_text_encoder(Searcher.checkpoint_extraction(run))
         except MMSparseError as exc:
             encoder_error = str(exc)
     if not lookup and encoder is None:

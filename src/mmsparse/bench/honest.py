@@ -316,7 +316,7 @@ def honest_benchmark(
 
 
 def _benchmark(searcher: Any, n_nonsense: int, compare: bool, progress: bool) -> dict[str, Any]:
-    run = searcher._require_run()
+    run = searcher.require_run()
     searcher.encode_text(["a photo"])  # fails early without a text encoder
     store = searcher.store()
     cfg = run.config
