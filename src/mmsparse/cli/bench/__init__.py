@@ -17,6 +17,7 @@ BENCH_COMMANDS = (
     "flickr8k",
     "frontier",
     "honest",
+    "latency",
     "photos",
     "retrieval",
     "serve",
