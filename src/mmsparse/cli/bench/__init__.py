@@ -18,6 +18,7 @@ BENCH_COMMANDS = (
     "flickr8k",
     "frontier",
     "honest",
+    "latency",
     "photos",
     "retrieval",
     "serve",
