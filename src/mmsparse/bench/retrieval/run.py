@@ -18,6 +18,7 @@ from mmsparse.bench.retrieval.exact import (
     bench_inverted_quantized,
     bench_milvus,
 )
+from mmsparse.bench.retrieval.generic import bench_registered_engine, registered_engines
 from mmsparse.bench.retrieval.options import (
     BENCH_ENGINES,
     DEFAULT_HNSW,
@@ -66,9 +67,12 @@ def bench_retrieval(
 
     engines, seed = sweep.engines, corpus.seed
     n_images, n_queries = corpus.n_images, corpus.n_queries
-    unknown = set(engines) - set(BENCH_ENGINES)
+    # every registered engine can be measured: those without a harness of their own by the
+    # registry's defaults (mmsparse.bench.retrieval.generic)
+    others = registered_engines(BENCH_ENGINES)
+    unknown = set(engines) - set(BENCH_ENGINES) - set(others)
     if unknown:
-        raise MMSparseError(f"unknown engine(s) {sorted(unknown)}; known: {BENCH_ENGINES}")
+        raise MMSparseError(f"unknown engine(s) {sorted(unknown)}; known: {BENCH_ENGINES + others}")
     if min(n_images, n_queries, timing.latency_queries, timing.sweep_queries) < 1:
         raise MMSparseError(
             "--n-images, --n-queries, --latency-queries and --sweep-queries must be >= 1"
@@ -198,6 +202,12 @@ def bench_retrieval(
                 progress,
             )
             save()
+        for name in others:
+            if name in engines:
+                bench_registered_engine(
+                    report, work_dir, name, sparse, q_sparse, truth_sparse, budgets, progress
+                )
+                save()
         if "milvus" in engines:
             bench_milvus(
                 report,
