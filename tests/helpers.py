@@ -263,3 +263,46 @@ def make_backbone_run(root: Path, bundle_dir: Path, *, seed: int = 0, dense_dim:
     )
     atomic_write_text(run / "config.json", cfg.to_json())
     return run
+
+
+#: A complete engine in one file (the ``toy`` fixture of tests/conftest.py): brute force
+#: over a stored matrix, with one parameter of each stage. Nothing else of mmsparse changes
+#: for it to be built, searched, listed and benchmarked.
+TOY = '''"""A toy engine: brute force over the stored vectors (registry tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from mmsparse.index.engines import Engine, Param, register_engine
+from mmsparse.index.hits import pack_hits
+
+
+@register_engine
+class ToyEngine(Engine):
+    name = "toy"
+    summary = "brute force over a stored matrix (a test engine)"
+    capabilities = frozenset({"exact", "explain", "incremental"})
+    files = ("toy.npz",)
+    build_params = (Param("scale", float, 1.0, "multiplies every weight", positive=True),)
+    search_params = (Param("boost", float, 1.0, "multiplies every score", positive=True),)
+
+    @classmethod
+    def _build(cls, directory, request):
+        scale = request.build["scale"]
+        sp.save_npz(directory / "toy.npz", (request.sparse * scale).tocsr())
+        return {"file": "toy.npz", "scale": scale, "search": request.search}
+
+    def _load(self):
+        self.docs = sp.load_npz(self.directory / "toy.npz").tocsr()
+        self._found(n_docs=self.docs.shape[0], vocab_size=self.docs.shape[1])
+
+    def _search(self, query):
+        scores = (query.sparse @ self.docs.T).toarray() * query.params["boost"]
+        hits = [[(int(r), float(s[r])) for r in np.flatnonzero(s > 0)] for s in scores]
+        return pack_hits(hits, query.k)
+
+    def doc_weights(self, rows, terms):
+        return self.docs[np.asarray(rows)][:, np.asarray(terms)].toarray().astype(np.float32)
+'''

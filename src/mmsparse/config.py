@@ -332,7 +332,7 @@ class RunConfig:
 
     def to_json(self) -> str:
         """Return the configuration as indented JSON."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False, allow_nan=False)
 
     def replace(self, **groups: Any) -> RunConfig:
         """Return a copy with whole groups or top-level fields replaced."""

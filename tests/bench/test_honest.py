@@ -72,6 +72,21 @@ def test_report_on_a_tiny_index(report):
     assert "| sparse |" in rates_table(report) and "| words only" in compare_table(report)
 
 
+def test_report_names_the_datasets_captions_by_id_never_copies_them(report, tiny_run):
+    from mmsparse.runs import load_run, load_run_data
+
+    store = load_run_data(load_run(tiny_run))
+    text = json.dumps(report)
+    # synthetic captions are long enough not to occur by chance in the report
+    assert not [c for c in store.caption_texts if len(c) > 20 and c in text]
+    assert report["misses_named_by"]["val"] == "caption id"
+    ids = set(store.caption_ids)
+    for per in report["misses"].values():
+        assert set(per["val"]) <= ids
+    assert any(per["val"] for per in report["misses"].values())  # the check is not vacuous
+    assert report["misses_named_by"]["hand_nonsense"] == "query text"
+
+
 def test_command_line_refuses_a_run_without_a_text_encoder(tiny_index, capsys):
     code = main(["bench", "honest", str(tiny_index), "--n", "5", "--no-compare"])
     err = capsys.readouterr().err

@@ -126,3 +126,22 @@ def test_postings_per_query_counts_list_lengths():
     docs = sp.csr_matrix(np.array([[1, 0, 2], [0, 3, 0], [1, 1, 1]], np.float32))
     q = sp.csr_matrix(np.array([[1, 1, 0], [0, 0, 0], [0, 0, 5], [0, 0, 0]], np.float32))
     np.testing.assert_array_equal(postings_per_query(docs, q), [4, 0, 2, 0])
+
+
+def test_an_engine_added_as_one_file_is_benchmarked_by_name(tiny_run, tmp_path, toy, capsys):
+    """The registry, not a list of names, says what can be measured (the toy engine:
+    brute force, so exact: its recall against the exact sparse ranking is 1)."""
+    out = tmp_path / "retrieval.json"
+    args = ["bench", "retrieval", "--run", str(tiny_run), "--n-images", "300"]
+    args += ["--n-queries", "30", "--latency-queries", "10", "--sweep-queries", "30"]
+    args += ["--engines", f"inverted,{toy}", "--out", str(out), "--json"]
+    assert main(args) == 0
+    entry = json.loads(out.read_text())["engines"][toy]
+    assert entry["kind"].startswith("sparse, exact") and entry["n_images"] == 300
+    assert entry["recall@10_vs_exact_sparse"] == 1.0
+    for key in ("build_seconds", "bytes_per_image", "p50_ms", "batch_qps"):
+        assert entry[key] > 0
+    capsys.readouterr()
+    assert main(["bench", "retrieval", "--run", str(tiny_run), "--engines", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown engine(s) ['nosuch']" in err and "'toy'" in err

@@ -55,7 +55,7 @@ def test_text_encoder_matches_sentence_transformers(minilm_encoder):
     from mmsparse.extract.backends import EffnetMiniLM
 
     texts = [
-        "A black dog is running through the grass .",
+        "A black dog runs across a wide green lawn .",
         "two children play in the snow",
         "x",
         "A man in a red jacket climbs a very steep rock face while his friend holds the rope",

@@ -24,66 +24,10 @@ from mmsparse.errors import MMSparseError, QueryError
 from mmsparse.index.build import index_vectors
 from mmsparse.index.engines import engine_names, get_engine
 from mmsparse.index.manifest import IndexManifest
+from tests.helpers import TOY
 
 SRC = Path(mmsparse.__file__).resolve().parents[1]
 FIVE = {"inverted", "seismic", "milvus", "bmp", "kannolo"}
-
-# A complete engine in one file: brute force over a stored matrix, with one parameter of
-# each stage. Nothing else of mmsparse changes for it to be built, searched and listed.
-TOY = '''"""A toy engine: brute force over the stored vectors (registry tests)."""
-
-from __future__ import annotations
-
-import numpy as np
-import scipy.sparse as sp
-
-from mmsparse.index.engines import Engine, Param, register_engine
-from mmsparse.index.hits import pack_hits
-
-
-@register_engine
-class ToyEngine(Engine):
-    name = "toy"
-    summary = "brute force over a stored matrix (a test engine)"
-    capabilities = frozenset({"exact", "explain", "incremental"})
-    files = ("toy.npz",)
-    build_params = (Param("scale", float, 1.0, "multiplies every weight", positive=True),)
-    search_params = (Param("boost", float, 1.0, "multiplies every score", positive=True),)
-
-    @classmethod
-    def _build(cls, directory, request):
-        scale = request.build["scale"]
-        sp.save_npz(directory / "toy.npz", (request.sparse * scale).tocsr())
-        return {"file": "toy.npz", "scale": scale, "search": request.search}
-
-    def _load(self):
-        self.docs = sp.load_npz(self.directory / "toy.npz").tocsr()
-        self._found(n_docs=self.docs.shape[0], vocab_size=self.docs.shape[1])
-
-    def _search(self, query):
-        scores = (query.sparse @ self.docs.T).toarray() * query.params["boost"]
-        hits = [[(int(r), float(s[r])) for r in np.flatnonzero(s > 0)] for s in scores]
-        return pack_hits(hits, query.k)
-
-    def doc_weights(self, rows, terms):
-        return self.docs[np.asarray(rows)][:, np.asarray(terms)].toarray().astype(np.float32)
-'''
-
-
-@pytest.fixture
-def toy(tmp_path, monkeypatch):
-    """The toy engine as one more file of the engines package (a folder on its path)."""
-    from mmsparse.index.engines import _base
-
-    package = importlib.import_module("mmsparse.index.engines")
-    folder = tmp_path / "more_engines"
-    folder.mkdir()
-    (folder / "toy.py").write_text(TOY)
-    monkeypatch.setattr(package, "__path__", [*package.__path__, str(folder)])
-    monkeypatch.setattr(_base, "_REGISTRY", dict(_base._REGISTRY))
-    monkeypatch.setattr(_base, "_SCANNED", set(_base._SCANNED))
-    yield "toy"
-    sys.modules.pop("mmsparse.index.engines.toy", None)
 
 
 def _fields() -> dict:

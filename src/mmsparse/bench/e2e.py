@@ -14,7 +14,7 @@ at a time on one thread, for real caption texts of the run's data:
 Each stage is timed per query (``encode``, ``search``) and so is their sum (``total``);
 the report gives p50 and p99 of each, per corpus size, and ``dense total / sparse total``.
 The corpora are those of ``mmsparse bench retrieval`` (the run's real image vectors first,
-then perturbed mixtures of them: :func:`mmsparse.bench.retrieval.synthesize_corpus`), so the
+then perturbed mixtures of them: :func:`mmsparse.bench.retrieval.corpus.synthesize_corpus`), so the
 posting lists keep the real term distribution. Timings depend on the machine and on
 everything else it runs: take them on a quiet machine (the report records the load).
 """
@@ -106,7 +106,7 @@ def bench_end_to_end(
     encoder_error = None
     if encoder is None and (dense or not lookup):
         try:
-            encoder = load_text_encoder(Searcher._extraction(run))
+            encoder = load_text_encoder(Searcher.checkpoint_extraction(run))
         except MMSparseError as exc:
             encoder_error = str(exc)
     if not lookup and encoder is None:

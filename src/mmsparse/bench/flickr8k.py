@@ -22,7 +22,6 @@ benchmark continues where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -294,8 +293,3 @@ def write_report(results: dict[str, Any], path: str | Path) -> None:
             )
     lines.append("<!-- bench:end -->")
     replace_marked_block(path, "bench", "\n".join(lines), "# Flickr8k benchmark")
-
-
-def results_json(results: dict[str, Any]) -> str:
-    """The results as JSON text."""
-    return json.dumps(results, indent=2)

@@ -183,7 +183,7 @@ def _set(values: dict[str, tuple[Any, Any]], which: int) -> list[str]:
     """``key=value`` overrides taking the paper (0) or recipe (1) values."""
     import json
 
-    return [f"{k}={json.dumps(v[which])}" for k, v in values.items()]
+    return [f"{k}={json.dumps(v[which], allow_nan=False)}" for k, v in values.items()]
 
 
 def run_frontier_bench(

@@ -240,8 +240,18 @@ def _topk(engine: Any, sparse: sp.csr_matrix, dense: np.ndarray | None, mode: st
 class _Encoded:
     """One query set, encoded and searched in every mode."""
 
-    def __init__(self, name: str, texts: list[str], dense: np.ndarray, sparse: sp.csr_matrix):
+    def __init__(
+        self,
+        name: str,
+        texts: list[str],
+        dense: np.ndarray,
+        sparse: sp.csr_matrix,
+        ids: list[str] | None = None,
+    ):
         self.name, self.texts, self.dense, self.sparse = name, texts, dense, sparse
+        # The dataset's captions are named by id in the report, never copied into it (a
+        # dataset's licence may forbid redistributing its texts).
+        self.ids = ids
         self.top: dict[str, np.ndarray] = {}
 
 
@@ -284,7 +294,9 @@ def honest_benchmark(
 
     Returns:
         A JSON-ready report: ``sets`` (name, role, size), ``rates`` (per mode and set: %
-        ``no_match``, ``low_confidence``, ``flagged``), ``misses`` (examples), ``compare``,
+        ``no_match``, ``low_confidence``, ``flagged``), ``misses`` (examples: the
+        dataset's captions by caption id, never their texts; the written sets by text),
+        ``misses_named_by``, ``compare``,
         ``machine`` (:func:`~mmsparse.bench.machine.machine_record`).
     """
     from mmsparse.bench.machine import load_average, machine_record
@@ -304,7 +316,7 @@ def honest_benchmark(
 
 
 def _benchmark(searcher: Any, n_nonsense: int, compare: bool, progress: bool) -> dict[str, Any]:
-    run = searcher._require_run()
+    run = searcher.require_run()
     searcher.encode_text(["a photo"])  # fails early without a text encoder
     store = searcher.store()
     cfg = run.config
@@ -335,7 +347,15 @@ def _benchmark(searcher: Any, n_nonsense: int, compare: bool, progress: bool) ->
     ]
     encoded = []
     dense, sparse = searcher.encode_captions([store.caption_ids[r] for r in held_rows])
-    encoded.append(_Encoded("val", [store.caption_texts[r] for r in held_rows], dense, sparse))
+    encoded.append(
+        _Encoded(
+            "val",
+            [store.caption_texts[r] for r in held_rows],
+            dense,
+            sparse,
+            ids=[store.caption_ids[r] for r in held_rows],
+        )
+    )
     roles = {"val": f"real: {cfg.data.val_split} captions of odd images (held out)"}
     iterator: Any = sets
     if progress:
@@ -372,7 +392,8 @@ def _benchmark(searcher: Any, n_nonsense: int, compare: bool, progress: bool) ->
                 "flagged": _rate(kinds != "confident"),
             }
             real = enc.name in ("val", "short_real", "odd_real", "ood_real")
-            wrong = [t for t, v in zip(enc.texts, verdicts) if v.flagged == real]
+            named = enc.ids if enc.ids is not None else enc.texts
+            wrong = [t for t, v in zip(named, verdicts) if v.flagged == real]
             misses[mode][enc.name] = wrong[:12]
     report: dict[str, Any] = {
         "index": str(searcher.index_dir),
@@ -386,6 +407,9 @@ def _benchmark(searcher: Any, n_nonsense: int, compare: bool, progress: bool) ->
         "sets": {e.name: {"role": roles[e.name], "n": len(e.texts)} for e in encoded},
         "rates": rates,
         "misses": misses,
+        "misses_named_by": {
+            e.name: "caption id" if e.ids is not None else "query text" for e in encoded
+        },
     }
     if compare:
         report["compare"] = _compare(searcher, calibration, encoded, modes, val.caption_rows[even])

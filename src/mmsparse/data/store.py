@@ -472,7 +472,7 @@ def karpathy_json(store: FeatureStore, dataset: str | None = None) -> str:
                 "sentences": sents,
             }
         )
-    return json.dumps({"dataset": dataset or store.name, "images": images})
+    return json.dumps({"dataset": dataset or store.name, "images": images}, allow_nan=False)
 
 
 def _maybe_int(value: str) -> int | str:

@@ -223,7 +223,7 @@ def _plan(
             stamp = None
         record = [str(e.imgid), e.filename, e.split, stamp]
         record += [[str(s["sentid"]), s["raw"]] for s in e.sentences]
-        h.update(json.dumps(record).encode("utf-8"))
+        h.update(json.dumps(record, allow_nan=False).encode("utf-8"))
     return {
         "version": PLAN_VERSION,
         "inputs_sha256": h.hexdigest(),
@@ -252,7 +252,7 @@ def _prepare_work_dir(
             old = read_json(plan_path, "extraction plan")
         except Exception:  # an unreadable plan is just stale
             old = None
-        if old == json.loads(json.dumps(plan)):
+        if old == json.loads(json.dumps(plan, allow_nan=False)):
             n = len(list(work.glob("*.safetensors")))
             log.info("resuming the extraction in %s (%d finished batches)", out, n)
             return work

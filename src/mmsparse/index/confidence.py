@@ -206,7 +206,7 @@ def calibrate(
     Raises:
         MMSparseError: If the data lacks the validation split or its captions.
     """
-    run = searcher._require_run()
+    run = searcher.require_run()
     store = searcher.store()
     cfg = run.config
     val_split = cfg.data.val_split

@@ -312,7 +312,12 @@ class Searcher:
 
     # -- query encoding -------------------------------------------------------------------
 
-    def _require_run(self) -> Any:
+    def require_run(self) -> Any:
+        """The run this searcher was opened with.
+
+        Raises:
+            MMSparseError: If it was opened without it (``load_run=False``).
+        """
         if self.run is None:
             raise MMSparseError("this Searcher was opened without its run (load_run=False)")
         return self.run
@@ -326,7 +331,7 @@ class Searcher:
         """Inference-free query vectors of tokenised queries (full-vocabulary ids)."""
         from mmsparse.sparse.ops import prune
 
-        run = self._require_run()
+        run = self.require_run()
         ev = run.config.serving
         q = prune(run.model.encode_query_terms(term_ids), ev.text_topk, ev.threshold)
         return None, sp.csr_matrix(q.numpy())
@@ -334,7 +339,7 @@ class Searcher:
     def _encode_feats(self, feats: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
         from mmsparse.index.encode import encode_vectors
 
-        run = self._require_run()
+        run = self.require_run()
         ev = run.config.serving
         return encode_vectors(
             run.model, feats, "text", topk=ev.text_topk, threshold=ev.threshold, batch_size=256
@@ -346,11 +351,11 @@ class Searcher:
         For a run with inference-free queries the texts are only tokenised with the run's
         vocabulary and looked up; the dense vectors are then ``None``.
         """
-        run = self._require_run()
+        run = self.require_run()
         if run.model.inference_free:
             return self._encode_terms([self.vocab.encode(t) for t in texts])
         if self._text_encoder is None:
-            extraction = self._extraction(run)
+            extraction = self.checkpoint_extraction(run)
             if extraction:
                 log.info(
                     "loading the run's text encoder (10-25 s on a CPU, once per process; "
@@ -366,7 +371,13 @@ class Searcher:
         return self._encode_feats(feats)
 
     @staticmethod
-    def _extraction(run: Any) -> dict[str, Any] | None:
+    def checkpoint_extraction(run: Any) -> dict[str, Any] | None:
+        """The backbone extraction recorded in a run's checkpoint (``model.json``), if any.
+
+        The text encoder of a query must be the one the checkpoint's features came from, so
+        only the checkpoint is asked (not a bundle, as :func:`mmsparse.runs.run_extraction`
+        also does).
+        """
         from mmsparse.io_utils import read_json
         from mmsparse.runs import checkpoint_dir
 
@@ -381,7 +392,7 @@ class Searcher:
         if self._store is None:
             from mmsparse.runs import load_run_data
 
-            run = self._require_run()
+            run = self.require_run()
             data = self.data_dir
             if not self.data and data and not Path(data).is_dir():
                 raise DataError(
@@ -631,7 +642,7 @@ class Searcher:
                     "the query is not valid UTF-8 text (undecodable bytes or lone surrogates)"
                 ) from None
             check_k(k)
-            self._require_run()
+            self.require_run()
             text, was_cut = text.strip(), False
             if not self.inference_free:  # a lookup has no length limit
                 text, was_cut = cap_query(text, self.vocab)

@@ -518,7 +518,7 @@ class _StrictUtf8:
             except BadRequest as exc:
                 exc = BadRequest(str(exc).replace("path is not", "the path is not"), exc.status)
                 status, payload, _ = http_error(exc)
-                body = json.dumps(payload).encode()
+                body = json.dumps(payload, allow_nan=False).encode()
                 await send(
                     {
                         "type": "http.response.start",

@@ -2,8 +2,9 @@
 
 One module per command, named as the command, both here (``mmsparse.cli.bench.<command>``:
 its options and a thin ``cmd_bench_<command>``) and in the library
-(``mmsparse.bench.<command>``: the benchmark itself). Each command module exposes
-``register(bench_subparsers)``. What each one measures and writes: docs/benchmarks.md.
+(``mmsparse.bench.<command>``: the benchmark itself, a module or a package). Each command
+module exposes ``register(bench_subparsers)``. What each one measures and writes:
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ BENCH_COMMANDS = (
     "flickr8k",
     "frontier",
     "honest",
+    "latency",
     "photos",
     "retrieval",
     "serve",

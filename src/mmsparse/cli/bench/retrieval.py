@@ -49,7 +49,8 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--engines",
         default="inverted,inverted-blockmax,bmp,seismic,kannolo,faiss-flat,faiss-hnsw",
-        help="comma-separated subset to run (also: milvus, inverted-uint8, inverted-uint16)",
+        help="comma-separated subset to run (also: milvus, inverted-uint8, inverted-uint16, "
+        "and any other engine of 'mmsparse index engines', by its defaults)",
     )
     for flag, what in (
         ("--seismic", "seismic build parameter, e.g. --seismic n_postings=6000"),
