@@ -157,7 +157,9 @@ class FakeEncoder:
 def test_text_search_through_the_extraction_backend(tiny_run, inverted_index, monkeypatch):
     fake = FakeEncoder(16)
     monkeypatch.setattr(search_mod, "load_text_encoder", lambda extraction: fake)
-    monkeypatch.setattr(Searcher, "_extraction", staticmethod(lambda run: {"backend": "fake"}))
+    monkeypatch.setattr(
+        Searcher, "checkpoint_extraction", staticmethod(lambda run: {"backend": "fake"})
+    )
     searcher = Searcher(inverted_index)
     res = searcher.search("a dog runs on the beach", k=3, explain=True)
     assert res.query == "a dog runs on the beach" and len(res.hits) == 3
@@ -252,7 +254,9 @@ def test_search_queries_file_loads_the_encoder_once(
         return FakeEncoder(16)
 
     monkeypatch.setattr(search_mod, "load_text_encoder", load)
-    monkeypatch.setattr(Searcher, "_extraction", staticmethod(lambda run: {"backend": "fake"}))
+    monkeypatch.setattr(
+        Searcher, "checkpoint_extraction", staticmethod(lambda run: {"backend": "fake"})
+    )
     queries = tmp_path / "queries.txt"
     queries.write_text("a dog runs on the beach\n\n  two children play  \nred car\n")
     argv = ["search", str(inverted_index), "--queries", str(queries), "--k", "3"]
