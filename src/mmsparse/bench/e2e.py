@@ -30,20 +30,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from mmsparse.bench.local_server import p50_p99_ms
 from mmsparse.bench.machine import load_average, machine_record
 from mmsparse.errors import MissingExtraError, MMSparseError
 from mmsparse.io_utils import atomic_write_json
 
 K = 10
 DEFAULT_SIZES = (1_000, 100_000, 1_000_000)
-
-
-def _pct(times: Sequence[float]) -> dict[str, float]:
-    t = np.asarray(times, dtype=np.float64) * 1000.0
-    return {
-        "p50_ms": round(float(np.percentile(t, 50)), 4),
-        "p99_ms": round(float(np.percentile(t, 99)), 4),
-    }
 
 
 def bench_end_to_end(
@@ -185,9 +178,9 @@ def bench_end_to_end(
                 total_t.append(t2 - t0)
             entry: dict[str, Any] = {
                 "sparse": {
-                    "encode": _pct(enc_t),
-                    "search": _pct(search_t),
-                    "total": _pct(total_t),
+                    "encode": p50_p99_ms(enc_t),
+                    "search": p50_p99_ms(search_t),
+                    "total": p50_p99_ms(total_t),
                 }
             }
             if faiss is not None:
@@ -205,9 +198,9 @@ def bench_end_to_end(
                     search_t.append(t2 - t1)
                     total_t.append(t2 - t0)
                 entry["dense"] = {
-                    "encode": _pct(enc_t),
-                    "search": _pct(search_t),
-                    "total": _pct(total_t),
+                    "encode": p50_p99_ms(enc_t),
+                    "search": p50_p99_ms(search_t),
+                    "total": p50_p99_ms(total_t),
                 }
                 ratio = entry["dense"]["total"]["p50_ms"] / max(
                     entry["sparse"]["total"]["p50_ms"], 1e-9

@@ -33,21 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from mmsparse.bench.local_server import free_port, start_server, wait_healthy
+from mmsparse.bench.local_server import free_port, p50_p99_ms, start_server, wait_healthy
 from mmsparse.bench.machine import load_average, machine_record
 from mmsparse.errors import MMSparseError
 from mmsparse.io_utils import atomic_write_json
 
 DEFAULT_SIZES = (1_000, 100_000)
 STAGES = ("encode", "search", "total", "client")
-
-
-def _pct(seconds: Sequence[float]) -> dict[str, float]:
-    t = np.asarray(seconds, dtype=np.float64) * 1000.0
-    return {
-        "p50_ms": round(float(np.percentile(t, 50)), 3),
-        "p99_ms": round(float(np.percentile(t, 99)), 3),
-    }
 
 
 def build_sized_index(
@@ -133,20 +125,6 @@ def _get_json(url: str, timeout: float) -> dict[str, Any]:
         return json.loads(resp.read())
 
 
-def _wait_ready(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise MMSparseError(f"the server on port {port} was not ready after {timeout:.0f} s")
-        time.sleep(0.2)
-
-
 def time_served_queries(
     index_dir: str | Path,
     texts: Sequence[str],
@@ -186,8 +164,7 @@ def time_served_queries(
             "--port", str(port), "--threads", str(threads), "--max-k", str(max(100, k)),
         ]  # fmt: skip
         proc = start_server(stack, cmd, log_path, stop_timeout=20)
-        wait_healthy(proc, port, log_path, startup_timeout)
-        _wait_ready(port, startup_timeout)
+        wait_healthy(proc, port, log_path, startup_timeout, path="/readyz")  # warm
         for i, text in enumerate(texts):
             url = f"http://127.0.0.1:{port}/api/search?" + urllib.parse.urlencode(
                 {"q": text, "k": k}
@@ -205,7 +182,7 @@ def time_served_queries(
             for stage in ("encode", "search", "total"):
                 secs[stage].append(float(body["seconds"][stage]))
             secs["client"].append(wall)
-    return {s: _pct(v) for s, v in secs.items()}
+    return {s: p50_p99_ms(v, digits=3) for s, v in secs.items()}
 
 
 def bench_latency(

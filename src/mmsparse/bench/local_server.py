@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +52,12 @@ def start_server(
     return proc
 
 
-def wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, timeout: float) -> None:
-    """Wait until the server on ``port`` answers ``/healthz`` with 200.
+def wait_healthy(
+    proc: subprocess.Popen, port: int, log_path: Path, timeout: float, path: str = "/healthz"
+) -> None:
+    """Wait until the server on ``port`` answers ``path`` with 200.
+
+    ``/healthz`` answers once the server is up; ``/readyz`` once its search path is warm.
 
     Raises:
         MMSparseError: If the server exits first (with its last log line), or does not
@@ -68,7 +73,7 @@ def wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, timeout: flo
             )
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/healthz")
+            conn.request("GET", path)
             status = conn.getresponse().status
             conn.close()
             if status == 200:
@@ -76,7 +81,7 @@ def wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, timeout: flo
         except OSError:
             pass
         time.sleep(0.25)
-    raise MMSparseError(f"the server did not answer /healthz within {timeout:.0f} s")
+    raise MMSparseError(f"the server did not answer {path} within {timeout:.0f} s")
 
 
 def latency_ms(seconds: list[float]) -> dict[str, float]:
@@ -91,3 +96,12 @@ def latency_ms(seconds: list[float]) -> dict[str, float]:
     out = {f"p{p}": round(float(np.percentile(a, p)), 2) for p in (50, 90, 99)}
     out.update(mean=round(float(a.mean()), 2), max=round(float(a.max()), 2))
     return out
+
+
+def p50_p99_ms(seconds: Sequence[float], digits: int = 4) -> dict[str, float]:
+    """``{"p50_ms", "p99_ms"}`` of timings given in seconds, rounded to ``digits``."""
+    t = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return {
+        "p50_ms": round(float(np.percentile(t, 50)), digits),
+        "p99_ms": round(float(np.percentile(t, 99)), digits),
+    }

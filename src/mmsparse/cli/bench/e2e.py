@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmsparse.errors import MMSparseError
+from mmsparse.cli.common import parse_ints
 
 
 def register(bench_sub: argparse._SubParsersAction) -> None:
@@ -36,12 +36,7 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench e2e``."""
     from mmsparse.bench.e2e import bench_end_to_end, format_e2e_table
 
-    try:
-        sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
-    except ValueError as exc:
-        raise MMSparseError(
-            f"--sizes: expected comma-separated integers, got {args.sizes!r}"
-        ) from exc
+    sizes = parse_ints(args.sizes, "--sizes")
     report = bench_end_to_end(
         args.run,
         sizes=sizes,

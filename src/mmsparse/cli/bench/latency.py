@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmsparse.errors import MMSparseError
+from mmsparse.cli.common import parse_ints
 
 
 def register(bench_sub: argparse._SubParsersAction) -> None:
@@ -37,12 +37,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     """Run ``mmsparse bench latency``."""
     from mmsparse.bench.latency import bench_latency, format_latency_table
 
-    try:
-        sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
-    except ValueError as exc:
-        raise MMSparseError(
-            f"--sizes: expected comma-separated integers, got {args.sizes!r}"
-        ) from exc
+    sizes = parse_ints(args.sizes, "--sizes")
     report = bench_latency(
         args.run,
         sizes=sizes,
